@@ -1,0 +1,44 @@
+"""Pure numpy kernels: weight array in, prune mask or packed arrays out.
+
+Nothing here imports MIL. Every kernel works on the whole tensor at once (no Python loop over
+elements, bytes or groups) and keeps its temporaries in the weight's own width or narrower
+(bool, uint8/uint16 keys), so a 2**24-element fp16 weight needs a few tens of MB, not hundreds.
+"""
+
+from mil_sparsity.kernels.masks import (
+    block_prune_mask,
+    lowest_k_mask,
+    magnitude_keys,
+    magnitude_prune_mask,
+    nm_prune_mask,
+    normalize_dim,
+    threshold_prune_mask,
+)
+from mil_sparsity.kernels.packing import (
+    SparseWeight,
+    dense_nbytes,
+    pack_mask_bits,
+    pack_sparse,
+    packed_nbytes,
+    unpack_mask_bits,
+    unpack_sparse,
+    zero_fraction,
+)
+
+__all__ = [
+    "SparseWeight",
+    "block_prune_mask",
+    "dense_nbytes",
+    "lowest_k_mask",
+    "magnitude_keys",
+    "magnitude_prune_mask",
+    "nm_prune_mask",
+    "normalize_dim",
+    "pack_mask_bits",
+    "pack_sparse",
+    "packed_nbytes",
+    "threshold_prune_mask",
+    "unpack_mask_bits",
+    "unpack_sparse",
+    "zero_fraction",
+]

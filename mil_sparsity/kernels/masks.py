@@ -1,0 +1,233 @@
+"""Prune masks: which elements of a weight become zero.
+
+Every function returns a bool array of the weight's shape, True where the element is pruned.
+
+Magnitudes are compared through *magnitude keys*: the float's bit pattern with the sign bit
+cleared, read as an unsigned integer of the same width. For IEEE floats that integer order is
+exactly the order of ``|w|``, with ``-0.0 == +0.0``, ``+inf`` above every finite value and NaN
+above ``+inf``. Keys are exact (no rounding, no float64 temporary) and give one total order, so
+"the k smallest" is always well defined. Ties are broken by position: among equal magnitudes
+the element with the lower row-major index is pruned first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+BoolArray = NDArray[np.bool_]
+
+# float dtype -> (unsigned view dtype, mask that clears the sign bit)
+_KEY_LAYOUT: Final[dict[np.dtype[Any], tuple[type[np.unsignedinteger[Any]], int]]] = {
+    np.dtype(np.float16): (np.uint16, 0x7FFF),
+    np.dtype(np.float32): (np.uint32, 0x7FFF_FFFF),
+    np.dtype(np.float64): (np.uint64, 0x7FFF_FFFF_FFFF_FFFF),
+}
+
+# Chunk length used to locate the n-th tie without an index array of the tensor's size.
+_TIE_CHUNK: Final = 1 << 16
+
+
+def _key_layout(dtype: np.dtype[Any]) -> tuple[type[np.unsignedinteger[Any]], int]:
+    try:
+        return _KEY_LAYOUT[np.dtype(dtype)]
+    except KeyError:
+        raise TypeError(
+            f"weight dtype must be float16, float32 or float64, got {np.dtype(dtype)}"
+        ) from None
+
+
+def magnitude_keys(weight: NDArray[Any]) -> NDArray[np.unsignedinteger[Any]]:
+    """Unsigned integer keys whose order is the order of ``|weight|`` (NaN largest)."""
+    unsigned, sign_clear = _key_layout(weight.dtype)
+    return np.bitwise_and(weight.view(unsigned), unsigned(sign_clear))
+
+
+def normalize_dim(dim: int, rank: int, field: str = "dim") -> int:
+    """Return ``dim`` as a non-negative axis of a rank-``rank`` tensor or raise ValueError."""
+    if not -rank <= dim < rank:
+        raise ValueError(
+            f"{field}={dim} is out of range for a rank-{rank} weight; "
+            f"allowed range is [{-rank}, {rank - 1}]"
+        )
+    return dim % rank
+
+
+def _index_of_nth_true(flags: BoolArray, nth: int) -> int:
+    """Flat index of the ``nth`` (1-based) True in a 1-D bool array.
+
+    Counts Trues per chunk (one reduceat), finds the chunk by cumulative count, then looks
+    inside that single chunk, so no index array of the full length is ever built.
+    """
+    starts = np.arange(0, flags.size, _TIE_CHUNK)
+    counts = np.add.reduceat(flags, starts, dtype=np.int64)
+    cumulative = np.cumsum(counts)
+    chunk = int(np.searchsorted(cumulative, nth))
+    before = int(cumulative[chunk] - counts[chunk])
+    start = int(starts[chunk])
+    inside = np.flatnonzero(flags[start : start + _TIE_CHUNK])
+    return start + int(inside[nth - before - 1])
+
+
+def lowest_k_mask(keys: NDArray[Any], k: int) -> BoolArray:
+    """True at exactly ``k`` positions: the smallest keys, ties taken in row-major order.
+
+    Algorithm: one ``np.partition`` finds the k-th smallest key ``v``; every key below ``v`` is
+    selected, then the first ``k - count(< v)`` keys equal to ``v``.
+    """
+    flat = keys.reshape(-1)
+    if k <= 0:
+        return np.zeros(keys.shape, dtype=np.bool_)
+    if k >= flat.size:
+        return np.ones(keys.shape, dtype=np.bool_)
+    scratch = flat.copy()
+    scratch.partition(k - 1)
+    kth = scratch[k - 1]
+    del scratch
+    selected = flat < kth
+    missing = k - int(np.count_nonzero(selected))
+    if missing > 0:
+        ties = flat == kth
+        last = _index_of_nth_true(ties, missing)
+        selected[: last + 1] |= ties[: last + 1]
+    return selected.reshape(keys.shape)
+
+
+def _target_count(target_sparsity: float, total: int) -> int:
+    """``round(target_sparsity * total)`` with Python's round-half-to-even, clipped to range."""
+    if not 0.0 <= target_sparsity <= 1.0:
+        raise ValueError(f"target_sparsity must be in [0, 1], got {target_sparsity!r}")
+    return min(total, max(0, round(target_sparsity * total)))
+
+
+def threshold_prune_mask(weight: NDArray[Any], threshold: float) -> BoolArray:
+    """Prune every element with ``|w| <= threshold``, compared exactly (no dtype rounding).
+
+    The threshold is lowered to the largest value of the weight's dtype that is <= threshold,
+    then keys are compared as integers. NaN is never pruned.
+    """
+    if np.isnan(threshold):
+        raise ValueError("threshold must not be NaN")
+    if threshold < 0:
+        return np.zeros(weight.shape, dtype=np.bool_)
+    float_type = np.dtype(weight.dtype).type
+    with np.errstate(over="ignore"):
+        limit = float_type(threshold)
+    if float(limit) > threshold:
+        limit = np.nextafter(limit, float_type(0))
+    limit_key = magnitude_keys(np.asarray(limit, dtype=weight.dtype))
+    result: BoolArray = magnitude_keys(weight) <= limit_key
+    return result
+
+
+def magnitude_prune_mask(weight: NDArray[Any], target_sparsity: float) -> BoolArray:
+    """Prune exactly ``round(target_sparsity * weight.size)`` smallest-magnitude elements."""
+    return lowest_k_mask(magnitude_keys(weight), _target_count(target_sparsity, weight.size))
+
+
+def _split_at(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
+    pre = int(np.prod(shape[:dim], dtype=np.int64))
+    post = int(np.prod(shape[dim + 1 :], dtype=np.int64))
+    return pre, shape[dim], post
+
+
+def _block_squares(weight: NDArray[Any]) -> NDArray[np.floating[Any]]:
+    """Squares in float32 (float64 for float64 weights), prescaled so they cannot overflow.
+
+    fp16 squares always fit float32. A float32 weight whose largest finite magnitude exceeds
+    2**60 is first multiplied by a power of two (exact), so block sums stay finite.
+    """
+    if weight.dtype == np.float64:
+        return np.square(weight)
+    if weight.dtype == np.float32:
+        keys = magnitude_keys(weight)
+        largest_finite_key = np.max(keys, where=keys < np.uint32(0x7F80_0000), initial=0)
+        del keys
+        largest = float(np.asarray(largest_finite_key, dtype=np.uint32).view(np.float32))
+        if largest > 2.0**60:
+            exponent = int(np.frexp(largest)[1])
+            return np.square(weight * np.float32(2.0 ** (-exponent)))
+        return np.square(weight)
+    return np.square(weight, dtype=np.float32)
+
+
+def block_prune_mask(
+    weight: NDArray[Any], target_sparsity: float, block_size: int, dim: int
+) -> BoolArray:
+    """Zero whole blocks of ``block_size`` consecutive elements along ``dim``.
+
+    Blocks are cut from the start of ``dim``; a shorter last block is kept as a block of its
+    own. Score = sum of squares (the squared L2 norm, same order as the norm) computed in
+    float32 or wider. The ``round(target_sparsity * number_of_blocks)`` lowest-scoring blocks are
+    pruned; ties go to the lower block in row-major block order; NaN scores are pruned last.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    axis = normalize_dim(dim, weight.ndim)
+    pre, length, post = _split_at(weight.shape, axis)
+    full_blocks, tail = divmod(length, block_size)
+    squares = _block_squares(weight).reshape(pre, length, post)
+    cut = full_blocks * block_size
+    scores = squares[:, :cut].reshape(pre, full_blocks, block_size, post).sum(axis=2)
+    if tail:
+        tail_scores = squares[:, cut:].sum(axis=1, keepdims=True)
+        scores = np.concatenate([scores, tail_scores], axis=1)
+    del squares
+    score_keys = magnitude_keys(scores)
+    block_count = scores.shape[1]
+    pruned_blocks = lowest_k_mask(score_keys, _target_count(target_sparsity, score_keys.size))
+    repeats = np.full(block_count, block_size, dtype=np.int64)
+    if tail:
+        repeats[-1] = tail
+    expanded = np.repeat(pruned_blocks, repeats, axis=1)
+    return expanded.reshape(weight.shape)
+
+
+def _lowest_n_in_groups(group_keys: NDArray[Any], n: int) -> BoolArray:
+    """For keys shaped (pre, groups, group_len, post), select the n smallest along axis 2.
+
+    One ``np.partition`` along the group axis gives each group's n-th smallest key ``v``; keys
+    below ``v`` are selected, then the first ``n - count(< v)`` keys equal to ``v`` (a narrow
+    cumulative count along the group axis ranks the ties).
+    """
+    group_len = group_keys.shape[2]
+    if n <= 0:
+        return np.zeros(group_keys.shape, dtype=np.bool_)
+    if n >= group_len:
+        return np.ones(group_keys.shape, dtype=np.bool_)
+    kth = np.partition(group_keys, n - 1, axis=2)[:, :, n - 1 : n, :].copy()
+    selected = group_keys < kth
+    count_dtype = np.uint8 if group_len < 256 else np.uint32
+    missing = np.subtract(n, selected.sum(axis=2, keepdims=True, dtype=count_dtype), dtype=count_dtype)
+    ties = group_keys == kth
+    tie_rank = np.cumsum(ties, axis=2, dtype=count_dtype)
+    selected |= ties & (tie_rank <= missing)
+    return selected
+
+
+def nm_prune_mask(weight: NDArray[Any], n: int, m: int, dim: int) -> BoolArray:
+    """n:m pruning: in every group of m consecutive elements along ``dim``, prune the n smallest.
+
+    Groups are cut from the start of ``dim``. A shorter tail group of t < m elements is treated
+    as if padded with m - t zeros that count toward the n: it loses ``max(0, n - (m - t))`` of
+    its smallest elements. So the padded tensor has exactly n zeros per group of m, which is
+    what n:m hardware sees, and the rule matches coremltools' zero padding.
+    """
+    if not 0 <= n <= m or m < 1:
+        raise ValueError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {n}:{m}")
+    axis = normalize_dim(dim, weight.ndim)
+    pre, length, post = _split_at(weight.shape, axis)
+    keys = magnitude_keys(weight).reshape(pre, length, post)
+    full_groups, tail = divmod(length, m)
+    cut = full_groups * m
+    pruned = np.empty((pre, length, post), dtype=np.bool_)
+    pruned[:, :cut] = _lowest_n_in_groups(
+        keys[:, :cut].reshape(pre, full_groups, m, post), n
+    ).reshape(pre, cut, post)
+    if tail:
+        pruned[:, cut:] = _lowest_n_in_groups(
+            keys[:, cut:].reshape(pre, 1, tail, post), n - (m - tail)
+        ).reshape(pre, tail, post)
+    return pruned.reshape(weight.shape)
