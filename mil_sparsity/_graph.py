@@ -1,0 +1,127 @@
+"""Reading and rewriting PyMIL programs: the only module (with the passes) that touches MIL."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+from coremltools.converters.mil.mil import Builder as mb
+from coremltools.converters.mil.mil import types
+from coremltools.converters.mil.mil.program import Program
+from coremltools.converters.mil.mil.block import Block, Function
+from coremltools.converters.mil.mil.operation import Operation
+from coremltools.converters.mil.mil.var import Var
+from coremltools.converters.mil._deployment_compatibility import AvailableTarget
+
+from mil_sparsity.kernels import SparseWeight, pack_mask_bits
+
+IOS16 = AvailableTarget.iOS16
+IOS18 = AvailableTarget.iOS18
+
+# const dtypes that are weights (what Core ML stores in the weight blob file)
+WEIGHT_DTYPES = frozenset({"float16", "float32", "int8", "uint8"})
+
+# (consumer op type, input name) pairs that structured sparsity applies to by default
+STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
+    "conv": frozenset({"weight"}),
+    "conv_transpose": frozenset({"weight"}),
+    "linear": frozenset({"weight"}),
+    "matmul": frozenset({"x", "y"}),
+}
+
+
+def target_name(opset: Any) -> str:
+    return str(getattr(opset, "name", opset))
+
+
+def check_opsets(prog: Program, pass_name: str) -> None:
+    """Raise ValueError if any function's opset is older than iOS16 (sparse ops don't exist)."""
+    for name, function in prog.functions.items():
+        opset = function.opset_version
+        if opset is None or opset < IOS16:
+            raise ValueError(
+                f"{pass_name}: function {name!r} targets {target_name(opset)}, but "
+                "constexpr_sparse_to_dense needs iOS16 or later. Convert with "
+                "minimum_deployment_target=ct.target.iOS16 (or later; iOS18 gives the compact "
+                "uint1 mask form)."
+            )
+
+
+def iter_blocks(block: Block) -> Iterator[Block]:
+    """``block`` and every block nested in its ops (cond branches, loop bodies), depth first."""
+    yield block
+    for op in list(block.operations):
+        for inner in op.blocks:
+            yield from iter_blocks(inner)
+
+
+def weight_consts(block: Block) -> Iterator[Operation]:
+    """Const ops of ``block`` whose value is a weight-typed ndarray."""
+    for op in list(block.operations):
+        if op.op_type != "const":
+            continue
+        value = op.outputs[0].val
+        if isinstance(value, np.ndarray) and value.ndim >= 1 and str(value.dtype) in WEIGHT_DTYPES:
+            yield op
+
+
+def consumers(var: Var) -> list[tuple[Operation, tuple[str, ...]]]:
+    """Each op reading ``var`` once, with the input names under which it reads it."""
+    seen: dict[int, tuple[Operation, list[str]]] = {}
+    for child in var.child_ops:
+        if id(child) in seen:
+            continue
+        names = []
+        for input_name, value in child.inputs.items():
+            values = value if isinstance(value, (list, tuple)) else (value,)
+            if any(item is var for item in values):
+                names.append(input_name)
+        seen[id(child)] = (child, names)
+    return [(op, tuple(names)) for op, names in seen.values()]
+
+
+def feeds_block_output(var: Var) -> bool:
+    return len(var.consuming_blocks) > 0
+
+
+def uses_ios18_form(function: Function) -> bool:
+    return bool(function.opset_version >= IOS18)
+
+
+def build_sparse_op(const_op: Operation, sparse: SparseWeight, ios18: bool) -> Var:
+    """Insert ``constexpr_sparse_to_dense`` just before ``const_op`` (caller holds the block).
+
+    iOS16/17 form: uint8 mask of packed bits (LSB first, row-major) plus a uint32 shape.
+    iOS18 form: uint1 mask with the weight's shape.
+    """
+    name = f"{const_op.name}_sparse"
+    if ios18:
+        return mb.constexpr_sparse_to_dense(  # type: ignore[no-any-return]
+            nonzero_data=sparse.nonzero_data,
+            mask=sparse.mask.view(types.np_uint1_dtype),
+            before_op=const_op,
+            name=name,
+        )
+    return mb.constexpr_sparse_to_dense(  # type: ignore[no-any-return]
+        nonzero_data=sparse.nonzero_data,
+        mask=pack_mask_bits(sparse.mask),
+        shape=np.asarray(sparse.shape, dtype=np.uint32),
+        before_op=const_op,
+        name=name,
+    )
+
+
+def remove_new_op(var: Var) -> None:
+    """Remove an op created by :func:`build_sparse_op` and the consts mb made for its inputs."""
+    op = var.op
+    block = op.enclosing_block
+    input_ops = [value.op for value in op.inputs.values() if value.op is not None]
+    block.remove_ops([op])
+    orphans = [
+        input_op
+        for input_op in input_ops
+        if input_op.op_type == "const" and not input_op.outputs[0].child_ops
+        and not input_op.outputs[0].consuming_blocks
+    ]
+    if orphans:
+        block.remove_ops(orphans)

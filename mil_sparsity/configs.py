@@ -1,0 +1,161 @@
+"""Per-weight sparsity configs: frozen attrs classes, plain data, validated on construction.
+
+Each config has a ``kind`` (its name in dict/JSON form). ``config_to_dict`` / ``config_from_dict``
+convert one config; :class:`mil_sparsity.OpSelector` uses them for whole selections.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Union
+
+import attrs
+
+from mil_sparsity._validators import (
+    any_int,
+    fraction,
+    int_at_least,
+    non_negative_number,
+    optional_fraction,
+)
+
+DEFAULT_WEIGHT_THRESHOLD = 2048
+
+
+
+def _weight_threshold() -> Any:
+    """Considered only if the weight has strictly more elements than this."""
+    return attrs.field(default=DEFAULT_WEIGHT_THRESHOLD, validator=int_at_least(0))
+
+
+@attrs.frozen
+class ThresholdConfig:
+    """Zero every element with ``|w| <= threshold``.
+
+    If the fraction of zeros that results is below ``minimum_sparsity_percentile`` the weight
+    is left dense and untouched. Only weights with more than ``weight_threshold`` elements are
+    considered.
+    """
+
+    kind: ClassVar[str] = "threshold"
+    structured: ClassVar[bool] = False
+
+    threshold: float = attrs.field(default=1e-12, validator=non_negative_number)
+    minimum_sparsity_percentile: float = attrs.field(default=0.5, validator=fraction)
+    weight_threshold: int = _weight_threshold()
+
+
+@attrs.frozen
+class MagnitudeConfig:
+    """Zero exactly ``round(target_sparsity * N)`` smallest-magnitude elements (ties by position)."""
+
+    kind: ClassVar[str] = "magnitude"
+    structured: ClassVar[bool] = False
+
+    target_sparsity: float = attrs.field(validator=fraction)
+    weight_threshold: int = _weight_threshold()
+
+
+@attrs.frozen
+class BlockConfig:
+    """Zero the ``round(target_sparsity * blocks)`` blocks of lowest L2 norm.
+
+    A block is ``block_size`` consecutive elements along ``dim`` (a last, shorter block is
+    allowed). By default applies only to conv/conv_transpose/linear weights and constant
+    matmul operands; other consts are pruned only when selected by name.
+    """
+
+    kind: ClassVar[str] = "block"
+    structured: ClassVar[bool] = True
+
+    target_sparsity: float = attrs.field(validator=fraction)
+    block_size: int = attrs.field(validator=int_at_least(2))
+    dim: int = attrs.field(default=0, validator=any_int)
+    weight_threshold: int = _weight_threshold()
+
+
+@attrs.frozen
+class NMConfig:
+    """n:m sparsity: in every group of ``m`` consecutive elements along ``dim``, zero ``n``.
+
+    The seeds' convention: 3:4 zeroes 3 of every 4 (75% sparse). A tail group of t < m elements
+    is treated as padded with m - t zeros that count toward the n. A weight whose ``dim`` is
+    shorter than ``m`` is skipped. Same default op scope as :class:`BlockConfig`.
+    """
+
+    kind: ClassVar[str] = "n_m"
+    structured: ClassVar[bool] = True
+
+    n: int = attrs.field(validator=int_at_least(1))
+    m: int = attrs.field(validator=int_at_least(1))
+    dim: int = attrs.field(default=1, validator=any_int)
+    weight_threshold: int = _weight_threshold()
+
+    @m.validator
+    def _n_at_most_m(self, attribute: "attrs.Attribute[int]", value: int) -> None:
+        if self.n > value:
+            raise ValueError(f"NMConfig.n must be <= NMConfig.m, got n={self.n}, m={value}")
+
+    @property
+    def sparsity(self) -> float:
+        return self.n / self.m
+
+
+@attrs.frozen
+class PackConfig:
+    """Pack weights that already hold zeros, without changing any value.
+
+    ``minimum_sparsity_percentile=None`` packs exactly when the sparse form is smaller than the
+    dense one (break-even sparsity 1/16 for fp16, 1/32 for fp32, 1/8 for int8/uint8).
+    """
+
+    kind: ClassVar[str] = "pack"
+    structured: ClassVar[bool] = False
+
+    minimum_sparsity_percentile: float | None = attrs.field(default=None, validator=optional_fraction)
+    weight_threshold: int = _weight_threshold()
+
+
+SparsityConfig = Union[ThresholdConfig, MagnitudeConfig, BlockConfig, NMConfig, PackConfig]
+
+CONFIG_TYPES: tuple[type[SparsityConfig], ...] = (
+    ThresholdConfig,
+    MagnitudeConfig,
+    BlockConfig,
+    NMConfig,
+    PackConfig,
+)
+CONFIG_KINDS: dict[str, type[SparsityConfig]] = {cls.kind: cls for cls in CONFIG_TYPES}
+
+
+def is_config(value: object) -> bool:
+    return isinstance(value, CONFIG_TYPES)
+
+
+def config_to_dict(config: SparsityConfig) -> dict[str, Any]:
+    """``{"kind": ..., field: value, ...}``; JSON-serialisable."""
+    return {"kind": config.kind, **attrs.asdict(config)}
+
+
+def config_from_dict(data: Mapping[str, Any], where: str = "config") -> SparsityConfig:
+    """Inverse of :func:`config_to_dict`. Unknown kinds and unknown keys raise ValueError."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{where} must be a dict with a 'kind' key, got {type(data).__name__}")
+    kind = data.get("kind")
+    if kind not in CONFIG_KINDS:
+        raise ValueError(
+            f"{where}.kind must be one of {sorted(CONFIG_KINDS)}, got {kind!r}"
+        )
+    cls = CONFIG_KINDS[kind]
+    known = {field.name for field in attrs.fields(cls)}
+    unknown = sorted(set(data) - known - {"kind"})
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed keys are {sorted(known)}"
+        )
+    values = {key: value for key, value in data.items() if key != "kind"}
+    try:
+        return cls(**values)
+    except TypeError as error:
+        if "missing" in str(error) and "required" in str(error):
+            raise ValueError(f"{where}: {cls.__name__} {error}") from None
+        raise

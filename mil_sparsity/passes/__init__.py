@@ -1,0 +1,34 @@
+"""The three passes, one per module, and their registration in coremltools' PASS_REGISTRY."""
+
+from __future__ import annotations
+
+from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+
+from mil_sparsity.passes._base import SparsityPass
+from mil_sparsity.passes.prune_by_magnitude import PruneByMagnitude
+from mil_sparsity.passes.prune_by_threshold import PruneByThreshold
+from mil_sparsity.passes.sparse_pack import SparsePack
+
+NAMESPACE = "mil_sparsity"
+PASS_CLASSES: tuple[type[SparsityPass], ...] = (PruneByThreshold, PruneByMagnitude, SparsePack)
+
+
+def register_passes() -> None:
+    """Register (or re-register after a reload) every pass under ``mil_sparsity::``.
+
+    Replaces an existing entry only if it is one of ours (same module and class name), so a
+    re-import or ``importlib.reload`` works while a foreign pass of the same name is not hidden.
+    """
+    for cls in PASS_CLASSES:
+        namespace, name = cls.pass_name.split("::")
+        existing = PASS_REGISTRY.passes.get(cls.pass_name)
+        ours = existing is None or (
+            getattr(existing, "__module__", None) == cls.__module__
+            and getattr(existing, "__qualname__", None) == cls.__qualname__
+        )
+        if not ours:
+            raise KeyError(f"{cls.pass_name} is already registered by {existing!r}")
+        PASS_REGISTRY.add(namespace, cls, override=True, name=name)
+
+
+__all__ = ["PASS_CLASSES", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]

@@ -1,0 +1,29 @@
+"""``mil_sparsity::prune_by_magnitude``: exact unstructured, block or n:m magnitude pruning.
+
+Graph: ``const(w) -> op``  becomes  ``constexpr_sparse_to_dense(nonzero_data, mask) -> op``.
+Configs: :class:`~mil_sparsity.MagnitudeConfig` (exactly round(s*N) smallest elements),
+:class:`~mil_sparsity.BlockConfig` (lowest-L2 blocks along ``dim``),
+:class:`~mil_sparsity.NMConfig` (n smallest of every m along ``dim``). Block and n:m apply by
+default only to conv/conv_transpose/linear weights and constant matmul operands. There is no
+default: running the pass without a config raises ValueError.
+"""
+
+from __future__ import annotations
+
+from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig
+from mil_sparsity.passes._base import SparsityPass
+from mil_sparsity.selector import OpSelector
+
+
+class PruneByMagnitude(SparsityPass):
+    pass_name = "mil_sparsity::prune_by_magnitude"
+    description = "Zero the smallest-magnitude weights (unstructured, block or n:m) and pack them."
+    accepted_configs = (MagnitudeConfig, BlockConfig, NMConfig)
+
+    def default_selector(self) -> OpSelector:
+        raise ValueError(
+            "mil_sparsity::prune_by_magnitude has no default sparsity: set its 'config' option "
+            "to a MagnitudeConfig, BlockConfig or NMConfig (or an OpSelector of them), e.g. "
+            'pipeline.set_options("mil_sparsity::prune_by_magnitude", '
+            '{"config": MagnitudeConfig(target_sparsity=0.5)})'
+        )

@@ -1,0 +1,103 @@
+"""Run a pass pipeline on a saved or in-memory ML Program model, without the Core ML runtime.
+
+``apply_pipeline(model, pipeline)``: model spec -> PyMIL program (all functions) -> the
+pipeline's passes -> a new MLModel. The input model and its files are never modified. Works
+for classifiers (the model description is carried over) and multifunction packages (every
+function is loaded, rewritten and exported with the same default function).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import coremltools as ct
+from coremltools.converters.mil.converter import mil_convert
+from coremltools.converters.mil.frontend.milproto import load as milproto
+from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline, PassPipelineManager
+from coremltools.converters.mil.mil.program import Program
+
+from mil_sparsity.report import SparsityReport
+
+ModelLike = Union["ct.models.MLModel", str, "os.PathLike[str]"]
+
+
+def load_model(model: ModelLike) -> Any:
+    """An MLModel as it is, or a package path loaded without compiling it."""
+    if isinstance(model, ct.models.MLModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model: no such file or package: {path}")
+        return ct.models.MLModel(path, skip_model_load=True)
+    raise TypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
+
+
+def load_program(mlmodel: Any) -> Program:
+    """The model's PyMIL program, every function included. Raises for non-mlprogram models."""
+    spec = mlmodel.get_spec()
+    kind = spec.WhichOneof("Type")
+    if kind != "mlProgram":
+        raise TypeError(
+            f"mil_sparsity works on ML Program models, but this model is a {kind!r}. Re-convert it "
+            'with ct.convert(..., convert_to="mlprogram", '
+            "minimum_deployment_target=ct.target.iOS16)."
+        )
+    return milproto.load(
+        spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir
+    )
+
+
+def program_to_model(prog: Program, mlmodel: Any) -> Any:
+    """Export ``prog`` as an MLModel with ``mlmodel``'s description and spec version."""
+    spec = mlmodel.get_spec()
+    description = spec.description
+    if len(description.functions) > 0:
+        prog.export_as_multifunction = True
+        prog.default_function_name = description.defaultFunctionName
+    # the program was loaded from a finished model: export it as it is
+    prog.skip_all_passes = True
+    return mil_convert(
+        prog,
+        convert_to="mlprogram",
+        convert_from="milinternal",
+        specification_version=spec.specificationVersion,
+        compute_units=mlmodel.compute_unit,
+        model_description=description,
+        skip_model_load=True,
+    )
+
+
+def with_report(pipeline: PassPipeline, report: SparsityReport) -> PassPipeline:
+    """A copy of ``pipeline`` whose mil_sparsity passes without a report option get ``report``."""
+    copy = PassPipeline(pass_names=list(pipeline.passes), pipeline_name=pipeline.pipeline_name)
+    copy.set_options_by_another_pipeline(pipeline)
+    for name in copy.passes:
+        if not name.startswith("mil_sparsity::"):
+            continue
+        options = {option.option_name: option.option_val for option in copy.get_options(name) or []}
+        options.setdefault("report", report)
+        copy.set_options(name, options, override=True)
+    return copy
+
+
+def apply_pipeline(
+    model: ModelLike,
+    pipeline: PassPipeline,
+    *,
+    report: Optional[SparsityReport] = None,
+) -> Any:
+    """Apply ``pipeline`` to a saved model post hoc and return the new ``MLModel``.
+
+    ``model`` is an MLModel or a path to a .mlpackage; it is not modified. When ``report`` is
+    given, every mil_sparsity pass in the pipeline that has no ``report`` option fills it.
+    """
+    if not isinstance(pipeline, PassPipeline):
+        raise TypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
+    mlmodel = load_model(model)
+    prog = load_program(mlmodel)
+    if report is not None:
+        pipeline = with_report(pipeline, report)
+    PassPipelineManager.apply_pipeline(prog, pipeline)
+    return program_to_model(prog, mlmodel)
