@@ -96,13 +96,13 @@ def build_sparse_op(const_op: Operation, sparse: SparseWeight, ios18: bool) -> V
     """
     name = f"{const_op.name}_sparse"
     if ios18:
-        return mb.constexpr_sparse_to_dense(  # type: ignore[no-any-return]
+        return mb.constexpr_sparse_to_dense(
             nonzero_data=sparse.nonzero_data,
             mask=sparse.mask.view(types.np_uint1_dtype),
             before_op=const_op,
             name=name,
         )
-    return mb.constexpr_sparse_to_dense(  # type: ignore[no-any-return]
+    return mb.constexpr_sparse_to_dense(
         nonzero_data=sparse.nonzero_data,
         mask=pack_mask_bits(sparse.mask),
         shape=np.asarray(sparse.shape, dtype=np.uint32),

@@ -72,13 +72,12 @@ def program_to_model(prog: Program, mlmodel: Any) -> Any:
 def with_report(pipeline: PassPipeline, report: SparsityReport) -> PassPipeline:
     """A copy of ``pipeline`` whose mil_sparsity passes without a report option get ``report``."""
     copy = PassPipeline(pass_names=list(pipeline.passes), pipeline_name=pipeline.pipeline_name)
-    copy.set_options_by_another_pipeline(pipeline)
     for name in copy.passes:
-        if not name.startswith("mil_sparsity::"):
-            continue
-        options = {option.option_name: option.option_val for option in copy.get_options(name) or []}
-        options.setdefault("report", report)
-        copy.set_options(name, options, override=True)
+        options = {option.option_name: option.option_val for option in pipeline.get_options(name) or []}
+        if name.startswith("mil_sparsity::"):
+            options.setdefault("report", report)
+        if options:
+            copy.set_options(name, options)
     return copy
 
 

@@ -86,13 +86,14 @@ def lowest_k_mask(keys: NDArray[Any], k: int) -> BoolArray:
     scratch.partition(k - 1)
     kth = scratch[k - 1]
     del scratch
-    selected = flat < kth
+    selected: BoolArray = flat < kth
     missing = k - int(np.count_nonzero(selected))
     if missing > 0:
         ties = flat == kth
         last = _index_of_nth_true(ties, missing)
         selected[: last + 1] |= ties[: last + 1]
-    return selected.reshape(keys.shape)
+    result: BoolArray = selected.reshape(keys.shape)
+    return result
 
 
 def _target_count(target_sparsity: float, total: int) -> int:
@@ -133,24 +134,28 @@ def _split_at(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
     return pre, shape[dim], post
 
 
-def _block_squares(weight: NDArray[Any]) -> NDArray[np.floating[Any]]:
+def _block_squares(weight: NDArray[Any]) -> NDArray[Any]:
     """Squares in float32 (float64 for float64 weights), prescaled so they cannot overflow.
 
     fp16 squares always fit float32. A float32 weight whose largest finite magnitude exceeds
     2**60 is first multiplied by a power of two (exact), so block sums stay finite.
     """
+    squares: NDArray[Any]
     if weight.dtype == np.float64:
-        return np.square(weight)
-    if weight.dtype == np.float32:
+        squares = np.square(weight)
+    elif weight.dtype == np.float32:
         keys = magnitude_keys(weight)
         largest_finite_key = np.max(keys, where=keys < np.uint32(0x7F80_0000), initial=0)
         del keys
         largest = float(np.asarray(largest_finite_key, dtype=np.uint32).view(np.float32))
         if largest > 2.0**60:
             exponent = int(np.frexp(largest)[1])
-            return np.square(weight * np.float32(2.0 ** (-exponent)))
-        return np.square(weight)
-    return np.square(weight, dtype=np.float32)
+            squares = np.square(weight * np.float32(2.0 ** (-exponent)))
+        else:
+            squares = np.square(weight)
+    else:
+        squares = np.square(weight, dtype=np.float32)
+    return squares
 
 
 def block_prune_mask(
