@@ -140,7 +140,9 @@ class OpSelector:
             return None if value is None else config_from_dict(value, where)
 
         def load_map(field: str) -> dict[str, Optional[SparsityConfig]]:
-            value = data.get(field) or {}
+            value = data.get(field)
+            if value is None:
+                return {}
             if not isinstance(value, Mapping):
                 raise TypeError(f"OpSelector.{field} must be a dict, got {type(value).__name__}")
             return {key: load(item, f"{field}[{key!r}]") for key, item in value.items()}

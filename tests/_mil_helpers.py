@@ -1,0 +1,122 @@
+"""Helpers for tests on PyMIL programs: run a pass, find sparse ops, snapshot a program."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+
+import mil_sparsity as ms
+
+
+def run_pass(prog: Any, pass_name: str, config: Any = None, report: Any = None) -> ms.SparsityReport:
+    """Run one registered pass on ``prog`` in place; returns the report it filled."""
+    report = ms.SparsityReport() if report is None else report
+    graph_pass = PASS_REGISTRY[pass_name]
+    options = [PassOption("report", report)]
+    if config is not None:
+        options.append(PassOption("config", config))
+    graph_pass.set_options(options)
+    graph_pass(prog)
+    return report
+
+
+def all_ops(prog: Any) -> Iterator[Any]:
+    def walk(block: Any) -> Iterator[Any]:
+        for op in block.operations:
+            yield op
+            for inner in op.blocks:
+                yield from walk(inner)
+
+    for function in prog.functions.values():
+        yield from walk(function)
+
+
+def sparse_ops(prog: Any) -> list[Any]:
+    return [op for op in all_ops(prog) if op.op_type == "constexpr_sparse_to_dense"]
+
+
+def materialized(prog: Any) -> dict[str, np.ndarray]:
+    """Sparse op name -> the dense weight it stands for."""
+    return {op.name: op.materialized_val_inference() for op in sparse_ops(prog)}
+
+
+def weight_of(consumer: Any, input_name: str = "weight") -> np.ndarray:
+    """The dense value feeding ``consumer``'s input, whether const or sparse."""
+    var = consumer.inputs[input_name]
+    if var.op.op_type == "constexpr_sparse_to_dense":
+        return var.op.materialized_val_inference()
+    return var.val
+
+
+def find_op(prog: Any, name: str) -> Any:
+    return next(op for op in all_ops(prog) if op.name == name)
+
+
+def snapshot(prog: Any) -> list[tuple[Any, ...]]:
+    """Every op in order with its inputs, outputs and const bytes: equal iff unchanged."""
+    rows: list[tuple[Any, ...]] = []
+    for op in all_ops(prog):
+        inputs = tuple(
+            (key, tuple(v.name for v in value) if isinstance(value, (list, tuple)) else value.name)
+            for key, value in sorted(op.inputs.items())
+        )
+        const = None
+        if op.op_type == "const":
+            val = op.outputs[0].val
+            const = (str(np.asarray(val).dtype), np.asarray(val).tobytes())
+        rows.append((op.op_type, op.name, inputs, tuple(v.name for v in op.outputs), const,
+                     tuple(child.name for v in op.outputs for child in v.child_ops)))
+    return rows
+
+
+def bits(array: np.ndarray) -> np.ndarray:
+    """Bit pattern of a float array, -0.0 folded into +0.0 (what a sparse op gives back)."""
+    array = np.where(array == 0, np.zeros_like(array), array)
+    unsigned = {2: np.uint16, 4: np.uint32, 8: np.uint64, 1: np.uint8}[array.dtype.itemsize]
+    return array.view(unsigned)
+
+
+# ---- independent reference rules (simple loops/sorts; small arrays only) ------------------
+
+def ref_magnitude(w: np.ndarray, sparsity: float) -> np.ndarray:
+    k = round(sparsity * w.size)
+    order = np.argsort(np.abs(w.astype(np.float64)).ravel(), kind="stable")
+    pruned = np.zeros(w.size, dtype=bool)
+    pruned[order[:k]] = True
+    return np.where(pruned.reshape(w.shape), 0, w).astype(w.dtype)
+
+
+def ref_threshold(w: np.ndarray, threshold: float) -> np.ndarray:
+    return np.where(np.abs(w.astype(np.float64)) <= threshold, 0, w).astype(w.dtype)
+
+
+def ref_n_m(w: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
+    moved = np.moveaxis(w.copy(), dim, -1)
+    flat = moved.reshape(-1, moved.shape[-1])
+    for row in flat:
+        for start in range(0, row.size, m):
+            group = row[start : start + m]
+            drop = n - (m - group.size)
+            if drop > 0:
+                order = np.argsort(np.abs(group.astype(np.float64)), kind="stable")[:drop]
+                group[order] = 0
+    return np.moveaxis(flat.reshape(moved.shape), -1, dim)
+
+
+def ref_block(w: np.ndarray, sparsity: float, block_size: int, dim: int) -> np.ndarray:
+    moved = np.moveaxis(w.copy(), dim, 0)
+    length = moved.shape[0]
+    rest = moved.reshape(length, -1)
+    starts = list(range(0, length, block_size))
+    scores = np.array(
+        [(rest[s : s + block_size].astype(np.float64) ** 2).sum(axis=0) for s in starts]
+    )  # (blocks, columns)
+    k = round(sparsity * scores.size)
+    order = np.argsort(scores.ravel(), kind="stable")[:k]
+    for flat_index in order:
+        b, column = divmod(int(flat_index), scores.shape[1])
+        rest[starts[b] : starts[b] + block_size, column] = 0
+    return np.moveaxis(rest.reshape(moved.shape), 0, dim)
