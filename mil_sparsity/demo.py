@@ -36,7 +36,7 @@ def build_model(target: Any) -> Any:
     fc1_w = rng.standard_normal((256, 64 * 6 * 6)).astype(np.float32)
     fc2_w = rng.standard_normal((10, 256)).astype(np.float32)
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 16, 8, 8))], opset_version=target)
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 16, 8, 8))], opset_version=target)  # type: ignore[untyped-decorator]
     def prog(x: Any) -> Any:
         y = mb.conv(x=x, weight=conv_w, name="conv1")
         y = mb.relu(x=y)
