@@ -88,27 +88,28 @@ def uses_ios18_form(function: Function) -> bool:
     return bool(function.opset_version >= IOS18)
 
 
-def build_sparse_op(const_op: Operation, sparse: SparseWeight, ios18: bool) -> Var:
-    """Insert ``constexpr_sparse_to_dense`` just before ``const_op`` (caller holds the block).
+def sparse_op_inputs(sparse: SparseWeight, ios18: bool) -> dict[str, np.ndarray]:
+    """The inputs of ``constexpr_sparse_to_dense`` in the form of the program's opset.
 
-    iOS16/17 form: uint8 mask of packed bits (LSB first, row-major) plus a uint32 shape.
-    iOS18 form: uint1 mask with the weight's shape.
+    iOS16/17 form: uint8 mask of packed bits (LSB first, row-major) plus a uint32 shape; the
+    bool mask is not kept, so a planned replacement holds 1 bit per element, not 1 byte.
+    iOS18 form: uint1 mask with the weight's shape (one byte per element, as PyMIL stores it).
     """
-    name = f"{const_op.name}_sparse"
     if ios18:
-        return mb.constexpr_sparse_to_dense(
-            nonzero_data=sparse.nonzero_data,
-            mask=sparse.mask.view(types.np_uint1_dtype),
-            before_op=const_op,
-            name=name,
-        )
-    return mb.constexpr_sparse_to_dense(
-        nonzero_data=sparse.nonzero_data,
-        mask=pack_mask_bits(sparse.mask),
-        shape=np.asarray(sparse.shape, dtype=np.uint32),
-        before_op=const_op,
-        name=name,
+        return {"nonzero_data": sparse.nonzero_data, "mask": sparse.mask.view(types.np_uint1_dtype)}
+    return {
+        "nonzero_data": sparse.nonzero_data,
+        "mask": pack_mask_bits(sparse.mask),
+        "shape": np.asarray(sparse.shape, dtype=np.uint32),
+    }
+
+
+def build_sparse_op(const_op: Operation, inputs: dict[str, np.ndarray]) -> Var:
+    """Insert ``constexpr_sparse_to_dense`` just before ``const_op`` (caller holds the block)."""
+    new_var: Var = mb.constexpr_sparse_to_dense(
+        **inputs, before_op=const_op, name=f"{const_op.name}_sparse"
     )
+    return new_var
 
 
 def remove_new_op(var: Var) -> None:

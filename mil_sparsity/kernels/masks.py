@@ -45,6 +45,14 @@ def magnitude_keys(weight: NDArray[Any]) -> NDArray[np.unsignedinteger[Any]]:
     return np.bitwise_and(weight.view(unsigned), unsigned(sign_clear))
 
 
+def magnitude_keys_in_place(scratch: NDArray[Any]) -> NDArray[np.unsignedinteger[Any]]:
+    """Turn a float array the caller owns into its magnitude keys without a new allocation."""
+    unsigned, sign_clear = _key_layout(scratch.dtype)
+    keys = scratch.view(unsigned)
+    np.bitwise_and(keys, unsigned(sign_clear), out=keys)
+    return keys
+
+
 def normalize_dim(dim: int, rank: int, field: str = "dim") -> int:
     """Return ``dim`` as a non-negative axis of a rank-``rank`` tensor or raise ValueError."""
     if not -rank <= dim < rank:
@@ -55,18 +63,30 @@ def normalize_dim(dim: int, rank: int, field: str = "dim") -> int:
     return dim % rank
 
 
+def chunk_counts(flags: BoolArray, chunk: int) -> NDArray[np.intp]:
+    """Number of Trues in each ``chunk``-long slice of a 1-D bool array (last one may be short).
+
+    A 2-D ``count_nonzero`` over the whole chunks plus one for the tail: no temporary of the
+    array's size (``np.add.reduceat`` would cast the whole array to the count dtype first).
+    """
+    whole = flags.size // chunk * chunk
+    counts = np.count_nonzero(flags[:whole].reshape(-1, chunk), axis=1)
+    if whole < flags.size:
+        counts = np.append(counts, np.count_nonzero(flags[whole:]))
+    return np.asarray(counts, dtype=np.intp)
+
+
 def _index_of_nth_true(flags: BoolArray, nth: int) -> int:
     """Flat index of the ``nth`` (1-based) True in a 1-D bool array.
 
-    Counts Trues per chunk (one reduceat), finds the chunk by cumulative count, then looks
-    inside that single chunk, so no index array of the full length is ever built.
+    Counts Trues per chunk, finds the chunk by cumulative count, then looks inside that single
+    chunk, so no index array of the full length is ever built.
     """
-    starts = np.arange(0, flags.size, _TIE_CHUNK)
-    counts = np.add.reduceat(flags, starts, dtype=np.int64)
+    counts = chunk_counts(flags, _TIE_CHUNK)
     cumulative = np.cumsum(counts)
     chunk = int(np.searchsorted(cumulative, nth))
     before = int(cumulative[chunk] - counts[chunk])
-    start = int(starts[chunk])
+    start = chunk * _TIE_CHUNK
     inside = np.flatnonzero(flags[start : start + _TIE_CHUNK])
     return start + int(inside[nth - before - 1])
 
@@ -190,26 +210,62 @@ def block_prune_mask(
     return expanded.reshape(weight.shape)
 
 
-def _lowest_n_in_groups(group_keys: NDArray[Any], n: int) -> BoolArray:
-    """For keys shaped (pre, groups, group_len, post), select the n smallest along axis 2.
+# Up to this group length, n:m ranks come from pairwise compares of whole position slices
+# (g*(g-1)/2 vectorised compares); longer groups use one np.partition along the group axis.
+_PAIRWISE_MAX_GROUP: Final = 8
 
-    One ``np.partition`` along the group axis gives each group's n-th smallest key ``v``; keys
-    below ``v`` are selected, then the first ``n - count(< v)`` keys equal to ``v`` (a narrow
-    cumulative count along the group axis ranks the ties).
+
+def _lowest_n_pairwise(group_weights: NDArray[Any], n: int, out: BoolArray) -> None:
+    """Rank every element inside its group by pairwise compares; write rank < n into ``out``.
+
+    Keys are laid out position-major, shape (g, ...), so each compare reads two contiguous
+    vectors that span all groups. For positions i < j: ``less = key[j] < key[i]``; i's rank
+    gains ``less`` and j's rank (started at j) loses it, so the lower position ranks first on
+    ties. The loop runs over the g*(g-1)/2 position pairs, never over groups or elements.
+    """
+    group_len = group_weights.shape[2]
+    # one position-major copy of the weights, turned into keys in place
+    by_position = magnitude_keys_in_place(np.ascontiguousarray(np.moveaxis(group_weights, 2, 0)))
+    rank = np.empty(by_position.shape, dtype=np.uint8)
+    rank[...] = np.arange(group_len, dtype=np.uint8).reshape((group_len,) + (1,) * (rank.ndim - 1))
+    less = np.empty(by_position.shape[1:], dtype=np.bool_)
+    for i in range(group_len):
+        for j in range(i + 1, group_len):
+            np.less(by_position[j], by_position[i], out=less)
+            rank[i] += less
+            rank[j] -= less
+    del by_position, less
+    np.less(rank, n, out=np.moveaxis(out, 2, 0))
+
+
+def _lowest_n_partition(group_keys: NDArray[Any], n: int, out: BoolArray) -> None:
+    """Select the n smallest along axis 2 with one ``np.partition`` (long groups).
+
+    The partition gives each group's n-th smallest key ``v``; keys below ``v`` are selected,
+    then the first ``n - count(< v)`` keys equal to ``v`` (a narrow cumulative count along the
+    group axis ranks the ties).
     """
     group_len = group_keys.shape[2]
-    if n <= 0:
-        return np.zeros(group_keys.shape, dtype=np.bool_)
-    if n >= group_len:
-        return np.ones(group_keys.shape, dtype=np.bool_)
     kth = np.partition(group_keys, n - 1, axis=2)[:, :, n - 1 : n, :].copy()
-    selected = group_keys < kth
+    np.less(group_keys, kth, out=out)
     count_dtype = np.uint8 if group_len < 256 else np.uint32
-    missing = np.subtract(n, selected.sum(axis=2, keepdims=True, dtype=count_dtype), dtype=count_dtype)
+    missing = np.subtract(n, out.sum(axis=2, keepdims=True, dtype=count_dtype), dtype=count_dtype)
     ties = group_keys == kth
     tie_rank = np.cumsum(ties, axis=2, dtype=count_dtype)
-    selected |= ties & (tie_rank <= missing)
-    return selected
+    out |= ties & (tie_rank <= missing)
+
+
+def _select_lowest_n(group_weights: NDArray[Any], n: int, out: BoolArray) -> None:
+    """For weights shaped (pre, groups, group_len, post), mark the n smallest magnitudes along
+    axis 2 in ``out`` (same shape). Ties go to the lower position in the group."""
+    group_len = group_weights.shape[2]
+    if n <= 0 or n >= group_len:
+        out[...] = n > 0
+        return
+    if group_len <= _PAIRWISE_MAX_GROUP:
+        _lowest_n_pairwise(group_weights, n, out)
+    else:
+        _lowest_n_partition(magnitude_keys(group_weights), n, out)
 
 
 def nm_prune_mask(weight: NDArray[Any], n: int, m: int, dim: int) -> BoolArray:
@@ -224,15 +280,20 @@ def nm_prune_mask(weight: NDArray[Any], n: int, m: int, dim: int) -> BoolArray:
         raise ValueError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {n}:{m}")
     axis = normalize_dim(dim, weight.ndim)
     pre, length, post = _split_at(weight.shape, axis)
-    keys = magnitude_keys(weight).reshape(pre, length, post)
+    by_dim = weight.reshape(pre, length, post)
     full_groups, tail = divmod(length, m)
     cut = full_groups * m
     pruned = np.empty((pre, length, post), dtype=np.bool_)
-    pruned[:, :cut] = _lowest_n_in_groups(
-        keys[:, :cut].reshape(pre, full_groups, m, post), n
-    ).reshape(pre, cut, post)
+    # splitting axis 1 of a slice is always a view, so the selections land in ``pruned``
+    _select_lowest_n(
+        by_dim[:, :cut].reshape(pre, full_groups, m, post),
+        n,
+        pruned[:, :cut].reshape(pre, full_groups, m, post),
+    )
     if tail:
-        pruned[:, cut:] = _lowest_n_in_groups(
-            keys[:, cut:].reshape(pre, 1, tail, post), n - (m - tail)
-        ).reshape(pre, tail, post)
+        _select_lowest_n(
+            by_dim[:, cut:].reshape(pre, 1, tail, post),
+            n - (m - tail),
+            pruned[:, cut:].reshape(pre, 1, tail, post),
+        )
     return pruned.reshape(weight.shape)

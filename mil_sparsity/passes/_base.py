@@ -40,8 +40,7 @@ class _Planned:
 
     block: Block
     op: Operation
-    sparse: SparseWeight
-    ios18: bool
+    inputs: dict[str, np.ndarray]  # constexpr_sparse_to_dense inputs, in the opset's form
 
 
 @attrs.frozen
@@ -130,7 +129,8 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
                     outcome, config, note = self._decide(view, selector)
                     records.append(self._record(view, outcome, config, note))
                     if isinstance(outcome, SparseWeight):
-                        planned.append(_Planned(block, op, outcome, ios18))
+                        inputs = _graph.sparse_op_inputs(outcome, ios18)
+                        planned.append(_Planned(block, op, inputs))
         return planned, records
 
     def _decide(
@@ -255,7 +255,7 @@ def _commit(planned: list[_Planned]) -> None:
         for items in by_block.values():
             with items[0].block:
                 for item in items:
-                    created.append((item, _graph.build_sparse_op(item.op, item.sparse, item.ios18)))
+                    created.append((item, _graph.build_sparse_op(item.op, item.inputs)))
         for item, new_var in created:
             item.block.replace_uses_of_var_after_op(
                 anchor_op=item.op,
