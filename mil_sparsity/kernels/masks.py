@@ -155,27 +155,22 @@ def _split_at(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 
 def _block_squares(weight: NDArray[Any]) -> NDArray[Any]:
-    """Squares in float32 (float64 for float64 weights), prescaled so they cannot overflow.
+    """Element squares in a dtype whose range holds every square of the weight's dtype.
 
-    fp16 squares always fit float32. A float32 weight whose largest finite magnitude exceeds
-    2**60 is first multiplied by a power of two (exact), so block sums stay finite.
+    fp16 -> float32 (65504**2 and the smallest fp16 subnormal squared are both normal float32)
+    and fp32 -> float64 (likewise), so no block score overflows to inf or flushes to zero and
+    the order of the scores is the order of the true L2 norms. The temporary is twice the
+    weight's size. float64 (not a Core ML weight dtype) is squared in float64, whose range is
+    not wider: scores of |w| beyond 1e154 or below 1e-162 overflow or flush to zero.
     """
-    squares: NDArray[Any]
-    if weight.dtype == np.float64:
-        squares = np.square(weight)
-    elif weight.dtype == np.float32:
-        keys = magnitude_keys(weight)
-        largest_finite_key = np.max(keys, where=keys < np.uint32(0x7F80_0000), initial=0)
-        del keys
-        largest = float(np.asarray(largest_finite_key, dtype=np.uint32).view(np.float32))
-        if largest > 2.0**60:
-            exponent = int(np.frexp(largest)[1])
-            squares = np.square(weight * np.float32(2.0 ** (-exponent)))
-        else:
-            squares = np.square(weight)
-    else:
-        squares = np.square(weight, dtype=np.float32)
+    wider = np.float32 if weight.dtype == np.float16 else np.float64
+    squares: NDArray[Any] = np.square(weight, dtype=wider)
     return squares
+
+
+def _score_keys(scores: NDArray[Any]) -> NDArray[np.unsignedinteger[Any]]:
+    """Magnitude keys of float32/float64 block scores (NaN above +inf, as for weights)."""
+    return magnitude_keys(scores)
 
 
 def block_prune_mask(
@@ -184,9 +179,10 @@ def block_prune_mask(
     """Zero whole blocks of ``block_size`` consecutive elements along ``dim``.
 
     Blocks are cut from the start of ``dim``; a shorter last block is kept as a block of its
-    own. Score = sum of squares (the squared L2 norm, same order as the norm) computed in
-    float32 or wider. The ``round(target_sparsity * number_of_blocks)`` lowest-scoring blocks are
-    pruned; ties go to the lower block in row-major block order; NaN scores are pruned last.
+    own. Score = sum of squares (the squared L2 norm, same order as the norm), computed in
+    float32 for fp16 weights and float64 for fp32 weights. The
+    ``round(target_sparsity * number_of_blocks)`` lowest-scoring blocks are pruned; ties go to
+    the lower block in row-major block order; NaN scores are pruned last.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -200,7 +196,7 @@ def block_prune_mask(
         tail_scores = squares[:, cut:].sum(axis=1, keepdims=True)
         scores = np.concatenate([scores, tail_scores], axis=1)
     del squares
-    score_keys = magnitude_keys(scores)
+    score_keys = _score_keys(scores)
     block_count = scores.shape[1]
     pruned_blocks = lowest_k_mask(score_keys, _target_count(target_sparsity, score_keys.size))
     repeats = np.full(block_count, block_size, dtype=np.int64)
