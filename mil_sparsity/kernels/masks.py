@@ -220,8 +220,9 @@ def _lowest_n_pairwise(group_weights: NDArray[Any], n: int, out: BoolArray) -> N
     ties. The loop runs over the g*(g-1)/2 position pairs, never over groups or elements.
     """
     group_len = group_weights.shape[2]
-    # one position-major copy of the weights, turned into keys in place
-    by_position = magnitude_keys_in_place(np.ascontiguousarray(np.moveaxis(group_weights, 2, 0)))
+    # one position-major copy of the weights (always a copy: ascontiguousarray would return a
+    # view when the layout already matches, and the keys are then computed in place)
+    by_position = magnitude_keys_in_place(np.array(np.moveaxis(group_weights, 2, 0), order="C", copy=True))
     rank = np.empty(by_position.shape, dtype=np.uint8)
     rank[...] = np.arange(group_len, dtype=np.uint8).reshape((group_len,) + (1,) * (rank.ndim - 1))
     less = np.empty(by_position.shape[1:], dtype=np.bool_)
