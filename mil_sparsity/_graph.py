@@ -14,20 +14,10 @@ from coremltools.converters.mil.mil.var import Var
 from coremltools.converters.mil._deployment_compatibility import AvailableTarget
 
 from mil_sparsity.kernels import SparseWeight, pack_mask_bits
+from mil_sparsity.selection import WEIGHT_DTYPES, Consumer, WeightSite
 
 IOS16 = AvailableTarget.iOS16
 IOS18 = AvailableTarget.iOS18
-
-# const dtypes that are weights (what Core ML stores in the weight blob file)
-WEIGHT_DTYPES = frozenset({"float16", "float32", "int8", "uint8"})
-
-# (consumer op type, input name) pairs that structured sparsity applies to by default
-STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
-    "conv": frozenset({"weight"}),
-    "conv_transpose": frozenset({"weight"}),
-    "linear": frozenset({"weight"}),
-    "matmul": frozenset({"x", "y"}),
-}
 
 
 def target_name(opset: Any) -> str:
@@ -65,9 +55,9 @@ def weight_consts(block: Block) -> Iterator[Operation]:
             yield op
 
 
-def consumers(var: Var) -> list[tuple[Operation, tuple[str, ...]]]:
+def consumers(var: Var) -> tuple[Consumer, ...]:
     """Each op reading ``var`` once, with the input names under which it reads it."""
-    seen: dict[int, tuple[Operation, list[str]]] = {}
+    seen: dict[int, Consumer] = {}
     for child in var.child_ops:
         if id(child) in seen:
             continue
@@ -76,12 +66,22 @@ def consumers(var: Var) -> list[tuple[Operation, tuple[str, ...]]]:
             values = value if isinstance(value, (list, tuple)) else (value,)
             if any(item is var for item in values):
                 names.append(input_name)
-        seen[id(child)] = (child, names)
-    return [(op, tuple(names)) for op, names in seen.values()]
+        seen[id(child)] = Consumer(str(child.name), str(child.op_type), tuple(names))
+    return tuple(seen.values())
 
 
-def feeds_block_output(var: Var) -> bool:
-    return len(var.consuming_blocks) > 0
+def weight_site(function_name: str, const_op: Operation) -> WeightSite:
+    """The selection rules' view of a PyMIL const."""
+    var = const_op.outputs[0]
+    value = var.val
+    return WeightSite(
+        function=function_name,
+        name=str(const_op.name),
+        shape=tuple(int(d) for d in value.shape),
+        dtype=str(value.dtype),
+        consumers=consumers(var),
+        feeds_block_output=len(var.consuming_blocks) > 0,
+    )
 
 
 def uses_ios18_form(function: Function) -> bool:

@@ -1,0 +1,203 @@
+"""Which weights a pass packs, and why not the others: the one implementation of the rules.
+
+Both the PyMIL passes and the streaming package rewriter describe each const as a
+:class:`WeightSite` (plain data: name, shape, dtype, who reads it) and call :func:`decide`.
+Nothing here touches a program or a file; the weight's value is loaded through a callable and
+only when a handler needs it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import attrs
+import numpy as np
+from numpy.typing import NDArray
+
+from mil_sparsity.configs import SparsityConfig, config_to_dict
+from mil_sparsity.handlers import Skip, run_handler
+from mil_sparsity.kernels import SparseWeight, zero_fraction
+from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
+from mil_sparsity.selector import OpSelector
+
+# (consumer op type, input names) that structured sparsity applies to by default
+STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
+    "conv": frozenset({"weight"}),
+    "conv_transpose": frozenset({"weight"}),
+    "linear": frozenset({"weight"}),
+    "matmul": frozenset({"x", "y"}),
+}
+
+# const dtypes that are weights (what Core ML stores in the weight blob file)
+WEIGHT_DTYPES = frozenset({"float16", "float32", "int8", "uint8"})
+
+# skipped weights up to this size get their current sparsity in the report
+_CHEAP_SPARSITY_SIZE = 1 << 16
+
+ValueLoader = Callable[[], NDArray[Any]]
+
+
+@attrs.frozen
+class Consumer:
+    """One op reading a const, and the input names under which it reads it."""
+
+    name: str
+    op_type: str
+    input_names: tuple[str, ...]
+
+
+@attrs.frozen
+class WeightSite:
+    """A const weight as the selection rules see it."""
+
+    function: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    consumers: tuple[Consumer, ...]
+    feeds_block_output: bool
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
+    def consumer_types(self) -> tuple[str, ...]:
+        return tuple(consumer.op_type for consumer in self.consumers)
+
+
+@attrs.frozen
+class PassRules:
+    """What differs between passes: their name, configs and weight dtypes."""
+
+    pass_name: str
+    accepted_configs: tuple[type, ...]
+    supported_dtypes: frozenset[str]
+
+
+@attrs.frozen
+class Decision:
+    """The outcome for one weight: its sparse form, or a skip with the reason."""
+
+    outcome: SparseWeight | Skip
+    config: Optional[SparsityConfig] = None
+    source: str = ""
+
+
+def check_selector(selector: OpSelector, rules: PassRules) -> OpSelector:
+    """ValueError if any config in the selector is of a kind the pass does not take."""
+    accepted = ", ".join(cls.__name__ for cls in rules.accepted_configs)
+    for where, config in selector.entries():
+        if config is not None and not isinstance(config, rules.accepted_configs):
+            raise ValueError(
+                f"{rules.pass_name} takes {accepted}; {where} is a {type(config).__name__}"
+            )
+    return selector
+
+
+def resolve(site: WeightSite, selector: OpSelector, rules: PassRules) -> tuple[Optional[SparsityConfig], str, bool]:
+    """One config for the const, or ValueError if its consumers' configs differ.
+
+    Configs that would not consider the weight anyway (None, or weight_threshold not exceeded)
+    count as None when comparing, so a tiny const shared by differently configured ops is no
+    conflict.
+    """
+    resolutions = [
+        (consumer, selector.resolve(site.name, consumer.name, consumer.op_type))
+        for consumer in site.consumers
+    ]
+
+    def effective(config: Optional[SparsityConfig]) -> Optional[SparsityConfig]:
+        if config is None or site.size <= config.weight_threshold:
+            return None
+        return config
+
+    first_consumer, first = resolutions[0]
+    for consumer, other in resolutions[1:]:
+        if effective(other.config) != effective(first.config):
+            raise ValueError(
+                f"{rules.pass_name}: const {site.name!r} is shared by ops {first_consumer.name!r} "
+                f"({first_consumer.op_type}, {first.source} = {first.config}) and "
+                f"{consumer.name!r} ({consumer.op_type}, {other.source} = {other.config}), whose "
+                f"configs differ. Give the const one config with op_name_configs[{site.name!r}]."
+            )
+    by_name = all(resolution.by_name for _, resolution in resolutions)
+    return first.config, first.source, by_name
+
+
+def in_structured_scope(site: WeightSite) -> bool:
+    """True if every consumer reads the const as a conv/linear weight or a matmul operand."""
+    for consumer in site.consumers:
+        allowed = STRUCTURED_SCOPE.get(consumer.op_type)
+        if allowed is None or not set(consumer.input_names) <= allowed:
+            return False
+    return True
+
+
+def decide(site: WeightSite, selector: OpSelector, rules: PassRules, load: ValueLoader) -> Decision:
+    """Selection for one const, cheapest checks first; the value is loaded only for a handler."""
+    if site.feeds_block_output:
+        return Decision(Skip("feeds a block output directly"))
+    constexpr_users = sorted(t for t in site.consumer_types if t.startswith("constexpr_"))
+    if constexpr_users:
+        return Decision(Skip(f"already feeds {constexpr_users[0]}"))
+    if not site.consumers:
+        return Decision(Skip("not used by any op"))
+    if site.rank <= 1:
+        return Decision(Skip(f"rank {site.rank} const (only rank >= 2 is sparsified)"))
+    config, source, by_name = resolve(site, selector, rules)
+    if config is None:
+        return Decision(Skip(f"no config selected ({source} is None)"), None, source)
+    if site.size <= config.weight_threshold:
+        return Decision(
+            Skip(f"{site.size} elements <= weight_threshold {config.weight_threshold}"), config, source
+        )
+    if site.dtype not in rules.supported_dtypes:
+        allowed = ", ".join(sorted(rules.supported_dtypes))
+        return Decision(Skip(f"dtype {site.dtype} not handled by this pass (handles {allowed})"), config, source)
+    if getattr(config, "structured", False) and not by_name and not in_structured_scope(site):
+        return Decision(
+            Skip(
+                f"{config.kind} sparsity applies by default only to conv/conv_transpose/linear "
+                "weights and constant matmul operands; select this const by name to force it"
+            ),
+            config,
+            source,
+        )
+    return Decision(run_handler(load(), config), config, source)
+
+
+def record(site: WeightSite, decision: Decision, rules: PassRules, load: ValueLoader) -> WeightRecord:
+    """The report row for one decision (a small skipped weight's current sparsity is measured)."""
+    outcome = decision.outcome
+    common: dict[str, Any] = dict(
+        pass_name=rules.pass_name,
+        function=site.function,
+        name=site.name,
+        shape=site.shape,
+        dtype=site.dtype,
+        consumer_types=site.consumer_types,
+        config=None if decision.config is None else config_to_dict(decision.config),
+        dense_bytes=site.nbytes,
+    )
+    if isinstance(outcome, SparseWeight):
+        return WeightRecord(
+            decision=PACKED,
+            reason=f"config from {decision.source}",
+            sparsity=outcome.sparsity,
+            packed_bytes=outcome.packed_nbytes,
+            **common,
+        )
+    sparsity = outcome.sparsity
+    if sparsity is None and site.size <= _CHEAP_SPARSITY_SIZE:
+        sparsity = zero_fraction(load())
+    return WeightRecord(decision=SKIPPED, reason=outcome.reason, sparsity=sparsity, packed_bytes=None, **common)
