@@ -2,8 +2,8 @@
 
 Every expectation is computed independently in this file by a deliberately simple reference
 (float64 arithmetic, stable argsort, Python loops over groups) and never by calling the kernel
-under test. Shapes are small (rank 2 to 5, sides 1..9, sizes rarely multiples of 8, m or
-block_size) so the whole file runs in seconds.
+under test. Shapes are small (rank 2 to 5, sides 1..9, one axis up to 40 for n:m; sizes rarely
+multiples of 8, m or block_size) so the whole file runs in seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mil_sparsity.kernels import (
     magnitude_keys,
     magnitude_prune_mask,
     nm_prune_mask,
+    nonzero_mask,
     normalize_dim,
     pack_mask_bits,
     pack_sparse,
@@ -87,6 +88,24 @@ def as_f64(w: np.ndarray) -> np.ndarray:
         return w.astype(np.float64)
 
 
+class Unchanged:
+    """Context manager: the array's bits (NaN payloads and -0.0 included) must not change."""
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        self.arrays = arrays
+        self.before = [a.copy(order="K") for a in arrays]
+
+    def __enter__(self) -> Unchanged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            for a, b in zip(self.arrays, self.before):
+                assert np.array_equal(
+                    np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8)
+                ), "kernel modified its input"
+
+
 def ref_keys(w: np.ndarray) -> np.ndarray:
     """Test-side magnitude key: bit pattern with the sign bit cleared (C order copy)."""
     u, sign = _UINT[w.dtype]
@@ -111,6 +130,18 @@ def special_values(dtype: np.dtype[Any]) -> np.ndarray:
 
 
 @st.composite
+def long_axis_shapes(draw: st.DrawFn) -> tuple[int, ...]:
+    """Rank 2-5 with one axis of length 1..40 (others small): room for several long groups."""
+    rank = draw(st.integers(2, 5))
+    axis = draw(st.integers(0, rank - 1))
+    sides = draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank))
+    while math.prod(sides) > 24:
+        sides[sides.index(max(sides))] -= 1
+    sides[axis] = draw(st.integers(1, 40))
+    return tuple(sides)
+
+
+@st.composite
 def shapes(draw: st.DrawFn, min_dims: int = 2, max_dims: int = 5) -> tuple[int, ...]:
     rank = draw(st.integers(min_dims, max_dims))
     side = _MAX_SIDE[rank]
@@ -130,6 +161,7 @@ def weights(
     min_dims: int = 2,
     max_dims: int = 5,
     allow_special_in_ties: bool = True,
+    shape_strategy: st.SearchStrategy[tuple[int, ...]] | None = None,
 ) -> np.ndarray:
     """Float arrays of several flavours.
 
@@ -139,7 +171,7 @@ def weights(
     Layout is C, Fortran or a strided view, to catch kernels that assume C order.
     """
     dtype = draw(st.sampled_from(dtypes))
-    shape = draw(shapes(min_dims, max_dims))
+    shape = draw(shape_strategy if shape_strategy is not None else shapes(min_dims, max_dims))
     kind = draw(st.sampled_from(kinds))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -251,7 +283,8 @@ def ref_pack_bits(mask: np.ndarray) -> np.ndarray:
 @given(w=weights(kinds=("any", "ties"), max_dims=3))
 def test_magnitude_keys_order_matches_abs(w: np.ndarray) -> None:
     specials = special_values(w.dtype)
-    keys = magnitude_keys(w)
+    with Unchanged(w):
+        keys = magnitude_keys(w)
     assert keys.shape == w.shape
     assert keys.dtype == _uint(w.dtype)
     assert np.array_equal(keys, ref_keys(w))
@@ -319,7 +352,8 @@ def near_threshold_pool(dtype: np.dtype[Any], t: float) -> np.ndarray:
     with np.errstate(over="ignore"):
         c = np.array(t, dtype=np.float64).astype(dtype)
     c = np.abs(c)
-    near = [c, np.nextafter(c, dtype.type(0)), np.nextafter(c, dtype.type(np.inf))]
+    with np.errstate(over="ignore"):
+        near = [c, np.nextafter(c, dtype.type(0)), np.nextafter(c, dtype.type(np.inf))]
     near = np.array(near, dtype=dtype)
     near = near[~np.isnan(near)]
     return np.concatenate([near, -near, special_values(dtype)])
@@ -335,7 +369,8 @@ def test_threshold_prune_mask_is_exact(
     w = _from_pool(pool, idx)
     if data.draw(st.booleans()):
         w = np.asfortranarray(w)
-    mask = threshold_prune_mask(w, t)
+    with Unchanged(w):
+        mask = threshold_prune_mask(w, t)
     expected = np.abs(as_f64(w)) <= t  # exact: every fp16/32 value is exact in fp64
     assert mask.dtype == np.bool_
     assert mask.shape == w.shape
@@ -385,7 +420,8 @@ def test_threshold_nan_rejected() -> None:
 @PROPERTY
 @given(w=weights(), s=sparsities)
 def test_magnitude_prune_mask(w: np.ndarray, s: float) -> None:
-    mask = magnitude_prune_mask(w, s)
+    with Unchanged(w):
+        mask = magnitude_prune_mask(w, s)
     k = round(s * w.size)
     assert mask.shape == w.shape
     assert mask.dtype == np.bool_
@@ -463,7 +499,9 @@ def check_block_structure(w: np.ndarray, mask: np.ndarray, s: float, block_size:
 @given(args=block_args(kinds=("any", "ties", "random")))
 def test_block_prune_mask_structure(args: tuple[np.ndarray, float, int, int]) -> None:
     w, s, block_size, dim = args
-    check_block_structure(w, block_prune_mask(w, s, block_size, dim), s, block_size, dim)
+    with Unchanged(w):
+        mask = block_prune_mask(w, s, block_size, dim)
+    check_block_structure(w, mask, s, block_size, dim)
 
 
 @PROPERTY
@@ -476,7 +514,8 @@ def test_block_prune_mask_matches_float64_reference(args: tuple[np.ndarray, floa
     if 0 < k < scores.size:
         # tie-free at the cut (float32 rounding of the kernel's sums must not matter)
         assume(ordered[k] - ordered[k - 1] > 1e-5 * ordered[k])
-    mask = block_prune_mask(w, s, block_size, dim)
+    with Unchanged(w):
+        mask = block_prune_mask(w, s, block_size, dim)
     check_block_structure(w, mask, s, block_size, dim)
     assert np.array_equal(mask, ref_block_mask(w, s, block_size, dim))
 
@@ -525,47 +564,53 @@ def test_block_prune_mask_partial_last_block_and_nan() -> None:
     assert block_prune_mask(w, 0.5, 99, 1).tolist() == [[True] * 5, [False] * 5]
 
 
-# Known kernel bugs (block scores lose the float64 order through overflow or underflow).
-# Each case asserts the correct result; strict xfail so a fix makes them XPASS -> fail loudly.
-_BLOCK_SCORE_BUGS = [
-    pytest.param(
-        np.array([[1e200, 1e160]], np.float64), 0.5, 1, [[False, True]],
-        id="f64-overflow-no-prescale",
-    ),
-    pytest.param(
-        np.array([[1e-170, 1e-200]], np.float64), 0.5, 1, [[False, True]],
-        id="f64-underflow",
-    ),
+# Extreme magnitudes: block scores must keep the true L2 order (no overflow to inf, no flush
+# to zero). fp16 and fp32 weights must be exact here; each expectation is checked against
+# exact rational scores first.
+_FP32_EXTREMES = [
     pytest.param(
         np.concatenate(
             [np.full((1, 600), 2.0**60, np.float32), np.full((1, 600), 0.9 * 2.0**60, np.float32)],
             axis=1,
         ),
         0.5, 600, [[False] * 600 + [True] * 600],
-        id="f32-overflow-long-block-below-2**60",
+        id="f32-long-blocks-near-2**60",
+    ),
+    pytest.param(
+        np.array([[3e38, 3e38, 3.4e38, 3.3e38]], np.float32), 0.5, 2, [[True, True, False, False]],
+        id="f32-near-max",
     ),
     pytest.param(
         np.array([[1e30, 2e-10, 1e-10]], np.float32), 1 / 3, 1, [[False, False, True]],
-        id="f32-prescale-underflow",
+        id="f32-huge-and-small",
     ),
     pytest.param(
         np.array([[2e-30, 1e-30]], np.float32), 0.5, 1, [[False, True]],
-        id="f32-underflow",
+        id="f32-tiny",
+    ),
+    pytest.param(
+        np.array([[3e-45, 1.4e-45, 4e-45]], np.float32), 1 / 3, 1, [[False, True, False]],
+        id="f32-subnormal",
+    ),
+    pytest.param(
+        np.array([[1.2e-7, 6e-8, 65504, 65472]], np.float16), 0.75, 1, [[True, True, False, True]],
+        id="f16-subnormal-and-max",
+    ),
+]
+
+# float64 is not a Core ML weight dtype: the kernel documents that its squares overflow or
+# flush to zero beyond 1e154 / below 1e-162. Strict xfail: a fix makes these XPASS.
+_F64_EXTREMES = [
+    pytest.param(
+        np.array([[1e200, 1e160]], np.float64), 0.5, 1, [[False, True]], id="f64-overflow",
+    ),
+    pytest.param(
+        np.array([[1e-170, 1e-200]], np.float64), 0.5, 1, [[False, True]], id="f64-underflow",
     ),
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel bug: block scores overflow/underflow (no prescale for float64, 2**60 "
-    "prescale bound too loose for blocks > 256, prescale/float32 squares flush small values "
-    "to 0), so blocks tie and are pruned by index instead of by magnitude",
-)
-@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
-@pytest.mark.parametrize("w, s, block_size, expected", _BLOCK_SCORE_BUGS)
-def test_block_prune_mask_extreme_magnitudes(
-    w: np.ndarray, s: float, block_size: int, expected: list[list[bool]]
-) -> None:
+def _check_extreme(w: np.ndarray, s: float, block_size: int, expected: list[list[bool]]) -> None:
     # sanity of the hand-written expectation with exact rational block scores
     row = [Fraction(float(v)) ** 2 for v in w[0]]
     scores = [sum(row[i : i + block_size]) for i in range(0, len(row), block_size)]
@@ -574,6 +619,51 @@ def test_block_prune_mask_extreme_magnitudes(
     exact = [b // block_size in lowest for b in range(len(row))]
     assert [exact] == expected
     assert block_prune_mask(w, s, block_size, 1).tolist() == expected
+    assert block_prune_mask(w, s, block_size, -1).tolist() == expected
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+@pytest.mark.parametrize("w, s, block_size, expected", _FP32_EXTREMES)
+def test_block_prune_mask_extreme_magnitudes(
+    w: np.ndarray, s: float, block_size: int, expected: list[list[bool]]
+) -> None:
+    _check_extreme(w, s, block_size, expected)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limitation: float64 weights are squared in float64, so scores of "
+    "|w| > 1e154 overflow and |w| < 1e-162 flush to zero, and such blocks tie by index",
+)
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+@pytest.mark.parametrize("w, s, block_size, expected", _F64_EXTREMES)
+def test_block_prune_mask_extreme_magnitudes_float64(
+    w: np.ndarray, s: float, block_size: int, expected: list[list[bool]]
+) -> None:
+    _check_extreme(w, s, block_size, expected)
+
+
+@PROPERTY
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+@given(
+    w=weights(dtypes=(F16, F32), kinds=("any",)),
+    s=sparsities,
+    data=st.data(),
+)
+def test_block_prune_mask_size_one_full_range(w: np.ndarray, s: float, data: st.DataObject) -> None:
+    # block_size 1 over every fp16/fp32 bit pattern (subnormals, extremes, inf, NaN): each
+    # score is one square, exact in float64, so the order must be exactly the |w| order
+    dim = data.draw(st.integers(-w.ndim, w.ndim - 1))
+    mask = block_prune_mask(w, s, 1, dim)
+    expected = ref_block_mask(w, s, 1, dim)
+    nan = np.isnan(w)
+    k = round(s * w.size)
+    if k > w.size - nan.sum():
+        # the cut falls inside the NaN blocks, whose mutual order is unspecified
+        assert mask[~nan].all()
+        assert int(mask[nan].sum()) == k - (w.size - nan.sum())
+    else:
+        assert np.array_equal(mask, expected)
 
 
 @pytest.mark.parametrize("block_size", [0, -1])
@@ -594,9 +684,14 @@ def test_block_prune_mask_rejects_bad_dim() -> None:
 
 @st.composite
 def nm_args(draw: st.DrawFn, **weight_kwargs: Any) -> tuple[np.ndarray, int, int, int]:
+    if draw(st.booleans()):
+        weight_kwargs["shape_strategy"] = long_axis_shapes()
     w = draw(weights(**weight_kwargs))
     dim = draw(st.integers(-w.ndim, w.ndim - 1))
-    m = draw(st.integers(1, 7))
+    if weight_kwargs.get("shape_strategy") is not None:
+        dim = int(np.argmax(w.shape)) - draw(st.sampled_from([0, w.ndim]))
+    # m <= 8 and m > 8 take different kernel paths (pairwise ranks vs partition)
+    m = draw(st.integers(1, 16))
     n = draw(st.integers(0, m))
     return w, n, m, dim
 
@@ -605,7 +700,8 @@ def nm_args(draw: st.DrawFn, **weight_kwargs: Any) -> tuple[np.ndarray, int, int
 @given(args=nm_args())
 def test_nm_prune_mask(args: tuple[np.ndarray, int, int, int]) -> None:
     w, n, m, dim = args
-    mask = nm_prune_mask(w, n, m, dim)
+    with Unchanged(w):
+        mask = nm_prune_mask(w, n, m, dim)
     assert mask.shape == w.shape
     assert mask.dtype == np.bool_
     # group counts along dim
@@ -673,8 +769,10 @@ def test_normalize_dim() -> None:
 def test_pack_unpack_sparse(data: st.DataObject, w: np.ndarray) -> None:
     use_prune = data.draw(st.booleans())
     prune = data.draw(hnp.arrays(np.bool_, w.shape)) if use_prune else None
-    sw = pack_sparse(w, prune)
-    dense = unpack_sparse(sw)
+    with Unchanged(w, *([] if prune is None else [prune])):
+        sw = pack_sparse(w, prune)
+    with Unchanged(sw.nonzero_data, sw.mask):
+        dense = unpack_sparse(sw)
 
     expected = np.ascontiguousarray(w).copy()
     if prune is not None:
@@ -696,9 +794,22 @@ def test_pack_unpack_sparse(data: st.DataObject, w: np.ndarray) -> None:
 
 
 @PROPERTY
+@given(w=weights(kinds=("any", "ties")))
+def test_nonzero_mask_and_zero_fraction(w: np.ndarray) -> None:
+    expected = (w != 0) | np.isnan(w)  # -0.0 is zero, NaN is not
+    with Unchanged(w):
+        mask = nonzero_mask(w)
+    assert mask.dtype == np.bool_
+    assert mask.shape == w.shape
+    assert np.array_equal(mask, expected)
+    assert zero_fraction(w) == pytest.approx(1.0 - expected.sum() / w.size)
+
+
+@PROPERTY
 @given(mask=hnp.arrays(np.bool_, hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=6)))
 def test_pack_mask_bits_round_trip(mask: np.ndarray) -> None:
-    packed = pack_mask_bits(mask)
+    with Unchanged(mask):
+        packed = pack_mask_bits(mask)
     assert packed.dtype == np.uint8
     assert packed.ndim == 1
     assert packed.size == -(-mask.size // 8)
@@ -706,7 +817,8 @@ def test_pack_mask_bits_round_trip(mask: np.ndarray) -> None:
     assert np.array_equal(packed, np.packbits(mask.ravel(), bitorder="little"))
     all_bits = np.unpackbits(packed, bitorder="little")
     assert not all_bits[mask.size :].any()  # padding bits are zero
-    back = unpack_mask_bits(packed, mask.shape)
+    with Unchanged(packed):
+        back = unpack_mask_bits(packed, mask.shape)
     assert back.dtype == np.bool_
     assert back.shape == mask.shape
     assert np.array_equal(back, mask)
