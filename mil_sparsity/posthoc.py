@@ -81,22 +81,64 @@ def with_report(pipeline: PassPipeline, report: SparsityReport) -> PassPipeline:
     return copy
 
 
+def _only_our_passes(pipeline: PassPipeline) -> bool:
+    return bool(pipeline.passes) and all(name.startswith("mil_sparsity::") for name in pipeline.passes)
+
+
 def apply_pipeline(
     model: ModelLike,
     pipeline: PassPipeline,
     *,
     report: Optional[SparsityReport] = None,
+    streaming: Optional[bool] = None,
 ) -> Any:
     """Apply ``pipeline`` to a saved model post hoc and return the new ``MLModel``.
 
     ``model`` is an MLModel or a path to a .mlpackage; it is not modified. When ``report`` is
     given, every mil_sparsity pass in the pipeline that has no ``report`` option fills it.
+
+    ``streaming`` (default: automatic) rewrites the package file by file with
+    :func:`mil_sparsity.streaming.compress_package`, one weight in memory at a time, instead of
+    loading the whole program into PyMIL. It is used automatically when ``model`` is a path to a
+    .mlpackage directory and
+    every pass of the pipeline is a mil_sparsity pass; the result is the same (same ops,
+    bit-identical weights), except that consts stored inline in the spec (fewer than 10
+    elements) are never packed. ``streaming=False`` forces the PyMIL path.
     """
     if not isinstance(pipeline, PassPipeline):
         raise TypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
+    if streaming is None:
+        streaming = (
+            isinstance(model, (str, os.PathLike))
+            and os.path.isdir(os.fspath(model))
+            and _only_our_passes(pipeline)
+        )
+    if streaming:
+        return _apply_streaming(model, pipeline, report)
     mlmodel = load_model(model)
     prog = load_program(mlmodel)
     if report is not None:
         pipeline = with_report(pipeline, report)
     PassPipelineManager.apply_pipeline(prog, pipeline)
     return program_to_model(prog, mlmodel)
+
+
+def _apply_streaming(model: ModelLike, pipeline: PassPipeline, report: Optional[SparsityReport]) -> Any:
+    """Stream into a temporary package that the returned MLModel owns (deleted with it)."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from mil_sparsity.streaming import compress_package
+
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError("streaming=True needs the path of a saved .mlpackage, not an MLModel")
+    if not os.path.exists(os.fspath(model)):
+        raise FileNotFoundError(f"model: no such file or package: {os.fspath(model)}")
+    package = os.path.join(tempfile.gettempdir(), f"mil_sparsity-{uuid.uuid4().hex}.mlpackage")
+    try:
+        compress_package(model, package, pipeline, report=report)
+        return ct.models.MLModel(package, skip_model_load=True, is_temp_package=True)
+    except BaseException:
+        shutil.rmtree(package, ignore_errors=True)
+        raise

@@ -143,8 +143,19 @@ def in_structured_scope(site: WeightSite) -> bool:
     return True
 
 
-def decide(site: WeightSite, selector: OpSelector, rules: PassRules, load: ValueLoader) -> Decision:
-    """Selection for one const, cheapest checks first; the value is loaded only for a handler."""
+@attrs.frozen
+class Selected:
+    """A weight that passed every check that needs no value: its config and where it came from."""
+
+    config: SparsityConfig
+    source: str
+
+
+def select(site: WeightSite, selector: OpSelector, rules: PassRules) -> Decision | Selected:
+    """Every check that needs no weight value, cheapest first: a skip, or the config to run.
+
+    Raises ValueError for a config conflict between consumers.
+    """
     if site.feeds_block_output:
         return Decision(Skip("feeds a block output directly"))
     constexpr_users = sorted(t for t in site.consumer_types if t.startswith("constexpr_"))
@@ -173,7 +184,18 @@ def decide(site: WeightSite, selector: OpSelector, rules: PassRules, load: Value
             config,
             source,
         )
-    return Decision(run_handler(load(), config), config, source)
+    return Selected(config, source)
+
+
+def run_selected(selected: Selected, value: NDArray[Any]) -> Decision:
+    """Run the selected config's handler on the weight's value."""
+    return Decision(run_handler(value, selected.config), selected.config, selected.source)
+
+
+def decide(site: WeightSite, selector: OpSelector, rules: PassRules, load: ValueLoader) -> Decision:
+    """:func:`select`, then the handler on the loaded value if the weight was selected."""
+    chosen = select(site, selector, rules)
+    return chosen if isinstance(chosen, Decision) else run_selected(chosen, load())
 
 
 def record(site: WeightSite, decision: Decision, rules: PassRules, load: ValueLoader) -> WeightRecord:

@@ -1,0 +1,476 @@
+"""Streaming post-hoc compression of a saved .mlpackage, one weight in memory at a time.
+
+``compress_package(src, dst, config_or_pipeline)`` works on the package files, not on a PyMIL
+program, so a model larger than memory can be pruned or packed:
+
+1. Parse the ML Program spec (``model.mlmodel``: small, no weight data). Describe every const
+   whose value lives in the weight file as a :class:`~mil_sparsity.selection.WeightSite`
+   (names, op types and consumers come from the spec) and run the passes' own selection
+   (:func:`mil_sparsity.selection.select`) on all of them first: config conflicts and config
+   errors surface before anything is read or written.
+2. Walk the blobs of the source ``weight.bin`` in file order. A selected weight is read alone
+   (positioned reads, no mmap), its handler runs (same kernels and configs as the passes), and
+   its ``nonzero_data`` and ``mask`` are appended to the new weight file; every other blob is
+   copied unchanged. Blobs shared by several ops (e.g. functions of a multifunction package)
+   are written once and stay shared.
+3. Rewrite each packed const in the spec to the ``constexpr_sparse_to_dense`` form of its
+   function's opset (iOS16/17: attributes ``nonzero_data``, uint8 ``mask``, immediate uint32
+   ``shape``; iOS18+: inputs ``nonzero_data`` and uint1 ``mask``), named ``<const>_sparse`` as the
+   PyMIL passes name it, and point every reference at it. Every other blob reference gets its
+   new offset.
+4. Write ``dst`` atomically: a temporary sibling directory holding a copy of the package with the
+   new spec and weight file, renamed into place. The source is never modified; on any error
+   nothing is left behind.
+
+Consts stored inline in the spec (immediate values: coremltools inlines fewer than 10 elements)
+are never packed here. Graph passes other than mil_sparsity's cannot run without PyMIL: use
+:func:`mil_sparsity.apply_pipeline` for those.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Iterator, Optional, Union
+
+import attrs
+import numpy as np
+
+from mil_sparsity import selection
+from mil_sparsity._atomic import atomic_output
+from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter
+from mil_sparsity.configs import SparsityConfig, config_to_dict
+from mil_sparsity.kernels import SparseWeight, pack_mask_bits
+from mil_sparsity.report import SparsityReport, WeightRecord
+from mil_sparsity.selector import OpSelector, as_selector
+
+_OPSET_TARGET = {"CoreML5": 15, "CoreML6": 16, "CoreML7": 17, "CoreML8": 18, "CoreML9": 26}
+_DTYPE_NAMES = {"FLOAT16": "float16", "FLOAT32": "float32", "INT8": "int8", "UINT8": "uint8"}
+_BLOB_DTYPE_OF = {"float16": "fp16", "float32": "fp32", "int8": "int8", "uint8": "uint8"}
+
+
+@attrs.define
+class _Site:
+    """A blob-backed const in the spec and what the passes decided for it."""
+
+    weight: selection.WeightSite
+    op: Any  # proto Operation
+    value: Any  # proto Value of attribute "val"
+    ios18: bool
+    chosen: list[tuple[Any, selection.Decision | selection.Selected]] = attrs.field(factory=list)
+
+
+def _pass_classes() -> dict[str, Any]:
+    from mil_sparsity.passes import PASS_CLASSES
+
+    return {cls.pass_name: cls for cls in PASS_CLASSES}
+
+
+def _pass_for(selector: OpSelector) -> str:
+    """The one pass that takes every config of ``selector``."""
+    kinds = {config.kind for _, config in selector.entries() if config is not None}
+    for name, cls in _pass_classes().items():
+        accepted = {c.kind for c in cls.accepted_configs}
+        if kinds and kinds <= accepted:
+            return str(name)
+    raise ValueError(
+        f"config mixes kinds {sorted(kinds)} that no single pass takes: threshold -> "
+        "prune_by_threshold; magnitude, block, n_m -> prune_by_magnitude; pack -> sparse_pack"
+    )
+
+
+PipelineLike = Union[Any, OpSelector, SparsityConfig, dict[str, Any], str]
+
+
+@attrs.frozen
+class PlannedPass:
+    """One pass to run: its class, its checked selector, and its own ``report`` option."""
+
+    cls: Any
+    selector: OpSelector
+    report: Optional[SparsityReport] = None
+
+
+def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
+    """The passes to run, in order.
+
+    Accepts a ``ct.PassPipeline`` made only of mil_sparsity passes (their ``config`` and
+    ``report`` options, or each pass's default config), or anything a pass's ``config`` option
+    accepts (the pass is chosen from the config kinds).
+    """
+    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+
+    classes = _pass_classes()
+    if isinstance(config_or_pipeline, PassPipeline):
+        planned = []
+        for name in config_or_pipeline.passes:
+            if name not in classes:
+                raise ValueError(
+                    f"streaming runs only mil_sparsity passes; the pipeline has {name!r} "
+                    "(use mil_sparsity.apply_pipeline for other passes)"
+                )
+            graph_pass = classes[name]()
+            for option in config_or_pipeline.get_options(name) or []:
+                if not hasattr(graph_pass, option.option_name):
+                    raise ValueError(f"{name}: unknown option {option.option_name!r}")
+                setattr(graph_pass, option.option_name, option.option_val)
+            selector = graph_pass.config if graph_pass.config is not None else graph_pass.default_selector()
+            planned.append(PlannedPass(classes[name], selector, graph_pass.report))
+        return planned
+    selector = as_selector(config_or_pipeline)
+    cls = classes[_pass_for(selector)]
+    return [PlannedPass(cls, selection.check_selector(selector, cls.rules()))]
+
+
+# ---- reading the spec -----------------------------------------------------------------------
+
+def _iter_blocks(block: Any) -> Iterator[Any]:
+    yield block
+    for op in block.operations:
+        for inner in op.blocks:
+            yield from _iter_blocks(inner)
+
+
+def _op_name(op: Any) -> str:
+    name = op.attributes.get("name") if "name" in op.attributes else None
+    if name is not None and name.immediateValue.tensor.strings.values:
+        return str(name.immediateValue.tensor.strings.values[0])
+    return str(op.outputs[0].name) if op.outputs else ""
+
+
+def _function_block(function: Any) -> Any:
+    return function.block_specializations[function.opset]
+
+
+def _check_opset(name: str, function: Any) -> bool:
+    """True if the function uses the iOS18 sparse form; ValueError below iOS16."""
+    target = _OPSET_TARGET.get(function.opset)
+    if target is None:
+        raise ValueError(f"function {name!r}: unknown opset {function.opset!r}")
+    if target < 16:
+        raise ValueError(
+            f"function {name!r} targets iOS{target}, but constexpr_sparse_to_dense needs iOS16 or "
+            "later. Convert with minimum_deployment_target=ct.target.iOS16 (or later)."
+        )
+    return target >= 18
+
+
+def _sites(spec: Any) -> list[_Site]:
+    sites: list[_Site] = []
+    for function_name, function in spec.mlProgram.functions.items():
+        ios18 = _check_opset(function_name, function)
+        blocks = list(_iter_blocks(_function_block(function)))
+        readers: dict[str, list[selection.Consumer]] = {}
+        block_outputs: set[str] = set()
+        for block in blocks:
+            block_outputs.update(block.outputs)
+            for op in block.operations:
+                names: dict[str, list[str]] = {}
+                for input_name, argument in op.inputs.items():
+                    for binding in argument.arguments:
+                        if binding.WhichOneof("binding") == "name":
+                            names.setdefault(binding.name, []).append(input_name)
+                for var_name, input_names in names.items():
+                    readers.setdefault(var_name, []).append(
+                        selection.Consumer(_op_name(op), str(op.type), tuple(input_names))
+                    )
+        for block in blocks:
+            for op in block.operations:
+                if op.type != "const" or "val" not in op.attributes:
+                    continue
+                value = op.attributes["val"]
+                if value.WhichOneof("value") != "blobFileValue":
+                    continue
+                tensor = value.type.tensorType
+                from coremltools.proto import MIL_pb2
+
+                dtype = _DTYPE_NAMES.get(MIL_pb2.DataType.Name(tensor.dataType))
+                if dtype is None:
+                    continue
+                output = op.outputs[0].name
+                weight = selection.WeightSite(
+                    function=function_name,
+                    name=_op_name(op),
+                    shape=tuple(int(d.constant.size) for d in tensor.dimensions),
+                    dtype=dtype,
+                    consumers=tuple(readers.get(output, ())),
+                    feeds_block_output=output in block_outputs,
+                )
+                sites.append(_Site(weight, op, value, ios18))
+    return sites
+
+
+def _all_blob_values(spec: Any) -> Iterator[Any]:
+    """Every Value in the spec that points into the weight file (attributes and inputs)."""
+    for function in spec.mlProgram.functions.values():
+        for block in _iter_blocks(_function_block(function)):
+            for op in block.operations:
+                for value in op.attributes.values():
+                    if value.WhichOneof("value") == "blobFileValue":
+                        yield value
+                for argument in op.inputs.values():
+                    for binding in argument.arguments:
+                        if binding.WhichOneof("binding") == "value" and binding.value.WhichOneof("value") == "blobFileValue":
+                            yield binding.value
+
+
+# ---- rewriting the spec ---------------------------------------------------------------------
+
+def _tensor_value(value: Any, data_type: str, shape: tuple[int, ...], file_name: str, offset: int) -> None:
+    from coremltools.proto import MIL_pb2
+
+    tensor = value.type.tensorType
+    tensor.dataType = MIL_pb2.DataType.Value(data_type)
+    tensor.rank = len(shape)
+    for size in shape:
+        tensor.dimensions.add().constant.size = size
+    value.blobFileValue.fileName = file_name
+    value.blobFileValue.offset = offset
+
+
+def _rewrite_op(site: _Site, offsets: tuple[int, int, int], renames: dict[str, str]) -> None:
+    """const -> constexpr_sparse_to_dense in the function's opset form, renamed ``<name>_sparse``."""
+    op = site.op
+    file_name = site.value.blobFileValue.fileName
+    data_type = site.value.type.tensorType.dataType
+    from coremltools.proto import MIL_pb2
+
+    data_type_name = MIL_pb2.DataType.Name(data_type)
+    shape = site.weight.shape
+    nonzero_offset, nonzero_count, mask_offset = offsets
+    old_output = op.outputs[0].name
+    new_name = f"{site.weight.name}_sparse"
+    del op.attributes["val"]
+    op.type = "constexpr_sparse_to_dense"
+    op.attributes["name"].immediateValue.tensor.strings.values[:] = [new_name]
+    op.outputs[0].name = new_name
+    renames[old_output] = new_name
+    if site.ios18:
+        _tensor_value(op.inputs["nonzero_data"].arguments.add().value, data_type_name, (nonzero_count,), file_name, nonzero_offset)
+        _tensor_value(op.inputs["mask"].arguments.add().value, "UINT1", shape, file_name, mask_offset)
+        return
+    _tensor_value(op.attributes["nonzero_data"], data_type_name, (nonzero_count,), file_name, nonzero_offset)
+    mask_bytes = (int(np.prod(shape, dtype=np.int64)) + 7) // 8
+    _tensor_value(op.attributes["mask"], "UINT8", (mask_bytes,), file_name, mask_offset)
+    shape_value = op.attributes["shape"]
+    shape_value.type.tensorType.dataType = MIL_pb2.DataType.Value("UINT32")
+    shape_value.type.tensorType.rank = 1
+    shape_value.type.tensorType.dimensions.add().constant.size = len(shape)
+    shape_value.immediateValue.tensor.bytes.values = np.asarray(shape, dtype=np.uint32).tobytes()
+
+
+def _apply_renames(spec: Any, renames: dict[str, str]) -> None:
+    if not renames:
+        return
+    for function in spec.mlProgram.functions.values():
+        for block in _iter_blocks(_function_block(function)):
+            for op in block.operations:
+                for argument in op.inputs.values():
+                    for binding in argument.arguments:
+                        if binding.WhichOneof("binding") == "name" and binding.name in renames:
+                            binding.name = renames[binding.name]
+
+
+# ---- the driver -----------------------------------------------------------------------------
+
+@attrs.define
+class _Written:
+    """New offsets of one source blob: the unchanged copy, and packed forms per config."""
+
+    copy: Optional[int] = None
+    packed: dict[str, tuple[int, int, int]] = attrs.field(factory=dict)  # nonzero, count, mask
+
+
+def _package_paths(package: str) -> tuple[str, str]:
+    """(model.mlmodel path, weights dir) of an .mlpackage, via its manifest."""
+    from coremltools.libmodelpackage import ModelPackage
+
+    if not os.path.exists(package):
+        raise FileNotFoundError(f"no such .mlpackage: {package}")
+    if not os.path.isdir(package):
+        raise ValueError(
+            f"{package} is a file, not an .mlpackage directory: streaming works on ML Program "
+            "packages (an .mlmodel file holds a neuralnetwork model; re-convert with "
+            'convert_to="mlprogram")'
+        )
+    if not ModelPackage.isValid(package):
+        raise ValueError(f"{package} is not a valid .mlpackage (bad or missing Manifest.json)")
+    model_package = ModelPackage(package)
+    spec_path = model_package.getRootModel().path()
+    weights = model_package.findItemByNameAuthor("weights", "com.apple.CoreML")
+    return str(spec_path), (str(weights.path()) if weights is not None else "")
+
+
+def _load_spec(path: str) -> Any:
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    with open(path, "rb") as handle:
+        try:
+            spec.ParseFromString(handle.read())
+        except Exception as error:  # protobuf's DecodeError
+            raise ValueError(f"{path}: not a readable Core ML model spec ({error})") from None
+    kind = spec.WhichOneof("Type")
+    if kind != "mlProgram":
+        raise TypeError(
+            f"streaming works on ML Program models, but this model is a {kind!r}; re-convert with "
+            'convert_to="mlprogram" and minimum_deployment_target=ct.target.iOS16 or later'
+        )
+    return spec
+
+
+def compress_package(
+    src: Union[str, "os.PathLike[str]"],
+    dst: Union[str, "os.PathLike[str]"],
+    config_or_pipeline: PipelineLike,
+    *,
+    report: Optional[SparsityReport] = None,
+    overwrite: bool = False,
+) -> SparsityReport:
+    """Prune and/or pack the weights of a saved .mlpackage into ``dst``, streaming.
+
+    ``config_or_pipeline``: a ``ct.PassPipeline`` of mil_sparsity passes, or one config /
+    OpSelector / selector dict / JSON text (the pass is chosen from the config kinds). Holds
+    about one weight in memory at a time. Records go to a pass's own ``report`` option if the
+    pipeline set one, else to ``report``; returns ``report`` (a new one if not given).
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    report = SparsityReport() if report is None else report
+    passes = plan_passes(config_or_pipeline)
+    spec_path, weights_dir = _package_paths(src)
+    spec = _load_spec(spec_path)
+    sites = _sites(spec)
+    for site in sites:  # phase 1: every check that needs no value, for every pass
+        for planned in passes:
+            chosen = selection.select(site.weight, planned.selector, planned.cls.rules())
+            site.chosen.append((planned.cls, chosen))
+            if isinstance(chosen, selection.Selected):
+                break
+    weight_file = os.path.join(weights_dir, "weight.bin") if weights_dir else ""
+    if not sites and not os.path.exists(weight_file):
+        weight_file = ""
+    if any(True for _ in _all_blob_values(spec)) and not os.path.isfile(weight_file):
+        raise ValueError(f"{src}: the model spec references weights but {weight_file or 'weights/weight.bin'} is missing")
+    with atomic_output(dst, overwrite=overwrite) as staging:
+        _copy_package(src, staging, skip={os.path.realpath(spec_path), os.path.realpath(weight_file)} if weight_file else {os.path.realpath(spec_path)})
+        records = _stream(spec, sites, weight_file, src, staging)
+        new_spec_path = os.path.join(staging, os.path.relpath(spec_path, src))
+        with open(new_spec_path, "wb") as handle:
+            handle.write(spec.SerializeToString())
+    own_reports = {planned.cls.pass_name: planned.report for planned in passes}
+    for record in records:
+        target = own_reports.get(record.pass_name)
+        (target if target is not None else report).records.append(record)
+    return report
+
+
+def _copy_package(src: str, staging: str, skip: set[str]) -> None:
+    for root, dirs, files in os.walk(src):
+        relative = os.path.relpath(root, src)
+        target_dir = os.path.join(staging, relative)
+        os.makedirs(target_dir, exist_ok=True)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.realpath(path) in skip:
+                continue
+            shutil.copy2(path, os.path.join(target_dir, name))
+
+
+def _stream(
+    spec: Any,
+    sites: list[_Site],
+    weight_file: str,
+    src: str,
+    staging: str,
+) -> list[WeightRecord]:
+    """Phase 2: one forward pass over the source blobs, writing the new weight file."""
+    records: list[WeightRecord] = []
+    if not weight_file:
+        return records
+    new_weight_file = os.path.join(staging, os.path.relpath(weight_file, src))
+    os.makedirs(os.path.dirname(new_weight_file), exist_ok=True)
+    values = list(_all_blob_values(spec))
+    users_by_offset: dict[int, list[_Site]] = {}
+    for site in sites:
+        users_by_offset.setdefault(site.value.blobFileValue.offset, []).append(site)
+    const_values = {id(site.value) for site in sites}
+    other_references = {v.blobFileValue.offset for v in values if id(v) not in const_values}
+    packed: dict[int, tuple[int, int, int]] = {}  # id(site) -> (nonzero offset, count, mask offset)
+    written: dict[int, _Written] = {}
+    with BlobReader(weight_file) as reader:
+        writer = BlobWriter(new_weight_file)
+        try:
+            for offset in sorted({value.blobFileValue.offset for value in values}):
+                info = reader.info(offset)
+                result = written.setdefault(offset, _Written())
+                cache: dict[str, Any] = {}
+                keeps_dense = offset in other_references
+                for site in users_by_offset.get(offset, []):
+                    site_records, offsets = _process_site(site, info, reader, writer, result, cache)
+                    records.extend(site_records)
+                    if offsets is None:
+                        keeps_dense = True
+                    else:
+                        packed[id(site)] = offsets
+                if keeps_dense:
+                    result.copy = writer.copy_blob(reader, info)
+        finally:
+            writer.close()
+    for value in values:
+        new_offset = written[value.blobFileValue.offset].copy
+        if new_offset is not None:
+            value.blobFileValue.offset = new_offset
+    renames: dict[str, str] = {}
+    for site in sites:
+        if id(site) in packed:
+            _rewrite_op(site, packed[id(site)], renames)
+    _apply_renames(spec, renames)
+    return records
+
+
+def _process_site(
+    site: _Site,
+    info: BlobInfo,
+    reader: BlobReader,
+    writer: BlobWriter,
+    result: _Written,
+    cache: dict[str, Any],
+) -> tuple[list[WeightRecord], Optional[tuple[int, int, int]]]:
+    """Run the passes' decisions for one const: its records and, if packed, its blob offsets.
+
+    ``cache`` lives while one source blob is processed: the loaded value, and each config's
+    decision, so a blob shared by several consts is read, pruned and written once.
+    """
+    records: list[WeightRecord] = []
+
+    def load() -> Any:
+        if "value" not in cache:
+            array = reader.read_array(info)
+            cache["value"] = array.view(np.dtype(site.weight.dtype)).reshape(site.weight.shape)
+        return cache["value"]
+
+    for cls, chosen in site.chosen:
+        rules = cls.rules()
+        if isinstance(chosen, selection.Decision):
+            records.append(selection.record(site.weight, chosen, rules, load))
+            continue
+        key = f"{cls.pass_name}|{config_to_dict(chosen.config)}|{site.ios18}"
+        if key not in cache:
+            cache[key] = selection.run_selected(chosen, load())
+        decision = selection.Decision(cache[key].outcome, chosen.config, chosen.source)
+        records.append(selection.record(site.weight, decision, rules, load))
+        if isinstance(decision.outcome, SparseWeight):
+            if key not in result.packed:
+                result.packed[key] = _write_sparse(writer, decision.outcome, site)
+            return records, result.packed[key]
+    return records, None
+
+
+def _write_sparse(writer: BlobWriter, sparse: SparseWeight, site: _Site) -> tuple[int, int, int]:
+    """Append ``nonzero_data`` then ``mask`` (uint1 for iOS18, packed uint8 bits before)."""
+    nonzero_offset = writer.write(_BLOB_DTYPE_OF[site.weight.dtype], sparse.nonzero_data)
+    if site.ios18:
+        mask_offset = writer.write("uint1", sparse.mask.view(np.uint8))
+    else:
+        mask_offset = writer.write("uint8", pack_mask_bits(sparse.mask))
+    return nonzero_offset, int(sparse.nonzero_data.size), mask_offset
