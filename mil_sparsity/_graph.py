@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from coremltools.converters.mil.mil import Builder as mb
@@ -112,17 +112,30 @@ def build_sparse_op(const_op: Operation, inputs: dict[str, np.ndarray]) -> Var:
     return new_var
 
 
-def remove_new_op(var: Var) -> None:
-    """Remove an op created by :func:`build_sparse_op` and the consts mb made for its inputs."""
-    op = var.op
-    block = op.enclosing_block
-    input_ops = [value.op for value in op.inputs.values() if value.op is not None]
-    block.remove_ops([op])
-    orphans = [
-        input_op
-        for input_op in input_ops
-        if input_op.op_type == "const" and not input_op.outputs[0].child_ops
-        and not input_op.outputs[0].consuming_blocks
-    ]
-    if orphans:
-        block.remove_ops(orphans)
+def sparse_op_builder(const_op: Operation, inputs: dict[str, np.ndarray]) -> Callable[[], Var]:
+    return lambda: build_sparse_op(const_op, inputs)
+
+
+def remove_with_orphans(block: Block, ops: list[Operation]) -> None:
+    """Remove ``ops``, then every const/constexpr op left without a reader because of it.
+
+    Used to drop a replaced op together with the consts only it read (a const that other ops
+    still read stays), and to undo a rewrite (the ops created for it, and their inputs).
+    """
+    while ops:
+        inputs = [
+            value.op
+            for op in ops
+            for value in op.get_flattened_inputs()
+            if value.op is not None
+        ]
+        block.remove_ops(ops)
+        seen: set[int] = set()
+        ops = []
+        for op in inputs:
+            if id(op) in seen or op.enclosing_block is not block:
+                continue
+            seen.add(id(op))
+            unused = all(not out.child_ops and not out.consuming_blocks for out in op.outputs)
+            if unused and (op.op_type == "const" or op.op_type.startswith("constexpr_")):
+                ops.append(op)

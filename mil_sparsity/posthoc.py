@@ -81,8 +81,15 @@ def with_report(pipeline: PassPipeline, report: SparsityReport) -> PassPipeline:
     return copy
 
 
-def _only_our_passes(pipeline: PassPipeline) -> bool:
-    return bool(pipeline.passes) and all(name.startswith("mil_sparsity::") for name in pipeline.passes)
+def _streamable(pipeline: PassPipeline) -> bool:
+    """Only mil_sparsity passes, with no option but ``config`` and ``report``."""
+    if not pipeline.passes or not all(name.startswith("mil_sparsity::") for name in pipeline.passes):
+        return False
+    return all(
+        option.option_name in ("config", "report")
+        for name in pipeline.passes
+        for option in pipeline.get_options(name) or []
+    )
 
 
 def apply_pipeline(
@@ -101,7 +108,8 @@ def apply_pipeline(
     :func:`mil_sparsity.streaming.compress_package`, one weight in memory at a time, instead of
     loading the whole program into PyMIL. It is used automatically when ``model`` is a path to a
     .mlpackage directory and
-    every pass of the pipeline is a mil_sparsity pass; the result is the same (same ops,
+    every pass of the pipeline is a mil_sparsity pass with no option but ``config`` and
+    ``report`` (``joint_compression`` needs PyMIL); the result is the same (same ops,
     bit-identical weights), except that consts stored inline in the spec (fewer than 10
     elements) are never packed. ``streaming=False`` forces the PyMIL path.
     """
@@ -111,7 +119,7 @@ def apply_pipeline(
         streaming = (
             isinstance(model, (str, os.PathLike))
             and os.path.isdir(os.fspath(model))
-            and _only_our_passes(pipeline)
+            and _streamable(pipeline)
         )
     if streaming:
         return _apply_streaming(model, pipeline, report)

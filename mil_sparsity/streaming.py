@@ -111,8 +111,11 @@ def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
                 )
             graph_pass = classes[name]()
             for option in config_or_pipeline.get_options(name) or []:
-                if not hasattr(graph_pass, option.option_name):
-                    raise ValueError(f"{name}: unknown option {option.option_name!r}")
+                if option.option_name not in ("config", "report"):
+                    raise ValueError(
+                        f"{name}: option {option.option_name!r} is not supported when streaming "
+                        "(only config and report); use apply_pipeline(..., streaming=False)"
+                    )
                 setattr(graph_pass, option.option_name, option.option_val)
             selector = graph_pass.config if graph_pass.config is not None else graph_pass.default_selector()
             planned.append(PlannedPass(classes[name], selector, graph_pass.report))

@@ -16,7 +16,7 @@ Contract of every pass:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 import attrs
 import numpy as np
@@ -33,12 +33,17 @@ from mil_sparsity.selector import OpSelector, as_selector
 
 
 @attrs.frozen
-class _Planned:
-    """One replacement computed in phase 1 and applied in phase 2."""
+class Planned:
+    """One replacement computed in phase 1 and applied in phase 2.
+
+    ``build`` creates the new op(s) just before ``op`` (the block is the current builder
+    context) and returns the var that replaces ``op``'s output; it only runs mb calls on
+    arrays computed in phase 1.
+    """
 
     block: Block
     op: Operation
-    inputs: dict[str, np.ndarray]  # constexpr_sparse_to_dense inputs, in the opset's form
+    build: Callable[[], Var]
 
 
 class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
@@ -92,9 +97,9 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
 
     def _plan(
         self, prog: Program, selector: OpSelector
-    ) -> tuple[list[_Planned], list[WeightRecord]]:
+    ) -> tuple[list[Planned], list[WeightRecord]]:
         rules = self.rules()
-        planned: list[_Planned] = []
+        planned: list[Planned] = []
         records: list[WeightRecord] = []
         for function_name, function in prog.functions.items():
             ios18 = _graph.uses_ios18_form(function)
@@ -106,22 +111,32 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
                     records.append(selection.record(site, decision, rules, lambda: value))
                     if isinstance(decision.outcome, SparseWeight):
                         inputs = _graph.sparse_op_inputs(decision.outcome, ios18)
-                        planned.append(_Planned(block, op, inputs))
+                        planned.append(Planned(block, op, _graph.sparse_op_builder(op, inputs)))
+                for item, record in self._plan_more(function_name, block, selector):
+                    records.append(record)
+                    if item is not None:
+                        planned.append(item)
         return planned, records
 
+    def _plan_more(
+        self, function_name: str, block: Block, selector: OpSelector
+    ) -> Iterator[tuple[Optional[Planned], WeightRecord]]:
+        """Hook for passes that also rewrite non-const ops (sparse_pack's joint compression)."""
+        return iter(())
 
-def _commit(planned: list[_Planned]) -> None:
-    """Phase 2: create all new ops, rewire all uses, remove the old consts; undo on failure."""
-    created: list[tuple[_Planned, Var]] = []
-    rewired: list[tuple[_Planned, Var]] = []
+
+def _commit(planned: list[Planned]) -> None:
+    """Phase 2: create all new ops, rewire all uses, remove the old ops; undo on failure."""
+    created: list[tuple[Planned, Var]] = []
+    rewired: list[tuple[Planned, Var]] = []
     try:
-        by_block: dict[int, list[_Planned]] = {}
+        by_block: dict[int, list[Planned]] = {}
         for item in planned:
             by_block.setdefault(id(item.block), []).append(item)
         for items in by_block.values():
             with items[0].block:
                 for item in items:
-                    created.append((item, _graph.build_sparse_op(item.op, item.inputs)))
+                    created.append((item, item.build()))
         for item, new_var in created:
             item.block.replace_uses_of_var_after_op(
                 anchor_op=item.op,
@@ -132,15 +147,15 @@ def _commit(planned: list[_Planned]) -> None:
             rewired.append((item, new_var))
         still_used = [item.op.name for item, _ in created if item.op.outputs[0].child_ops]
         if still_used:
-            raise RuntimeError(f"consts still in use after rewiring: {still_used}")
+            raise RuntimeError(f"ops still in use after rewiring: {still_used}")
         for items in by_block.values():
-            items[0].block.remove_ops([item.op for item in items])
+            _graph.remove_with_orphans(items[0].block, [item.op for item in items])
     except BaseException:
         _undo(created, rewired)
         raise
 
 
-def _undo(created: list[tuple[_Planned, Var]], rewired: list[tuple[_Planned, Var]]) -> None:
+def _undo(created: list[tuple[Planned, Var]], rewired: list[tuple[Planned, Var]]) -> None:
     for item, new_var in reversed(rewired):
         if item.op.enclosing_block is None:  # already removed: put nothing back we can't
             continue
@@ -149,4 +164,4 @@ def _undo(created: list[tuple[_Planned, Var]], rewired: list[tuple[_Planned, Var
         )
     for _, new_var in reversed(created):
         if new_var.op is not None and new_var.op.enclosing_block is not None:
-            _graph.remove_new_op(new_var)
+            _graph.remove_with_orphans(new_var.op.enclosing_block, [new_var.op])

@@ -4,13 +4,23 @@ For models pruned during training: no value changes. Graph: ``const(w) -> op`` b
 ``constexpr_sparse_to_dense(nonzero_data, mask) -> op`` when the weight's zeros reach
 ``minimum_sparsity_percentile`` (default: whenever the sparse form is smaller). Handles
 float16, float32, int8 and uint8 weights. Config: :class:`~mil_sparsity.PackConfig`
-(default ``PackConfig()``).
+(default ``PackConfig()``). Option ``joint_compression`` (bool, default False, iOS18+): also
+give palettized (``constexpr_lut_to_dense``) and quantized (``constexpr_blockwise_shift_scale``)
+weights with zeros a sparse mask, keeping their compression (see ``_joint``).
 """
 
 from __future__ import annotations
 
+from typing import Iterator, Optional
+
+from coremltools.converters.mil.mil.block import Block
+from coremltools.converters.mil.mil.program import Program
+
+from mil_sparsity import _graph
 from mil_sparsity.configs import PackConfig
-from mil_sparsity.passes._base import SparsityPass
+from mil_sparsity.passes._base import Planned, SparsityPass
+from mil_sparsity.passes._joint import plan_joint
+from mil_sparsity.report import WeightRecord
 from mil_sparsity.selector import OpSelector
 
 
@@ -20,5 +30,40 @@ class SparsePack(SparsityPass):
     accepted_configs = (PackConfig,)
     supported_dtypes = frozenset({"float16", "float32", "int8", "uint8"})
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._joint_compression = False
+
+    @property
+    def joint_compression(self) -> bool:
+        """Also add sparse masks to palettized / quantized weights (iOS18+; see ``_joint``)."""
+        return self._joint_compression
+
+    @joint_compression.setter
+    def joint_compression(self, value: object) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"{self.pass_name}: option joint_compression must be a bool, got {type(value).__name__} {value!r}"
+            )
+        self._joint_compression = value
+
     def default_selector(self) -> OpSelector:
         return OpSelector(global_config=PackConfig())
+
+    def apply(self, prog: Program) -> None:
+        if self._joint_compression:
+            for name, function in prog.functions.items():
+                if not _graph.uses_ios18_form(function):
+                    raise ValueError(
+                        f"{self.pass_name}: joint_compression needs iOS18 or later, but function "
+                        f"{name!r} targets {_graph.target_name(function.opset_version)}. Convert with "
+                        "minimum_deployment_target=ct.target.iOS18, or drop joint_compression."
+                    )
+        super().apply(prog)
+
+    def _plan_more(
+        self, function_name: str, block: Block, selector: OpSelector
+    ) -> Iterator[tuple[Optional[Planned], WeightRecord]]:
+        if not self._joint_compression:
+            return iter(())
+        return plan_joint(function_name, block, selector, self.rules())

@@ -1,0 +1,46 @@
+"""One post-hoc compression in a fresh process; prints "<wall seconds> <peak RSS bytes>".
+
+Usage: python benchmarks/_e2e_child.py SRC DST MODE CONFIG
+MODE: baseline (import only), apply_pipeline (auto: streams for a package path),
+      pymil (apply_pipeline with streaming=False), streaming (compress_package),
+      coremltools (coremltools.optimize.coreml.prune_weights).
+CONFIG: magnitude (target 0.75) or pack.
+"""
+
+import os
+import resource
+import sys
+import time
+
+os.environ["TQDM_DISABLE"] = "1"
+src, dst, mode, config_name = sys.argv[1:5]
+start = time.perf_counter()
+import coremltools as ct  # noqa: E402
+
+if mode != "baseline":
+    if mode == "coremltools":
+        import coremltools.optimize.coreml as cto
+
+        op_config = (
+            cto.OpMagnitudePrunerConfig(target_sparsity=0.75)
+            if config_name == "magnitude"
+            else cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.0)
+        )
+        model = ct.models.MLModel(src, skip_model_load=True)
+        cto.prune_weights(model, config=cto.OptimizationConfig(global_config=op_config)).save(dst)
+    else:
+        import mil_sparsity as ms
+
+        config = ms.MagnitudeConfig(target_sparsity=0.75) if config_name == "magnitude" else ms.PackConfig()
+        pass_name = ms.PRUNE_BY_MAGNITUDE if config_name == "magnitude" else ms.SPARSE_PACK
+        if mode == "streaming":
+            from mil_sparsity.streaming import compress_package
+
+            compress_package(src, dst, config)
+        else:
+            pipeline = ct.PassPipeline.EMPTY
+            pipeline.append_pass(pass_name)
+            pipeline.set_options(pass_name, {"config": config})
+            ms.apply_pipeline(src, pipeline, streaming=None if mode == "apply_pipeline" else False).save(dst)
+wall = time.perf_counter() - start
+print(wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

@@ -1,0 +1,159 @@
+"""Joint compression for ``sparse_pack(joint_compression=True)`` (iOS18+).
+
+A weight already palettized or quantized whose decompressed value holds zeros keeps its
+compression and gains a sparse mask:
+
+* ``constexpr_lut_to_dense(indices, lut)`` becomes
+  ``constexpr_lut_to_sparse(indices_mask, indices_nonzero_data, lut) -> (mask, nonzero_data)
+  -> constexpr_sparse_to_dense``;
+* ``constexpr_blockwise_shift_scale(data, scale[, offset])`` becomes
+  ``constexpr_sparse_blockwise_shift_scale(data_mask, nonzero_data, scale[, offset]) ->
+  (mask, nonzero_data) -> constexpr_sparse_to_dense``.
+
+The mask is ``decompressed != 0`` and the kept indices/data are the old ones at those
+positions, so every nonzero decompressed value is unchanged bit for bit (a decompressed ``-0.0``
+reads back as ``+0.0``). Sizes are counted in the compressed domain: the old form stores
+``N * bits``, the new one ``nonzero * bits + N`` mask bits; with ``minimum_sparsity_percentile=None``
+the weight is rewritten only when that is smaller (break-even sparsity ``1 / bits``). Vector
+palettization (LUT entries that are vectors) is left alone, with a reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+from coremltools.converters.mil.mil import Builder as mb
+from coremltools.converters.mil.mil import types
+from coremltools.converters.mil.mil.block import Block
+from coremltools.converters.mil.mil.operation import Operation
+from coremltools.converters.mil.mil.var import Var
+
+from mil_sparsity import _graph, selection
+from mil_sparsity.configs import PackConfig, config_to_dict
+from mil_sparsity.handlers import Skip
+from mil_sparsity.kernels import nonzero_mask
+from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
+from mil_sparsity.selector import OpSelector
+
+JOINT_OP_TYPES = ("constexpr_lut_to_dense", "constexpr_blockwise_shift_scale")
+
+
+def _site(function_name: str, op: Operation) -> selection.WeightSite:
+    var = op.outputs[0]
+    return selection.WeightSite(
+        function=function_name,
+        name=str(op.name),
+        shape=tuple(int(d) for d in var.shape),
+        dtype=np.dtype(types.nptype_from_builtin(var.dtype)).name,
+        consumers=_graph.consumers(var),
+        feeds_block_output=len(var.consuming_blocks) > 0,
+    )
+
+
+def _compressed_input(op: Operation) -> Var:
+    return op.indices if op.op_type == "constexpr_lut_to_dense" else op.data
+
+
+def _builder(op: Operation, mask: np.ndarray) -> Callable[[], Var]:
+    """The new op chain for ``op``, built from arrays fixed now (phase 1)."""
+    stored = _compressed_input(op).val
+    kept = stored[mask].astype(stored.dtype)  # keeps the sub-byte dtype's metadata
+    mask_uint1 = mask.view(types.np_uint1_dtype)
+
+    def build() -> Var:
+        if op.op_type == "constexpr_lut_to_dense":
+            extra = {} if op.vector_axis is None else {"vector_axis": op.vector_axis}
+            sparse_mask, nonzero = mb.constexpr_lut_to_sparse(
+                indices_mask=mask_uint1,
+                indices_nonzero_data=kept,
+                lut=op.lut,
+                before_op=op,
+                name=f"{op.name}_lut_to_sparse",
+                **extra,
+            )
+        else:
+            extra = {} if op.offset is None else {"offset": op.offset}
+            sparse_mask, nonzero = mb.constexpr_sparse_blockwise_shift_scale(
+                data_mask=mask_uint1,
+                nonzero_data=kept,
+                scale=op.scale,
+                before_op=op,
+                name=f"{op.name}_sparse_shift_scale",
+                **extra,
+            )
+        new_var: Var = mb.constexpr_sparse_to_dense(
+            nonzero_data=nonzero, mask=sparse_mask, before_op=op, name=f"{op.name}_sparse"
+        )
+        return new_var
+
+    return build
+
+
+def _outcome(op: Operation, config: PackConfig) -> tuple[Optional[np.ndarray], Skip | None, float, int, int]:
+    """(mask or None, skip or None, sparsity, stored bytes before, after) for one joint op."""
+    if op.op_type == "constexpr_lut_to_dense" and op.lut.shape[-1] != 1:
+        return None, Skip("vector palettization is not rewritten for joint compression"), 0.0, 0, 0
+    dense = op.materialized_val_inference()
+    mask = nonzero_mask(dense)
+    size = int(mask.size)
+    kept = int(np.count_nonzero(mask))
+    bits = int(_compressed_input(op).dtype.get_bitwidth())
+    sparsity = 1.0 - kept / size if size else 0.0
+    before = (size * bits + 7) // 8
+    after = (kept * bits + 7) // 8 + (size + 7) // 8
+    if config.minimum_sparsity_percentile is None:
+        if after >= before:
+            return None, Skip(
+                f"sparsity {sparsity:.4f} is not above the {bits}-bit break-even {1 / bits:.4f}: "
+                "joint packing would not save space",
+                sparsity,
+            ), sparsity, before, after
+    elif sparsity < config.minimum_sparsity_percentile:
+        return None, Skip(
+            f"sparsity {sparsity:.4f} is below minimum_sparsity_percentile "
+            f"{config.minimum_sparsity_percentile:g}",
+            sparsity,
+        ), sparsity, before, after
+    return mask, None, sparsity, before, after
+
+
+def plan_joint(
+    function_name: str, block: Block, selector: OpSelector, rules: selection.PassRules
+) -> Iterator[tuple[Optional[Any], WeightRecord]]:
+    """(builder plan or None, record) for each palettized/quantized op of ``block``."""
+    from mil_sparsity.passes._base import Planned
+
+    for op in list(block.operations):
+        if op.op_type not in JOINT_OP_TYPES:
+            continue
+        site = _site(function_name, op)
+        chosen = selection.select(site, selector, rules)
+        if isinstance(chosen, selection.Decision):
+            yield None, selection.record(site, chosen, rules, op.materialized_val_inference)
+            continue
+        config = chosen.config
+        if not isinstance(config, PackConfig):  # sparse_pack's selector holds PackConfigs only
+            raise TypeError(f"joint compression takes PackConfig, got {type(config).__name__}")
+        mask, skip, sparsity, before, after = _outcome(op, config)
+        common: dict[str, Any] = dict(
+            pass_name=rules.pass_name,
+            function=function_name,
+            name=site.name,
+            shape=site.shape,
+            dtype=site.dtype,
+            consumer_types=site.consumer_types,
+            config=config_to_dict(config),
+            dense_bytes=before,
+        )
+        if mask is None:
+            reason = skip.reason if skip is not None else "not rewritten"
+            yield None, WeightRecord(decision=SKIPPED, reason=reason, sparsity=sparsity, packed_bytes=None, **common)
+            continue
+        yield Planned(block, op, _builder(op, mask)), WeightRecord(
+            decision=PACKED,
+            reason=f"joint: {op.op_type} + sparse mask; config from {chosen.source}",
+            sparsity=sparsity,
+            packed_bytes=after,
+            **common,
+        )
