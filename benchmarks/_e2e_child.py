@@ -1,5 +1,9 @@
 """One post-hoc compression in a fresh process; prints "<wall seconds> <peak RSS bytes>".
 
+Peak RSS is VmHWM from /proc/self/status: the high-water mark of this process's own memory
+map, which starts anew at exec. (getrusage's ru_maxrss is kept across exec on Linux, so a
+child of a large parent would report the parent's peak.)
+
 Usage: python benchmarks/_e2e_child.py SRC DST MODE CONFIG
 MODE: baseline (import only), apply_pipeline (auto: streams for a package path),
       pymil (apply_pipeline with streaming=False), streaming (compress_package),
@@ -43,4 +47,17 @@ if mode != "baseline":
             pipeline.set_options(pass_name, {"config": config})
             ms.apply_pipeline(src, pipeline, streaming=None if mode == "apply_pipeline" else False).save(dst)
 wall = time.perf_counter() - start
-print(wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+print(wall, peak_rss_bytes())

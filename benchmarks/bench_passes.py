@@ -176,12 +176,19 @@ def ios16_op_build_seconds(weights: list[np.ndarray], mode: str) -> float:
 # ---- end to end, each side in a fresh subprocess ------------------------------------------
 
 def save_package(params: int, size: int, path: str) -> None:
-    """A saved iOS18 .mlpackage of fp16 linear layers, about ``params`` parameters."""
-    import coremltools as ct
+    """A saved iOS18 .mlpackage of fp16 linear layers, about ``params`` parameters.
 
-    layers = max(1, round(params / (size * size)))
-    prog = build_program(make_weights(layers, size, seed=2), ct.target.iOS18)
-    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18).save(path)
+    Built in a subprocess, so this process stays small for the measurements after it.
+    """
+    code = (
+        "import os, sys; os.environ['TQDM_DISABLE'] = '1'; sys.path.insert(0, sys.argv[1]);"
+        "import coremltools as ct, bench_passes as b;"
+        "layers = max(1, round(int(sys.argv[2]) / (int(sys.argv[3]) ** 2)));"
+        "prog = b.build_program(b.make_weights(layers, int(sys.argv[3]), seed=2), ct.target.iOS18);"
+        "ct.convert(prog, convert_to='mlprogram', minimum_deployment_target=ct.target.iOS18).save(sys.argv[4])"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run([sys.executable, "-c", code, here, str(params), str(size), path], check=True, capture_output=True)
 
 
 def run_child(src: str, dst: str, mode: str, config: str = "magnitude") -> tuple[float, int]:
