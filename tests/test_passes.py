@@ -430,9 +430,21 @@ def test_report_to_dict_has_every_field() -> None:
     assert materialized(prog)
 
 
-def test_ios16_op_is_built_once_per_weight(monkeypatch: pytest.MonkeyPatch) -> None:
-    """coremltools' iOS16 sparse op counts mask bits in a Python loop on every type inference:
-    the pass must trigger it exactly once per packed weight (an observer, not a patch)."""
+def three_layer_ios16_program() -> Any:
+    weights = [random_weight((64, 64), np.float16, seed=s) for s in range(3)]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 64), dtype=types.fp16)], opset_version=ct.target.iOS16)
+    def prog16(x: Any) -> Any:
+        for index, weight in enumerate(weights):
+            x = mb.linear(x=x, weight=weight, name=f"l{index}")
+        return x
+
+    return prog16
+
+
+def count_ios16_op_builds(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Observe (not change) coremltools' iOS16 sparse op type inference, which counts the
+    mask bits in a Python loop every time it runs."""
     from coremltools.converters.mil.mil.ops.defs.iOS16.constexpr_ops import constexpr_sparse_to_dense
 
     calls = {"n": 0}
@@ -443,14 +455,12 @@ def test_ios16_op_is_built_once_per_weight(monkeypatch: pytest.MonkeyPatch) -> N
         return real(self)
 
     monkeypatch.setattr(constexpr_sparse_to_dense, "type_inference", counting)
-    weights = [random_weight((64, 64), np.float16, seed=s) for s in range(3)]
+    return calls
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 64), dtype=types.fp16)], opset_version=ct.target.iOS16)
-    def prog16(x: Any) -> Any:
-        for index, weight in enumerate(weights):
-            x = mb.linear(x=x, weight=weight, name=f"l{index}")
-        return x
 
+def test_ios16_op_is_built_once_per_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_ios16_op_builds(monkeypatch)
+    prog16 = three_layer_ios16_program()
     run_pass(prog16, MAG, ms.MagnitudeConfig(0.5))
     assert calls["n"] == 3
     prog16.validate()
@@ -460,25 +470,8 @@ def test_ios16_op_is_built_once_per_weight(monkeypatch: pytest.MonkeyPatch) -> N
 def test_ios16_op_built_once_per_weight_through_apply_pipeline_and_save(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    from coremltools.converters.mil.mil.ops.defs.iOS16.constexpr_ops import constexpr_sparse_to_dense
-
-    weights = [random_weight((64, 64), np.float16, seed=s) for s in range(3)]
-
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 64), dtype=types.fp16)], opset_version=ct.target.iOS16)
-    def prog16(x: Any) -> Any:
-        for index, weight in enumerate(weights):
-            x = mb.linear(x=x, weight=weight, name=f"l{index}")
-        return x
-
-    model = ct.convert(prog16, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
-    calls = {"n": 0}
-    real = constexpr_sparse_to_dense.type_inference
-
-    def counting(self: Any) -> Any:
-        calls["n"] += 1
-        return real(self)
-
-    monkeypatch.setattr(constexpr_sparse_to_dense, "type_inference", counting)
+    model = ct.convert(three_layer_ios16_program(), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
+    calls = count_ios16_op_builds(monkeypatch)
     pipeline = ct.PassPipeline.EMPTY
     pipeline.append_pass(MAG)
     pipeline.set_options(MAG, {"config": ms.MagnitudeConfig(0.5)})
