@@ -20,7 +20,9 @@ How it works:
    directory and everything in it are removed and the destination is left exactly as it was.
 
 An interrupted process (``SIGKILL``, power loss) can leave the hidden ``.NAME.tmp-*`` directory
-behind, never a half-written destination.
+behind, never a half-written destination. Replacing takes two renames (old aside, new in); a
+kill exactly between them leaves no destination and the old one intact in
+``.NAME.tmp-*/NAME.old`` (POSIX has no portable atomic swap of two directories).
 
 Without ``overwrite``, an existing destination raises :class:`FileExistsError` before anything
 is written; it is checked again just before the rename (another process may have created it
@@ -52,7 +54,7 @@ def check_destination(destination: PathLike, overwrite: bool) -> str:
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"output directory does not exist: {parent}")
     if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists (use --force to overwrite it)")
+        raise FileExistsError(f"{path} already exists")
     return path
 
 
@@ -70,7 +72,7 @@ def atomic_output(destination: PathLike, *, overwrite: bool = False) -> Iterator
         old = None
         if os.path.lexists(path):
             if not overwrite:
-                raise FileExistsError(f"{path} already exists (use --force to overwrite it)")
+                raise FileExistsError(f"{path} already exists")
             old = os.path.join(workdir, f"{name}.old")
             os.rename(path, old)
         try:

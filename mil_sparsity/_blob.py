@@ -122,12 +122,15 @@ class BlobReader:
             raise BlobFileError(f"{self.path}: short read at byte {info.data_offset}")
         return buffer
 
-    def read_array(self, info: BlobInfo) -> NDArray[Any]:
-        """A byte-aligned blob as a flat array of its dtype."""
-        _, storage, bits = BLOB_DTYPES[info.code]
-        if bits < 8:
-            raise BlobFileError(f"{self.path}: blob at byte {info.offset} is {info.dtype_name}, not byte aligned")
-        return self.read_raw(info).view(np.dtype(storage))
+    def read_values(self, info: BlobInfo) -> NDArray[Any]:
+        """The blob's elements, one per array item (sub-byte types unpacked)."""
+        return _values_from_raw(self.read_raw(info), info)
+
+
+def _values_from_raw(raw: NDArray[np.uint8], info: BlobInfo) -> NDArray[Any]:
+    if info.bits < 8:
+        return unpack_sub_byte(raw, info)
+    return raw.view(np.dtype(BLOB_DTYPES[info.code][1]))
 
 
 def unpack_sub_byte(raw: NDArray[np.uint8], info: BlobInfo) -> NDArray[Any]:
@@ -155,10 +158,7 @@ class BlobWriter:
 
     def copy_blob(self, reader: BlobReader, info: BlobInfo) -> int:
         """Re-write a blob unchanged (values and dtype), wherever it ends up."""
-        raw = reader.read_raw(info)
-        if info.bits < 8:
-            return self.write(info.dtype_name, unpack_sub_byte(raw, info))
-        return self.write(info.dtype_name, raw.view(np.dtype(BLOB_DTYPES[info.code][1])))
+        return self.write(info.dtype_name, _values_from_raw(reader.read_raw(info), info))
 
     def close(self) -> None:
         self._writer = None  # the C++ writer flushes and closes when released

@@ -132,7 +132,8 @@ def apply_pipeline(
 
 
 def _apply_streaming(model: ModelLike, pipeline: PassPipeline, report: Optional[SparsityReport]) -> Any:
-    """Stream into a temporary package that the returned MLModel owns (deleted with it)."""
+    """Stream into a temporary package owned by the returned MLModel (``is_temp_package``:
+    coremltools deletes it when the interpreter exits; ``save`` copies it where you want it)."""
     import shutil
     import tempfile
     import uuid

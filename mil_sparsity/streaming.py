@@ -38,7 +38,7 @@ import numpy as np
 
 from mil_sparsity import selection
 from mil_sparsity._atomic import atomic_output
-from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter
+from mil_sparsity._blob import BlobFileError, BlobInfo, BlobReader, BlobWriter
 from mil_sparsity.configs import SparsityConfig, config_to_dict
 from mil_sparsity.kernels import SparseWeight, pack_mask_bits
 from mil_sparsity.report import SparsityReport, WeightRecord
@@ -47,6 +47,17 @@ from mil_sparsity.selector import OpSelector, as_selector
 _OPSET_TARGET = {"CoreML5": 15, "CoreML6": 16, "CoreML7": 17, "CoreML8": 18, "CoreML9": 26}
 _DTYPE_NAMES = {"FLOAT16": "float16", "FLOAT32": "float32", "INT8": "int8", "UINT8": "uint8"}
 _BLOB_DTYPE_OF = {"float16": "fp16", "float32": "fp32", "int8": "int8", "uint8": "uint8"}
+# spec DataType name -> blob dtype name
+_SPEC_TO_BLOB = {
+    "FLOAT16": "fp16", "FLOAT32": "fp32", "UINT8": "uint8", "INT8": "int8", "INT16": "int16",
+    "UINT16": "uint16", "INT4": "int4", "UINT1": "uint1", "UINT2": "uint2", "UINT3": "uint3",
+    "UINT4": "uint4", "UINT6": "uint6", "INT32": "int32", "UINT32": "uint32",
+}
+# spec DataType name -> the numpy dtype PyMIL holds it in, for report rows of constexpr inputs
+_SPEC_TO_NUMPY = {
+    "FLOAT16": "float16", "FLOAT32": "float32", "UINT8": "uint8", "INT8": "int8", "INT4": "int8",
+    "UINT1": "uint8", "UINT2": "uint8", "UINT3": "uint8", "UINT4": "uint8", "UINT6": "uint8",
+}
 
 
 @attrs.define
@@ -179,6 +190,9 @@ def _sites(spec: Any) -> list[_Site]:
                     )
         for block in blocks:
             for op in block.operations:
+                if op.type.startswith("constexpr_"):
+                    sites.extend(_constexpr_input_sites(function_name, op, ios18))
+                    continue
                 if op.type != "const" or "val" not in op.attributes:
                     continue
                 value = op.attributes["val"]
@@ -203,18 +217,46 @@ def _sites(spec: Any) -> list[_Site]:
     return sites
 
 
+def _blob_inputs(op: Any) -> Iterator[tuple[str, Any]]:
+    """(input or attribute name, Value) for the values of ``op`` stored in the weight file."""
+    for key, value in op.attributes.items():
+        if value.WhichOneof("value") == "blobFileValue":
+            yield key, value
+    for key, argument in op.inputs.items():
+        for binding in argument.arguments:
+            if binding.WhichOneof("binding") == "value" and binding.value.WhichOneof("value") == "blobFileValue":
+                yield key, binding.value
+
+
+def _constexpr_input_sites(function_name: str, op: Any, ios18: bool) -> Iterator[_Site]:
+    """Report-only sites for a constexpr op's stored inputs (PyMIL sees them as consts that
+    feed a constexpr op, which the selection always skips)."""
+    from coremltools.proto import MIL_pb2
+
+    op_name = _op_name(op)
+    for key, value in _blob_inputs(op):
+        tensor = value.type.tensorType
+        dtype = _SPEC_TO_NUMPY.get(MIL_pb2.DataType.Name(tensor.dataType))
+        if dtype is None:
+            continue
+        weight = selection.WeightSite(
+            function=function_name,
+            name=f"{op_name}_{key}",
+            shape=tuple(int(d.constant.size) for d in tensor.dimensions),
+            dtype=dtype,
+            consumers=(selection.Consumer(op_name, str(op.type), (key,)),),
+            feeds_block_output=False,
+        )
+        yield _Site(weight, op, value, ios18)
+
+
 def _all_blob_values(spec: Any) -> Iterator[Any]:
     """Every Value in the spec that points into the weight file (attributes and inputs)."""
     for function in spec.mlProgram.functions.values():
         for block in _iter_blocks(_function_block(function)):
             for op in block.operations:
-                for value in op.attributes.values():
-                    if value.WhichOneof("value") == "blobFileValue":
-                        yield value
-                for argument in op.inputs.values():
-                    for binding in argument.arguments:
-                        if binding.WhichOneof("binding") == "value" and binding.value.WhichOneof("value") == "blobFileValue":
-                            yield binding.value
+                for _, value in _blob_inputs(op):
+                    yield value
 
 
 # ---- rewriting the spec ---------------------------------------------------------------------
@@ -356,7 +398,7 @@ def compress_package(
         raise ValueError(f"{src}: the model spec references weights but {weight_file or 'weights/weight.bin'} is missing")
     with atomic_output(dst, overwrite=overwrite) as staging:
         _copy_package(src, staging, skip={os.path.realpath(spec_path), os.path.realpath(weight_file)} if weight_file else {os.path.realpath(spec_path)})
-        records = _stream(spec, sites, weight_file, src, staging)
+        records = _stream(spec, sites, passes, weight_file, src, staging)
         new_spec_path = os.path.join(staging, os.path.relpath(spec_path, src))
         with open(new_spec_path, "wb") as handle:
             handle.write(spec.SerializeToString())
@@ -379,9 +421,25 @@ def _copy_package(src: str, staging: str, skip: set[str]) -> None:
             shutil.copy2(path, os.path.join(target_dir, name))
 
 
+def _check_matches_spec(value: Any, info: BlobInfo, path: str) -> None:
+    """BlobFileError unless the blob holds the dtype and element count the spec says."""
+    from coremltools.proto import MIL_pb2
+
+    tensor = value.type.tensorType
+    expected = _SPEC_TO_BLOB.get(MIL_pb2.DataType.Name(tensor.dataType))
+    count = int(np.prod([d.constant.size for d in tensor.dimensions], dtype=np.int64))
+    if expected != info.dtype_name or count != info.count:
+        raise BlobFileError(
+            f"{path}: blob at byte {info.offset} holds {info.count} {info.dtype_name} values but "
+            f"the model spec expects {count} {expected or MIL_pb2.DataType.Name(tensor.dataType)}: "
+            "the weight file does not match the model"
+        )
+
+
 def _stream(
     spec: Any,
     sites: list[_Site],
+    passes: list[PlannedPass],
     weight_file: str,
     src: str,
     staging: str,
@@ -393,6 +451,9 @@ def _stream(
     new_weight_file = os.path.join(staging, os.path.relpath(weight_file, src))
     os.makedirs(os.path.dirname(new_weight_file), exist_ok=True)
     values = list(_all_blob_values(spec))
+    by_offset: dict[int, list[Any]] = {}
+    for value in values:
+        by_offset.setdefault(value.blobFileValue.offset, []).append(value)
     users_by_offset: dict[int, list[_Site]] = {}
     for site in sites:
         users_by_offset.setdefault(site.value.blobFileValue.offset, []).append(site)
@@ -403,20 +464,25 @@ def _stream(
     with BlobReader(weight_file) as reader:
         writer = BlobWriter(new_weight_file)
         try:
-            for offset in sorted({value.blobFileValue.offset for value in values}):
+            for offset in sorted(by_offset):
                 info = reader.info(offset)
+                for value in by_offset[offset]:
+                    _check_matches_spec(value, info, reader.path)
                 result = written.setdefault(offset, _Written())
                 cache: dict[str, Any] = {}
                 keeps_dense = offset in other_references
                 for site in users_by_offset.get(offset, []):
-                    site_records, offsets = _process_site(site, info, reader, writer, result, cache)
+                    site_records, offsets = _process_site(site, passes, info, reader, writer, result, cache)
                     records.extend(site_records)
                     if offsets is None:
                         keeps_dense = True
                     else:
                         packed[id(site)] = offsets
                 if keeps_dense:
-                    result.copy = writer.copy_blob(reader, info)
+                    if "value" in cache:  # already read for a decision: do not read it again
+                        result.copy = writer.write(info.dtype_name, cache["value"])
+                    else:
+                        result.copy = writer.copy_blob(reader, info)
         finally:
             writer.close()
     for value in values:
@@ -433,27 +499,35 @@ def _stream(
 
 def _process_site(
     site: _Site,
+    passes: list[PlannedPass],
     info: BlobInfo,
     reader: BlobReader,
     writer: BlobWriter,
     result: _Written,
     cache: dict[str, Any],
 ) -> tuple[list[WeightRecord], Optional[tuple[int, int, int]]]:
-    """Run the passes' decisions for one const: its records and, if packed, its blob offsets.
+    """Run the passes in order on one const: its records and, if packed, its blob offsets.
 
-    ``cache`` lives while one source blob is processed: the loaded value, and each config's
-    decision, so a blob shared by several consts is read, pruned and written once.
+    As in a PyMIL pipeline, a weight that a pass selects but leaves dense (below its minimum
+    sparsity, say) goes on to the next pass; selections past the first were not computed in
+    phase 1 and are computed here. ``cache`` lives while one source blob is processed: the
+    loaded value, and each config's decision, so a shared blob is read, pruned and written once.
     """
     records: list[WeightRecord] = []
 
     def load() -> Any:
         if "value" not in cache:
-            array = reader.read_array(info)
-            cache["value"] = array.view(np.dtype(site.weight.dtype)).reshape(site.weight.shape)
+            cache["value"] = reader.read_values(info).view(np.dtype(site.weight.dtype)).reshape(site.weight.shape)
         return cache["value"]
 
-    for cls, chosen in site.chosen:
+    for index, planned in enumerate(passes):
+        cls = planned.cls
         rules = cls.rules()
+        chosen = (
+            site.chosen[index][1]
+            if index < len(site.chosen)
+            else selection.select(site.weight, planned.selector, rules)
+        )
         if isinstance(chosen, selection.Decision):
             records.append(selection.record(site.weight, chosen, rules, load))
             continue

@@ -57,7 +57,19 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self._selector: Optional[OpSelector] = None
-        self.report: Optional[SparsityReport] = None
+        self._report: Optional[SparsityReport] = None
+
+    @property
+    def report(self) -> Optional[SparsityReport]:
+        return self._report
+
+    @report.setter
+    def report(self, value: object) -> None:
+        if value is not None and not isinstance(value, SparsityReport):
+            raise TypeError(
+                f"{self.pass_name}: option report must be a SparsityReport, got {type(value).__name__}"
+            )
+        self._report = value
 
     # ----- options -----------------------------------------------------------------------
     @property
@@ -83,11 +95,6 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
     def apply(self, prog: Program) -> None:
         if not isinstance(prog, Program):
             raise TypeError(f"{self.pass_name} applies to a PyMIL Program, got {type(prog).__name__}")
-        if self.report is not None and not isinstance(self.report, SparsityReport):
-            raise TypeError(
-                f"{self.pass_name}: option report must be a SparsityReport, "
-                f"got {type(self.report).__name__}"
-            )
         selector = self._selector if self._selector is not None else self.default_selector()
         _graph.check_opsets(prog, self.pass_name)
         planned, records = self._plan(prog, selector)
