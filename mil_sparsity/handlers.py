@@ -27,6 +27,7 @@ from mil_sparsity.kernels import (
     magnitude_prune_mask,
     nm_prune_mask,
     normalize_dim,
+    pack_kept,
     pack_sparse,
     threshold_prune_mask,
 )
@@ -66,7 +67,11 @@ def run_handler(weight: NDArray[Any], config: SparsityConfig) -> Outcome:
 
 @register_handler(ThresholdConfig)
 def _threshold(weight: NDArray[Any], config: ThresholdConfig) -> Outcome:
-    sparse = pack_sparse(weight, threshold_prune_mask(weight, config.threshold))
+    # threshold >= 0 (validated), so every zero is pruned and "not pruned" is exactly the
+    # sparse mask: invert in place and pack without a second nonzero test
+    keep = threshold_prune_mask(weight, config.threshold)
+    np.logical_not(keep, out=keep)
+    sparse = pack_kept(weight, keep)
     if sparse.sparsity < config.minimum_sparsity_percentile:
         return Skip(
             f"sparsity {sparse.sparsity:.4f} after threshold {config.threshold:g} is below "

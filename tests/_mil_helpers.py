@@ -107,16 +107,19 @@ def ref_n_m(w: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
 
 
 def ref_block(w: np.ndarray, sparsity: float, block_size: int, dim: int) -> np.ndarray:
-    moved = np.moveaxis(w.copy(), dim, 0)
-    length = moved.shape[0]
-    rest = moved.reshape(length, -1)
+    """Blocks along ``dim`` scored in float64 and ordered as (before dim, block, after dim),
+    ties by that row-major position (the kernel's documented order)."""
+    pre = int(np.prod(w.shape[:dim], dtype=np.int64))
+    post = int(np.prod(w.shape[dim + 1 :], dtype=np.int64))
+    length = w.shape[dim]
+    out = w.copy().reshape(pre, length, post)
     starts = list(range(0, length, block_size))
-    scores = np.array(
-        [(rest[s : s + block_size].astype(np.float64) ** 2).sum(axis=0) for s in starts]
-    )  # (blocks, columns)
+    scores = np.stack(
+        [(out[:, s : s + block_size].astype(np.float64) ** 2).sum(axis=1) for s in starts], axis=1
+    )  # (pre, blocks, post)
     k = round(sparsity * scores.size)
-    order = np.argsort(scores.ravel(), kind="stable")[:k]
-    for flat_index in order:
-        b, column = divmod(int(flat_index), scores.shape[1])
-        rest[starts[b] : starts[b] + block_size, column] = 0
-    return np.moveaxis(rest.reshape(moved.shape), 0, dim)
+    for flat_index in np.argsort(scores.ravel(), kind="stable")[:k]:
+        p, rest = divmod(int(flat_index), scores.shape[1] * post)
+        b, q = divmod(rest, post)
+        out[p, starts[b] : starts[b] + block_size, q] = 0
+    return out.reshape(w.shape)

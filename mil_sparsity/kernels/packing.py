@@ -97,6 +97,17 @@ def pack_sparse(weight: NDArray[Any], prune_mask: BoolArray | None = None) -> Sp
     return SparseWeight(nonzero_data=gather(weight, mask), mask=mask)
 
 
+def pack_kept(weight: NDArray[Any], keep_mask: BoolArray) -> SparseWeight:
+    """Pack the elements ``keep_mask`` selects; the caller guarantees it selects no zero.
+
+    Saves :func:`pack_sparse`'s nonzero test when the mask already excludes zeros (a
+    threshold's ``|w| > t`` with ``t >= 0``, for example). The mask becomes the sparse mask.
+    """
+    if keep_mask.shape != weight.shape:
+        raise ValueError(f"keep_mask shape {keep_mask.shape} does not match weight shape {weight.shape}")
+    return SparseWeight(nonzero_data=gather(weight, keep_mask), mask=keep_mask)
+
+
 def gather(weight: NDArray[Any], mask: BoolArray) -> NDArray[Any]:
     """``weight[mask]`` in row-major order, 4-5x faster than boolean indexing.
 
