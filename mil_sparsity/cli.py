@@ -304,6 +304,12 @@ def _add_model_output(parser: argparse.ArgumentParser) -> None:
 def _add_force_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="rewrite the package file by file, one weight in memory at a time "
+        "(mil_sparsity.streaming.compress_package): for models larger than memory",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the report as JSON instead of a table"
     )
 
@@ -458,17 +464,6 @@ def _make_config(factory: Callable[..., Any], option: str, **values: Any) -> Any
         raise UsageError(f"{option}: {_one_line(error)}") from None
 
 
-def _kind_to_pass() -> dict[str, str]:
-    """Config kind -> name of the pass that accepts it, from the pass classes themselves."""
-    from mil_sparsity.passes import PASS_CLASSES
-
-    mapping: dict[str, str] = {}
-    for cls in PASS_CLASSES:
-        for config_cls in cls.accepted_configs:
-            mapping.setdefault(str(getattr(config_cls, "kind")), cls.pass_name)
-    return mapping
-
-
 def read_config_file(path: str) -> Any:
     """An OpSelector from a JSON (``.json``) or YAML (anything else) file, or a CLIError."""
     from mil_sparsity.selector import OpSelector
@@ -502,21 +497,12 @@ def read_config_file(path: str) -> Any:
 
 def pass_for_selector(selector: Any, where: str) -> str:
     """The one pass that takes every config kind in the selector, or a CLIError."""
-    mapping = _kind_to_pass()
-    kinds = sorted({config.kind for _, config in selector.entries() if config is not None})
-    if not kinds:
-        raise CLIError(f"{where}: no config set (every entry is null): nothing to do")
-    passes = sorted({mapping[kind] for kind in kinds})
-    if len(passes) > 1:
-        detail = "; ".join(
-            f"{pass_name} takes {', '.join(k for k in kinds if mapping[k] == pass_name)}"
-            for pass_name in passes
-        )
-        raise CLIError(
-            f"{where}: mixes config kinds of different passes ({detail}); one run applies "
-            "one pass, so split it into one file per pass"
-        )
-    return passes[0]
+    from mil_sparsity.passes import pass_for_selector as owning_pass
+
+    try:
+        return owning_pass(selector, where)
+    except ValueError as error:
+        raise CLIError(_one_line(error)) from None
 
 
 def _prune_selection(args: argparse.Namespace) -> tuple[str, Any]:
@@ -637,10 +623,11 @@ def _rewrite(args: argparse.Namespace, pass_name: str, selector: Any) -> int:
 
     import mil_sparsity as ms
     from mil_sparsity._atomic import atomic_output
-    from mil_sparsity.inspect_model import package_size
 
     _require_exists(args.model)
     _check_output(args.output, args.model, args.force)
+    if args.streaming:
+        return _rewrite_streaming(args, pass_name, selector)
     bar = _progress(total=3, desc="loading", quiet=args.json)
     try:
         mlmodel, prog = _load(args.model)
@@ -669,6 +656,41 @@ def _rewrite(args: argparse.Namespace, pass_name: str, selector: Any) -> int:
         bar.update()
     finally:
         bar.close()
+    return _print_rewrite(args, pass_name, selector, report)
+
+
+def _rewrite_streaming(args: argparse.Namespace, pass_name: str, selector: Any) -> int:
+    """``--streaming``: compress_package checks, streams and writes OUT atomically itself."""
+    import coremltools as ct
+
+    import mil_sparsity as ms
+    from mil_sparsity._blob import BlobFileError
+    from mil_sparsity.streaming import compress_package, package_targets
+
+    wanted = getattr(args, "min_deployment_target", None)
+    try:
+        targets = package_targets(args.model)
+    except (OSError, ValueError, TypeError) as error:
+        raise CLIError(f"{args.model}: {_one_line(error)}") from None
+    if wanted is not None and any(target != wanted for target in targets.values()):
+        raise UsageError(
+            f"--min-deployment-target {wanted}: {args.model} targets "
+            f"{', '.join(sorted(set(targets.values())))}; the post-hoc path keeps the model's opset"
+        )
+    pipeline = ct.PassPipeline.EMPTY
+    pipeline.append_pass(pass_name)
+    pipeline.set_options(pass_name, {"config": selector})
+    report = ms.SparsityReport()
+    try:
+        compress_package(args.model, args.output, pipeline, report=report, overwrite=args.force)
+    except (OSError, ValueError, TypeError, BlobFileError) as error:
+        raise CLIError(_one_line(error)) from None
+    return _print_rewrite(args, pass_name, selector, report)
+
+
+def _print_rewrite(args: argparse.Namespace, pass_name: str, selector: Any, report: Any) -> int:
+    from mil_sparsity.inspect_model import package_size
+
     before, after = package_size(args.model), package_size(args.output)
     if args.json:
         _emit_json(

@@ -77,19 +77,6 @@ def _pass_classes() -> dict[str, Any]:
     return {cls.pass_name: cls for cls in PASS_CLASSES}
 
 
-def _pass_for(selector: OpSelector) -> str:
-    """The one pass that takes every config of ``selector``."""
-    kinds = {config.kind for _, config in selector.entries() if config is not None}
-    for name, cls in _pass_classes().items():
-        accepted = {c.kind for c in cls.accepted_configs}
-        if kinds and kinds <= accepted:
-            return str(name)
-    raise ValueError(
-        f"config mixes kinds {sorted(kinds)} that no single pass takes: threshold -> "
-        "prune_by_threshold; magnitude, block, n_m -> prune_by_magnitude; pack -> sparse_pack"
-    )
-
-
 PipelineLike = Union[Any, OpSelector, SparsityConfig, dict[str, Any], str]
 
 
@@ -131,8 +118,10 @@ def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
             selector = graph_pass.config if graph_pass.config is not None else graph_pass.default_selector()
             planned.append(PlannedPass(classes[name], selector, graph_pass.report))
         return planned
+    from mil_sparsity.passes import pass_for_selector
+
     selector = as_selector(config_or_pipeline)
-    cls = classes[_pass_for(selector)]
+    cls = classes[pass_for_selector(selector)]
     return [PlannedPass(cls, selection.check_selector(selector, cls.rules()))]
 
 
@@ -344,6 +333,16 @@ def _package_paths(package: str) -> tuple[str, str]:
     spec_path = model_package.getRootModel().path()
     weights = model_package.findItemByNameAuthor("weights", "com.apple.CoreML")
     return str(spec_path), (str(weights.path()) if weights is not None else "")
+
+
+def package_targets(package: Union[str, "os.PathLike[str]"]) -> dict[str, str]:
+    """Function name -> deployment target ("iOS16", ...) of a saved ML Program package."""
+    spec_path, _ = _package_paths(os.fspath(package))
+    spec = _load_spec(spec_path)
+    return {
+        name: f"iOS{_OPSET_TARGET.get(function.opset, '?')}"
+        for name, function in spec.mlProgram.functions.items()
+    }
 
 
 def _load_spec(path: str) -> Any:

@@ -714,3 +714,70 @@ def test_progress_bar_only_on_a_terminal_and_never_with_json(
     assert code == 0 and "reading weights" in err
     code, out, err = run_main("report", packages.ios18, "--json")
     assert code == 0 and err == "" and json.loads(out)["totals"]["weights"] == 5
+
+
+# ----- --streaming ---------------------------------------------------------------------------
+def spec_ops(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    prog = load_program(load_model(str(path)))
+    return [(op.op_type, tuple(v.name for v in op.outputs)) for f in prog.functions.values()
+            for op in f.operations if not op.op_type == "const"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["prune", "{ios18}", "--n-m", "3:4"], ["prune", "{ios16}", "--target-sparsity", "0.6", "--block-size", "4"],
+     ["pack", "{trained}"], ["prune", "{multi}", "--target-sparsity", "0.5"]],
+    ids=["n_m-iOS18", "block-iOS16", "pack", "multifunction"],
+)
+def test_streaming_writes_the_same_model(run_main: Main, packages: Packages, tmp_path: Path, argv: list[str]) -> None:
+    args = [a.format(ios18=packages.ios18, ios16=packages.ios16, trained=packages.trained, multi=packages.multi) for a in argv]
+    streamed, loaded = tmp_path / "streamed.mlpackage", tmp_path / "loaded.mlpackage"
+    code, out, err = run_main(*args, "-o", streamed, "--streaming")
+    assert code == 0 and err == "", err
+    assert "packed" in out and "wrote" in out
+    code, _, err = run_main(*args, "-o", loaded)
+    assert code == 0, err
+    assert spec_ops(streamed) == spec_ops(loaded)
+    a = {op.outputs[0].name: materialize(op) for f in load_program(load_model(str(streamed))).functions.values()
+         for op in f.operations if op.op_type == SPARSE_OP}
+    b = {op.outputs[0].name: materialize(op) for f in load_program(load_model(str(loaded))).functions.values()
+         for op in f.operations if op.op_type == SPARSE_OP}
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_array_equal(a[name].view(np.uint16), b[name].view(np.uint16))
+
+
+def test_streaming_bad_inputs_write_nothing(
+    run_main: Main, packages: Packages, tmp_path: Path, input_hashes: dict[Path, dict[str, str]]
+) -> None:
+    out_path = tmp_path / "o.mlpackage"
+    cases: list[tuple[list[Any], int, str]] = [
+        (["pack", packages.truncated, "-o", out_path, "--streaming"], 1, "truncated"),
+        (["prune", packages.corrupt, "-o", out_path, "--n-m", "3:4", "--streaming"], 1, "not a readable Core ML model spec"),
+        (["prune", packages.ios15, "-o", out_path, "--n-m", "3:4", "--streaming"], 1, "minimum_deployment_target"),
+        (["prune", packages.ios18, "-o", out_path, "--n-m", "3:4", "--streaming", "--min-deployment-target", "iOS16"], 2, "targets iOS18"),
+    ]
+    for argv, expected_code, message in cases:
+        code, out, err = run_main(*argv)
+        assert code == expected_code, (argv, err)
+        assert message in error_line(err), (argv, err)
+        assert out == ""
+    existing = tmp_path / "exists.mlpackage"
+    existing.mkdir()
+    code, _, err = run_main("pack", packages.trained, "-o", existing, "--streaming")
+    assert code == 1 and "already exists" in error_line(err)
+    assert not out_path.exists() and leftovers(tmp_path) == [] and leftovers(packages.root) == []
+    assert_inputs_unchanged(packages, input_hashes)
+
+
+def test_installed_script_error_is_one_line(tmp_path: Path) -> None:
+    script = script_path()
+    if script is None:
+        pytest.skip("the mil-sparsity script is not installed next to this python")
+    done = subprocess.run(
+        [script, "prune", str(tmp_path / "none.mlpackage"), "-o", str(tmp_path / "o.mlpackage"), "--n-m", "3:4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"mil-sparsity: error: model not found: {tmp_path / 'none.mlpackage'}"]

@@ -8,9 +8,36 @@ from mil_sparsity.passes._base import SparsityPass
 from mil_sparsity.passes.prune_by_magnitude import PruneByMagnitude
 from mil_sparsity.passes.prune_by_threshold import PruneByThreshold
 from mil_sparsity.passes.sparse_pack import SparsePack
+from mil_sparsity.selector import OpSelector
 
 NAMESPACE = "mil_sparsity"
 PASS_CLASSES: tuple[type[SparsityPass], ...] = (PruneByThreshold, PruneByMagnitude, SparsePack)
+
+
+def pass_for_selector(selector: OpSelector, where: str = "config") -> str:
+    """The name of the one pass that takes every config kind in ``selector``.
+
+    threshold -> prune_by_threshold; magnitude, block, n_m -> prune_by_magnitude;
+    pack -> sparse_pack. ValueError if no config is set or the kinds span several passes.
+    """
+    owner = {
+        str(getattr(config_cls, "kind")): cls.pass_name
+        for cls in PASS_CLASSES
+        for config_cls in cls.accepted_configs
+    }
+    kinds = sorted({config.kind for _, config in selector.entries() if config is not None})
+    if not kinds:
+        raise ValueError(f"{where}: no config set (every entry is null): nothing to do")
+    passes = sorted({owner[kind] for kind in kinds})
+    if len(passes) > 1:
+        detail = "; ".join(
+            f"{name} takes {', '.join(k for k in kinds if owner[k] == name)}" for name in passes
+        )
+        raise ValueError(
+            f"{where}: mixes config kinds of different passes ({detail}); one run applies one "
+            "pass, so split it per pass"
+        )
+    return passes[0]
 
 
 def register_passes() -> None:
@@ -31,4 +58,4 @@ def register_passes() -> None:
         PASS_REGISTRY.add(namespace, cls, override=True, name=name)
 
 
-__all__ = ["PASS_CLASSES", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]
+__all__ = ["PASS_CLASSES", "pass_for_selector", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]
