@@ -477,3 +477,15 @@ def test_ios16_op_built_once_per_weight_through_apply_pipeline_and_save(
     pipeline.set_options(MAG, {"config": ms.MagnitudeConfig(0.5)})
     ms.apply_pipeline(model, pipeline).save(str(tmp_path / "out.mlpackage"))
     assert calls["n"] == 3
+
+
+def test_structured_configs_apply_to_conv_transpose_weights_by_default() -> None:
+    weight = random_weight((16, 8, 3, 3), np.float32)  # conv_transpose weight: [C_in, C_out / groups, kH, kW]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 16, 5, 5))], opset_version=ct.target.iOS18)
+    def prog(x: Any) -> Any:
+        return mb.conv_transpose(x=x, weight=mb.const(val=weight, name="deconv_w"), name="deconv")
+
+    run_pass(prog, MAG, ms.NMConfig(2, 4, weight_threshold=0))
+    [op] = sparse_ops(prog)
+    np.testing.assert_array_equal(op.materialized_val_inference(), ref_n_m(weight, 2, 4, 1))
