@@ -1124,7 +1124,7 @@ def test_config_mixing_kinds(sources, tmp_path, monkeypatch):
         global_config=ms.ThresholdConfig(threshold=0.01), op_type_configs={"linear": MAGNITUDE}
     )
     events = nothing_opened(monkeypatch)
-    assert_fails_cleanly(src, tmp_path / "dst.mlpackage", selector, ValueError, "mixes kinds")
+    assert_fails_cleanly(src, tmp_path / "dst.mlpackage", selector, ValueError, "mixes config kinds")
     assert events == []
 
 
