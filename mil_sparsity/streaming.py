@@ -384,22 +384,25 @@ def compress_package(
     spec_path, weights_dir = _package_paths(src)
     spec = _load_spec(spec_path)
     sites = _sites(spec)
-    for site in sites:  # phase 1: every check that needs no value, for every pass
+    for site in sites:  # phase 1: every check that needs no value, up to the selecting pass
         for planned in passes:
             chosen = selection.select(site.weight, planned.selector, planned.cls.rules())
             site.chosen.append((planned.cls, chosen))
             if isinstance(chosen, selection.Selected):
                 break
-    weight_file = os.path.join(weights_dir, "weight.bin") if weights_dir else ""
-    if not sites and not os.path.exists(weight_file):
-        weight_file = ""
-    if any(True for _ in _all_blob_values(spec)) and not os.path.isfile(weight_file):
-        raise ValueError(f"{src}: the model spec references weights but {weight_file or 'weights/weight.bin'} is missing")
+    weight_file = ""
+    if any(True for _ in _all_blob_values(spec)):
+        weight_file = os.path.join(weights_dir, "weight.bin") if weights_dir else ""
+        if not os.path.isfile(weight_file):
+            raise ValueError(
+                f"{src}: the model spec references weights but "
+                f"{weight_file or 'weights/weight.bin'} is missing"
+            )
+    replaced = {os.path.realpath(path) for path in (spec_path, weight_file) if path}
     with atomic_output(dst, overwrite=overwrite) as staging:
-        _copy_package(src, staging, skip={os.path.realpath(spec_path), os.path.realpath(weight_file)} if weight_file else {os.path.realpath(spec_path)})
+        _copy_package(src, staging, skip=replaced)
         records = _stream(spec, sites, passes, weight_file, src, staging)
-        new_spec_path = os.path.join(staging, os.path.relpath(spec_path, src))
-        with open(new_spec_path, "wb") as handle:
+        with open(os.path.join(staging, os.path.relpath(spec_path, src)), "wb") as handle:
             handle.write(spec.SerializeToString())
     own_reports = {planned.cls.pass_name: planned.report for planned in passes}
     for record in records:
