@@ -7,7 +7,7 @@ config class and registering a handler for it here.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import attrs
 import numpy as np
@@ -103,25 +103,32 @@ def _n_m(weight: NDArray[Any], config: NMConfig) -> Outcome:
     return pack_sparse(weight, nm_prune_mask(weight, config.n, config.m, config.dim))
 
 
-def break_even_sparsity(dtype: np.dtype[Any]) -> float:
-    """Sparsity above which the sparse form is smaller: 1 mask bit vs. the element's bits."""
-    return 1.0 / (8 * np.dtype(dtype).itemsize)
+def pack_skip(
+    config: PackConfig, sparsity: float, packed_bytes: int, dense_bytes: int, storage: str
+) -> Optional[Skip]:
+    """Why a weight with this sparsity stays as it is under ``config``, or None to pack it.
+
+    ``minimum_sparsity_percentile=None``: pack exactly when the packed form is smaller than the
+    current one (``storage`` names it in the reason, e.g. "float16" or "4-bit").
+    """
+    if config.minimum_sparsity_percentile is None:
+        if packed_bytes >= dense_bytes:
+            return Skip(
+                f"sparsity {sparsity:.4f} is not above the {storage} break-even: packing would "
+                f"not save space ({packed_bytes} >= {dense_bytes} bytes)",
+                sparsity,
+            )
+    elif sparsity < config.minimum_sparsity_percentile:
+        return Skip(
+            f"sparsity {sparsity:.4f} is below minimum_sparsity_percentile "
+            f"{config.minimum_sparsity_percentile:g}",
+            sparsity,
+        )
+    return None
 
 
 @register_handler(PackConfig)
 def _pack(weight: NDArray[Any], config: PackConfig) -> Outcome:
     sparse = pack_sparse(weight)
-    if config.minimum_sparsity_percentile is None:
-        if sparse.packed_nbytes >= sparse.dense_nbytes:
-            return Skip(
-                f"sparsity {sparse.sparsity:.4f} is not above the {weight.dtype} break-even "
-                f"{break_even_sparsity(weight.dtype):.4f}: packing would not save space",
-                sparse.sparsity,
-            )
-    elif sparse.sparsity < config.minimum_sparsity_percentile:
-        return Skip(
-            f"sparsity {sparse.sparsity:.4f} is below minimum_sparsity_percentile "
-            f"{config.minimum_sparsity_percentile:g}",
-            sparse.sparsity,
-        )
-    return sparse
+    skip = pack_skip(config, sparse.sparsity, sparse.packed_nbytes, sparse.dense_nbytes, str(weight.dtype))
+    return sparse if skip is None else skip

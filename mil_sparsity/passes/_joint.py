@@ -14,7 +14,7 @@ The mask is ``decompressed != 0`` and the kept indices/data are the old ones at 
 positions, so every nonzero decompressed value is unchanged bit for bit (a decompressed ``-0.0``
 reads back as ``+0.0``). Sizes are counted in the compressed domain: the old form stores
 ``N * bits``, the new one ``nonzero * bits + N`` mask bits; with ``minimum_sparsity_percentile=None``
-the weight is rewritten only when that is smaller (break-even sparsity ``1 / bits``). Vector
+the weight is rewritten only when that is smaller (break-even sparsity about ``1 / bits``). Vector
 palettization (LUT entries that are vectors) is left alone, with a reason.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Optional
 
+import attrs
 import numpy as np
 from coremltools.converters.mil.mil import Builder as mb
 from coremltools.converters.mil.mil import types
@@ -31,7 +32,7 @@ from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _graph, selection
 from mil_sparsity.configs import PackConfig, config_to_dict
-from mil_sparsity.handlers import Skip
+from mil_sparsity.handlers import Skip, pack_skip
 from mil_sparsity.kernels import nonzero_mask
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
 from mil_sparsity.selector import OpSelector
@@ -90,32 +91,29 @@ def _builder(op: Operation, mask: np.ndarray) -> Callable[[], Var]:
     return build
 
 
-def _outcome(op: Operation, config: PackConfig) -> tuple[Optional[np.ndarray], Skip | None, float, int, int]:
-    """(mask or None, skip or None, sparsity, stored bytes before, after) for one joint op."""
+@attrs.frozen
+class _JointOutcome:
+    """Phase 1 for one joint op: the sparse mask to add (or the reason not to), and sizes."""
+
+    mask: Optional[np.ndarray]
+    skip: Optional[Skip]
+    sparsity: float
+    stored_bytes: int
+    packed_bytes: int
+
+
+def _outcome(op: Operation, config: PackConfig) -> _JointOutcome:
     if op.op_type == "constexpr_lut_to_dense" and op.lut.shape[-1] != 1:
-        return None, Skip("vector palettization is not rewritten for joint compression"), 0.0, 0, 0
-    dense = op.materialized_val_inference()
-    mask = nonzero_mask(dense)
+        return _JointOutcome(None, Skip("vector palettization is not rewritten for joint compression"), 0.0, 0, 0)
+    mask = nonzero_mask(op.materialized_val_inference())
     size = int(mask.size)
     kept = int(np.count_nonzero(mask))
     bits = int(_compressed_input(op).dtype.get_bitwidth())
     sparsity = 1.0 - kept / size if size else 0.0
-    before = (size * bits + 7) // 8
-    after = (kept * bits + 7) // 8 + (size + 7) // 8
-    if config.minimum_sparsity_percentile is None:
-        if after >= before:
-            return None, Skip(
-                f"sparsity {sparsity:.4f} is not above the {bits}-bit break-even {1 / bits:.4f}: "
-                "joint packing would not save space",
-                sparsity,
-            ), sparsity, before, after
-    elif sparsity < config.minimum_sparsity_percentile:
-        return None, Skip(
-            f"sparsity {sparsity:.4f} is below minimum_sparsity_percentile "
-            f"{config.minimum_sparsity_percentile:g}",
-            sparsity,
-        ), sparsity, before, after
-    return mask, None, sparsity, before, after
+    stored = (size * bits + 7) // 8
+    packed = (kept * bits + 7) // 8 + (size + 7) // 8
+    skip = pack_skip(config, sparsity, packed, stored, f"{bits}-bit")
+    return _JointOutcome(mask if skip is None else None, skip, sparsity, stored, packed)
 
 
 def plan_joint(
@@ -135,7 +133,7 @@ def plan_joint(
         config = chosen.config
         if not isinstance(config, PackConfig):  # sparse_pack's selector holds PackConfigs only
             raise TypeError(f"joint compression takes PackConfig, got {type(config).__name__}")
-        mask, skip, sparsity, before, after = _outcome(op, config)
+        outcome = _outcome(op, config)
         common: dict[str, Any] = dict(
             pass_name=rules.pass_name,
             function=function_name,
@@ -144,16 +142,16 @@ def plan_joint(
             dtype=site.dtype,
             consumer_types=site.consumer_types,
             config=config_to_dict(config),
-            dense_bytes=before,
+            dense_bytes=outcome.stored_bytes,
         )
-        if mask is None:
-            reason = skip.reason if skip is not None else "not rewritten"
-            yield None, WeightRecord(decision=SKIPPED, reason=reason, sparsity=sparsity, packed_bytes=None, **common)
+        if outcome.mask is None:
+            reason = outcome.skip.reason if outcome.skip is not None else "not rewritten"
+            yield None, WeightRecord(decision=SKIPPED, reason=reason, sparsity=outcome.sparsity, packed_bytes=None, **common)
             continue
-        yield Planned(block, op, _builder(op, mask)), WeightRecord(
+        yield Planned(block, op, _builder(op, outcome.mask)), WeightRecord(
             decision=PACKED,
             reason=f"joint: {op.op_type} + sparse mask; config from {chosen.source}",
-            sparsity=sparsity,
-            packed_bytes=after,
+            sparsity=outcome.sparsity,
+            packed_bytes=outcome.packed_bytes,
             **common,
         )
