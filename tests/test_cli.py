@@ -717,10 +717,11 @@ def test_progress_bar_only_on_a_terminal_and_never_with_json(
 
 
 # ----- --streaming ---------------------------------------------------------------------------
-def spec_ops(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+def spec_ops(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Non-const ops per function, functions by name (the spec's function map has no order)."""
     prog = load_program(load_model(str(path)))
-    return [(op.op_type, tuple(v.name for v in op.outputs)) for f in prog.functions.values()
-            for op in f.operations if not op.op_type == "const"]
+    return [(name, op.op_type, tuple(v.name for v in op.outputs))
+            for name, f in sorted(prog.functions.items()) for op in f.operations if op.op_type != "const"]
 
 
 @pytest.mark.parametrize(
