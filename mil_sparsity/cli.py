@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import importlib
+import io
 import json
 import logging
 import math
@@ -315,34 +315,39 @@ def _add_force_json(parser: argparse.ArgumentParser) -> None:
 
 
 # ----- environment ----------------------------------------------------------------------------
+_TERMINAL: list[Any] = []  # the real stderr while _quiet_coremltools redirects sys.stderr
+
+
 @contextlib.contextmanager
 def _quiet_coremltools() -> Iterator[None]:
     """Silence coremltools while a command runs: its log records (a failing pass logs an
     ERROR banner before the exception we report), its warnings, and its per-pipeline tqdm bars
-    (``Running MIL ... pipeline``), which would garble our progress bar and stderr."""
-    from coremltools.converters.mil.mil.passes import pass_pipeline
-
+    (``Running MIL ... pipeline``), which would garble our progress bar and stderr. The bars
+    write to ``sys.stderr``, which points at a sink meanwhile; our own bar and error line use
+    the real stream (:func:`_stderr`)."""
     logger = logging.getLogger("coremltools")
     level = logger.level
-    original_tqdm = getattr(pass_pipeline, "tqdm", None)
     logger.setLevel(logging.CRITICAL + 1)
-    if original_tqdm is not None:
-        pass_pipeline.tqdm = functools.partial(original_tqdm, disable=True)
+    _TERMINAL.append(sys.stderr)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
+        _TERMINAL.pop()
         logger.setLevel(level)
-        if original_tqdm is not None:
-            pass_pipeline.tqdm = original_tqdm
+
+
+def _stderr() -> Any:
+    return _TERMINAL[-1] if _TERMINAL else sys.stderr
 
 
 def _progress(iterable: Any = None, *, total: Optional[int] = None, desc: str, quiet: bool) -> Any:
     """A tqdm bar on stderr, silent when ``quiet`` (--json) or when stderr is not a terminal."""
     tqdm = importlib.import_module("tqdm").tqdm  # untyped third-party module: imported as Any
-    disable = quiet or not _isatty(sys.stderr)
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=disable, leave=False)
+    stream = _stderr()
+    disable = quiet or not _isatty(stream)
+    return tqdm(iterable, total=total, desc=desc, file=stream, disable=disable, leave=False)
 
 
 def _isatty(stream: Any) -> bool:
