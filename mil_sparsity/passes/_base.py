@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar, Iterator, Optional
 
 import attrs
-import numpy as np
 from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
