@@ -70,15 +70,15 @@ def consumers(var: Var) -> tuple[Consumer, ...]:
     return tuple(seen.values())
 
 
-def weight_site(function_name: str, const_op: Operation) -> WeightSite:
-    """The selection rules' view of a PyMIL const."""
-    var = const_op.outputs[0]
-    value = var.val
+def weight_site(function_name: str, op: Operation) -> WeightSite:
+    """The selection rules' view of a PyMIL op's (first) output: a const, or a constexpr op's
+    decompressed weight. Shape and dtype come from the var's type, not its value."""
+    var = op.outputs[0]
     return WeightSite(
         function=function_name,
-        name=str(const_op.name),
-        shape=tuple(int(d) for d in value.shape),
-        dtype=str(value.dtype),
+        name=str(op.name),
+        shape=tuple(int(d) for d in var.shape),
+        dtype=np.dtype(types.nptype_from_builtin(var.dtype)).name,
         consumers=consumers(var),
         feeds_block_output=len(var.consuming_blocks) > 0,
     )

@@ -45,7 +45,6 @@ from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.selector import OpSelector, as_selector
 
 _OPSET_TARGET = {"CoreML5": 15, "CoreML6": 16, "CoreML7": 17, "CoreML8": 18, "CoreML9": 26}
-_DTYPE_NAMES = {"FLOAT16": "float16", "FLOAT32": "float32", "INT8": "int8", "UINT8": "uint8"}
 _BLOB_DTYPE_OF = {"float16": "fp16", "float32": "fp32", "int8": "int8", "uint8": "uint8"}
 # spec DataType name -> blob dtype name
 _SPEC_TO_BLOB = {
@@ -53,7 +52,9 @@ _SPEC_TO_BLOB = {
     "UINT16": "uint16", "INT4": "int4", "UINT1": "uint1", "UINT2": "uint2", "UINT3": "uint3",
     "UINT4": "uint4", "UINT6": "uint6", "INT32": "int32", "UINT32": "uint32",
 }
-# spec DataType name -> the numpy dtype PyMIL holds it in, for report rows of constexpr inputs
+# const dtypes that are weights (sub-byte consts are not: PyMIL types them uint1..uint6/int4)
+_CONST_WEIGHT_TYPES = ("FLOAT16", "FLOAT32", "INT8", "UINT8")
+# spec DataType name -> the numpy dtype PyMIL holds it in (report rows of constexpr inputs too)
 _SPEC_TO_NUMPY = {
     "FLOAT16": "float16", "FLOAT32": "float32", "UINT8": "uint8", "INT8": "int8", "INT4": "int8",
     "UINT1": "uint8", "UINT2": "uint8", "UINT3": "uint8", "UINT4": "uint8", "UINT6": "uint8",
@@ -141,6 +142,14 @@ def _op_name(op: Any) -> str:
     return str(op.outputs[0].name) if op.outputs else ""
 
 
+def _tensor_type(value: Any) -> tuple[str, tuple[int, ...]]:
+    """(spec DataType name, shape) of a proto Value's tensor type."""
+    from coremltools.proto import MIL_pb2
+
+    tensor = value.type.tensorType
+    return MIL_pb2.DataType.Name(tensor.dataType), tuple(int(d.constant.size) for d in tensor.dimensions)
+
+
 def _function_block(function: Any) -> Any:
     return function.block_specializations[function.opset]
 
@@ -187,18 +196,15 @@ def _sites(spec: Any) -> list[_Site]:
                 value = op.attributes["val"]
                 if value.WhichOneof("value") != "blobFileValue":
                     continue
-                tensor = value.type.tensorType
-                from coremltools.proto import MIL_pb2
-
-                dtype = _DTYPE_NAMES.get(MIL_pb2.DataType.Name(tensor.dataType))
-                if dtype is None:
+                data_type, shape = _tensor_type(value)
+                if data_type not in _CONST_WEIGHT_TYPES:
                     continue
                 output = op.outputs[0].name
                 weight = selection.WeightSite(
                     function=function_name,
                     name=_op_name(op),
-                    shape=tuple(int(d.constant.size) for d in tensor.dimensions),
-                    dtype=dtype,
+                    shape=shape,
+                    dtype=_SPEC_TO_NUMPY[data_type],
                     consumers=tuple(readers.get(output, ())),
                     feeds_block_output=output in block_outputs,
                 )
@@ -220,19 +226,16 @@ def _blob_inputs(op: Any) -> Iterator[tuple[str, Any]]:
 def _constexpr_input_sites(function_name: str, op: Any, ios18: bool) -> Iterator[_Site]:
     """Report-only sites for a constexpr op's stored inputs (PyMIL sees them as consts that
     feed a constexpr op, which the selection always skips)."""
-    from coremltools.proto import MIL_pb2
-
     op_name = _op_name(op)
     for key, value in _blob_inputs(op):
-        tensor = value.type.tensorType
-        dtype = _SPEC_TO_NUMPY.get(MIL_pb2.DataType.Name(tensor.dataType))
-        if dtype is None:
+        data_type, shape = _tensor_type(value)
+        if data_type not in _SPEC_TO_NUMPY:
             continue
         weight = selection.WeightSite(
             function=function_name,
             name=f"{op_name}_{key}",
-            shape=tuple(int(d.constant.size) for d in tensor.dimensions),
-            dtype=dtype,
+            shape=shape,
+            dtype=_SPEC_TO_NUMPY[data_type],
             consumers=(selection.Consumer(op_name, str(op.type), (key,)),),
             feeds_block_output=False,
         )
@@ -265,12 +268,10 @@ def _tensor_value(value: Any, data_type: str, shape: tuple[int, ...], file_name:
 def _rewrite_op(site: _Site, offsets: tuple[int, int, int], renames: dict[str, str]) -> None:
     """const -> constexpr_sparse_to_dense in the function's opset form, renamed ``<name>_sparse``."""
     op = site.op
-    file_name = site.value.blobFileValue.fileName
-    data_type = site.value.type.tensorType.dataType
     from coremltools.proto import MIL_pb2
 
-    data_type_name = MIL_pb2.DataType.Name(data_type)
-    shape = site.weight.shape
+    file_name = site.value.blobFileValue.fileName
+    data_type_name, shape = _tensor_type(site.value)
     nonzero_offset, nonzero_count, mask_offset = offsets
     old_output = op.outputs[0].name
     new_name = f"{site.weight.name}_sparse"
@@ -425,16 +426,13 @@ def _copy_package(src: str, staging: str, skip: set[str]) -> None:
 
 def _check_matches_spec(value: Any, info: BlobInfo, path: str) -> None:
     """BlobFileError unless the blob holds the dtype and element count the spec says."""
-    from coremltools.proto import MIL_pb2
-
-    tensor = value.type.tensorType
-    expected = _SPEC_TO_BLOB.get(MIL_pb2.DataType.Name(tensor.dataType))
-    count = int(np.prod([d.constant.size for d in tensor.dimensions], dtype=np.int64))
+    data_type, shape = _tensor_type(value)
+    expected = _SPEC_TO_BLOB.get(data_type, data_type)
+    count = int(np.prod(shape, dtype=np.int64))
     if expected != info.dtype_name or count != info.count:
         raise BlobFileError(
             f"{path}: blob at byte {info.offset} holds {info.count} {info.dtype_name} values but "
-            f"the model spec expects {count} {expected or MIL_pb2.DataType.Name(tensor.dataType)}: "
-            "the weight file does not match the model"
+            f"the model spec expects {count} {expected}: the weight file does not match the model"
         )
 
 

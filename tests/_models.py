@@ -324,3 +324,24 @@ def separated_blocks(
     assert np.array_equal(np.argsort(exact), np.argsort(low.astype(np.float64), kind="stable"))
     assert np.unique(low).size == block_count
     return weight
+
+
+def cond_linear_program(target: Any, w_true: np.ndarray, w_false: np.ndarray, w_out: np.ndarray) -> Any:
+    """linear inside both branches of a cond picked by an int flag, then one linear after it."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=(1, w_true.shape[1])), mb.TensorSpec(shape=(1,), dtype=types.int32)],
+        opset_version=target,
+    )
+    def prog(x, flag):
+        pred = mb.greater(x=mb.squeeze(x=flag), y=np.int32(0))
+        y = mb.cond(
+            pred=pred,
+            _true_fn=lambda: mb.linear(x=x, weight=w_true),
+            _false_fn=lambda: mb.linear(x=x, weight=w_false),
+        )
+        return mb.linear(x=y, weight=w_out)
+
+    return prog

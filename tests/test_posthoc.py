@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 import coremltools as ct
-from coremltools.converters.mil.mil import Builder as mb
-from coremltools.converters.mil.mil import types
 
 import mil_sparsity as ms
 from mil_sparsity.posthoc import load_program
 from _models import (
+    cond_linear_program,
     SPARSE_OP,
     assert_bit_equal,
     check_sparse_form,
@@ -139,19 +138,7 @@ def test_builder_program_with_nested_blocks(target, tmp_path):
     w_true = rng.standard_normal((64, 64)).astype(np.float32)
     w_false = rng.standard_normal((64, 64)).astype(np.float32)
     w_out = rng.standard_normal((32, 64)).astype(np.float32)  # 2048 elements: not > 2048
-
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, 64)), mb.TensorSpec(shape=(1,), dtype=types.int32)],
-        opset_version=target,
-    )
-    def prog(x, flag):
-        pred = mb.greater(x=mb.squeeze(x=flag), y=np.int32(0))
-        y = mb.cond(
-            pred=pred,
-            _true_fn=lambda: mb.linear(x=x, weight=w_true),
-            _false_fn=lambda: mb.linear(x=x, weight=w_false),
-        )
-        return mb.linear(x=y, weight=w_out)
+    prog = cond_linear_program(target, w_true, w_false, w_out)
 
     source = tmp_path / "cond.mlpackage"
     ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target).save(str(source))

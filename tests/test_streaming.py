@@ -28,7 +28,6 @@ import pytest
 
 import coremltools as ct
 from coremltools.converters.mil.mil import Builder as mb
-from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
 from coremltools.proto import MIL_pb2
 
@@ -36,7 +35,7 @@ import mil_sparsity as ms
 from mil_sparsity import _blob, posthoc, streaming
 from mil_sparsity.posthoc import load_program
 from mil_sparsity.streaming import compress_package
-from _models import SPARSE_OP, hash_tree, trace
+from _models import SPARSE_OP, cond_linear_program, hash_tree, iter_ops, trace
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -122,20 +121,7 @@ def cond_program(target: Any) -> Any:
     w_true[np.abs(w_true) < np.quantile(np.abs(w_true), 0.6)] = 0
     w_false = rng.uniform(-0.1, 0.1, (64, 64)).astype(np.float32)
     w_out = rng.uniform(-0.1, 0.1, (48, 64)).astype(np.float32)
-
-    @mb.program(
-        input_specs=[mb.TensorSpec(shape=(1, 64)), mb.TensorSpec(shape=(1,), dtype=types.int32)],
-        opset_version=target,
-    )
-    def prog(x, flag):
-        pred = mb.greater(x=mb.squeeze(x=flag), y=np.int32(0))
-        y = mb.cond(
-            pred=pred,
-            _true_fn=lambda: mb.linear(x=x, weight=w_true),
-            _false_fn=lambda: mb.linear(x=x, weight=w_false),
-        )
-        return mb.linear(x=y, weight=w_out)
-
+    prog = cond_linear_program(target, w_true, w_false, w_out)
     return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target)
 
 
@@ -352,16 +338,6 @@ def blob_raw(path: Path, offset: int) -> tuple[int, int, bytes]:
         return info.code, info.padding_bits, reader.read_raw(info).tobytes()
 
 
-def ops_of(function: Any) -> Iterator[Any]:
-    def walk(block: Any) -> Iterator[Any]:
-        for op in block.operations:
-            yield op
-            for inner in op.blocks:
-                yield from walk(inner)
-
-    yield from walk(function)
-
-
 AUTO_NAME = re.compile(r"const_\d+")
 
 
@@ -380,7 +356,7 @@ def weight_values(path: Path) -> dict[str, list[tuple[str, str, Any]]]:
     found: dict[str, list[tuple[str, str, Any]]] = {}
     for function_name, function in prog.functions.items():
         rows = found.setdefault(function_name, [])
-        for op in ops_of(function):
+        for op in iter_ops(function):
             name = "const_*" if AUTO_NAME.fullmatch(op.name) else op.name
             if op.op_type.startswith("constexpr_"):
                 rows.append((name, op.op_type, np.asarray(op.materialized_val_inference())))
@@ -471,7 +447,7 @@ def big_weights(path: Path) -> tuple[list[str], list[str]]:
     prog = load_program(load(path))
     function = next(iter(prog.functions.values()))
     zeroed, dense = [], []
-    for op in ops_of(function):
+    for op in iter_ops(function):
         if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].val.size > BIG:
             value = op.outputs[0].val
             (zeroed if np.mean(value == 0) > 0.5 else dense).append(op.name)

@@ -40,18 +40,6 @@ from mil_sparsity.selector import OpSelector
 JOINT_OP_TYPES = ("constexpr_lut_to_dense", "constexpr_blockwise_shift_scale")
 
 
-def _site(function_name: str, op: Operation) -> selection.WeightSite:
-    var = op.outputs[0]
-    return selection.WeightSite(
-        function=function_name,
-        name=str(op.name),
-        shape=tuple(int(d) for d in var.shape),
-        dtype=np.dtype(types.nptype_from_builtin(var.dtype)).name,
-        consumers=_graph.consumers(var),
-        feeds_block_output=len(var.consuming_blocks) > 0,
-    )
-
-
 def _compressed_input(op: Operation) -> Var:
     return op.indices if op.op_type == "constexpr_lut_to_dense" else op.data
 
@@ -125,7 +113,7 @@ def plan_joint(
     for op in list(block.operations):
         if op.op_type not in JOINT_OP_TYPES:
             continue
-        site = _site(function_name, op)
+        site = _graph.weight_site(function_name, op)
         chosen = selection.select(site, selector, rules)
         if isinstance(chosen, selection.Decision):
             yield None, selection.record(site, chosen, rules, op.materialized_val_inference)
