@@ -1,0 +1,153 @@
+"""Input samples for evaluating a model: from a .npz file, or drawn at random from its input spec.
+
+A sample is a dict ``input name -> array``. Sample files (``--data FILE.npz`` on the command line)
+hold arrays named after the model's inputs, either
+
+- one array per input, with several samples stacked on a leading axis (the array's rank is the
+  input's rank + 1) or a single sample (the same rank as the input), or
+- ``name_0``, ``name_1``, ... one array per sample and input (shapes may differ between samples,
+  e.g. sequence lengths within a flexible input shape).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from typing import Any, Iterator, Mapping, Sequence
+
+import attrs
+import numpy as np
+
+Sample = dict[str, np.ndarray]
+
+# Core ML's ArrayFeatureType.ArrayDataType codes (Model.proto) -> the numpy dtype of a sample.
+_ARRAY_DATA_TYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32}
+_INDEXED = re.compile(r"^(?P<name>.+)_(?P<index>\d+)$")
+
+
+@attrs.frozen
+class InputSpec:
+    """One model input as its description states it (default shape, rank, numpy dtype)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+def input_specs(mlmodel: Any) -> tuple[InputSpec, ...]:
+    """The multi-array inputs of an MLModel's description (its default shapes)."""
+    specs = []
+    for feature in mlmodel.get_spec().description.input:
+        kind = feature.type.WhichOneof("Type")
+        if kind != "multiArrayType":
+            raise ValueError(
+                f"input {feature.name!r}: only multi-array inputs can be sampled, got {kind}"
+            )
+        array = feature.type.multiArrayType
+        dtype = _ARRAY_DATA_TYPES.get(array.dataType)
+        if dtype is None:
+            raise ValueError(f"input {feature.name!r}: unknown array data type {array.dataType}")
+        shape = tuple(int(d) for d in array.shape)
+        if not shape and array.HasField("shapeRange"):
+            shape = tuple(int(r.lowerBound) for r in array.shapeRange.sizeRanges)
+        specs.append(InputSpec(feature.name, shape, dtype))
+    return tuple(specs)
+
+
+def random_samples(
+    specs: Sequence[InputSpec],
+    count: int,
+    *,
+    seed: int = 0,
+    int_range: tuple[int, int] = (0, 100),
+) -> list[Sample]:
+    """``count`` samples at each input's default shape: floats ~ N(0, 1), integers uniform in
+    ``int_range`` (inclusive low, exclusive high), reproducible from ``seed``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1, got {count!r}")
+    low, high = int_range
+    if high <= low:
+        raise ValueError(f"int_range must have low < high, got {int_range!r}")
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(count):
+        sample: Sample = {}
+        for spec in specs:
+            if np.issubdtype(spec.dtype, np.integer):
+                sample[spec.name] = rng.integers(low, high, size=spec.shape, dtype=spec.dtype)
+            else:
+                sample[spec.name] = rng.standard_normal(spec.shape, dtype=np.float32).astype(
+                    spec.dtype
+                )
+        samples.append(sample)
+    return samples
+
+
+def load_samples(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> list[Sample]:
+    """Samples from a .npz file (layouts in the module docstring), checked against ``specs``."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"data: cannot read {os.fspath(path)!r} as a .npz file: {error}") from error
+    return samples_from_arrays(arrays, specs, where=os.fspath(path))
+
+
+def samples_from_arrays(
+    arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *, where: str = "data"
+) -> list[Sample]:
+    """Split named arrays into samples (layouts in the module docstring)."""
+    names = [spec.name for spec in specs]
+    if all(name in arrays for name in names):
+        return list(_stacked_samples(arrays, specs, where))
+    indexed: dict[int, Sample] = {}
+    for key, value in arrays.items():
+        match = _INDEXED.match(key)
+        if match and match["name"] in names:
+            indexed.setdefault(int(match["index"]), {})[match["name"]] = value
+    if not indexed:
+        raise ValueError(
+            f"{where}: holds {sorted(arrays)}, but the model's inputs are {names} "
+            f"(name arrays after the inputs, or name_0, name_1, ... per sample)"
+        )
+    samples = []
+    for index in sorted(indexed):
+        missing = sorted(set(names) - set(indexed[index]))
+        if missing:
+            raise ValueError(f"{where}: sample {index} has no array for input(s) {missing}")
+        samples.append(indexed[index])
+    return samples
+
+
+def _stacked_samples(
+    arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], where: str
+) -> Iterator[Sample]:
+    counts = set()
+    for spec in specs:
+        value = arrays[spec.name]
+        if value.ndim == spec.rank + 1:
+            counts.add(value.shape[0])
+        elif value.ndim == spec.rank:
+            counts.add(0)
+        else:
+            raise ValueError(
+                f"{where}: input {spec.name!r} has shape {value.shape}, but the model's input has "
+                f"rank {spec.rank} (give rank {spec.rank}, or rank {spec.rank + 1} with samples "
+                f"stacked on the leading axis)"
+            )
+    if len(counts) != 1:
+        raise ValueError(
+            f"{where}: inputs disagree on the number of stacked samples: "
+            + ", ".join(f"{s.name} {arrays[s.name].shape}" for s in specs)
+        )
+    count = counts.pop()
+    if count == 0:
+        yield {spec.name: arrays[spec.name] for spec in specs}
+        return
+    for index in range(count):
+        yield {spec.name: arrays[spec.name][index] for spec in specs}
