@@ -6,7 +6,7 @@ uint64 size_in_bytes, uint64 data_offset, uint64 padding_size_in_bits``, reserve
 its data, 64-byte aligned. A ``blobFileValue`` in the model spec holds the metadata's offset.
 
 Reading uses plain positioned reads (no mmap), so pages of the source file never count toward
-the process's resident memory. Writing goes through coremltools' ``_BlobStorageWriter``.
+the process's resident memory. Writing goes through coremltools' blob storage writer.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any, Callable, Final
 import attrs
 import numpy as np
 from numpy.typing import NDArray
+
+from mil_sparsity import _coremltools_private as private
 
 _SENTINEL: Final = 0xDEADBEEF
 _HEADER = struct.Struct("<II")
@@ -135,10 +137,8 @@ def _values_from_raw(raw: NDArray[np.uint8], info: BlobInfo) -> NDArray[Any]:
 
 def unpack_sub_byte(raw: NDArray[np.uint8], info: BlobInfo) -> NDArray[Any]:
     """One element per byte from packed sub-byte storage (LSB first), as the writer expects."""
-    from coremltools.optimize._utils import restore_elements_from_packed_bits
-
     signed = info.dtype_name == "int4"
-    values = restore_elements_from_packed_bits(raw, info.bits, info.count, signed)
+    values = private.unpack_sub_byte(raw, info.bits, info.count, signed)
     return np.asarray(values, dtype=np.int8 if signed else np.uint8)
 
 
@@ -146,9 +146,7 @@ class BlobWriter:
     """Append blobs to a new weight file with coremltools' writer; returns metadata offsets."""
 
     def __init__(self, path: str) -> None:
-        from coremltools.libmilstoragepython import _BlobStorageWriter
-
-        self._writer: Any = _BlobStorageWriter(path)
+        self._writer: Any = private.blob_storage_writer(path)
 
     def write(self, dtype_name: str, values: NDArray[Any]) -> int:
         """Write ``values`` (one element per array item) as a blob of ``dtype_name``."""

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+import coremltools as ct
 import numpy as np
 from coremltools.converters.mil.mil import Builder as mb
-from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.block import Block, Function
 from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
-from coremltools.converters.mil._deployment_compatibility import AvailableTarget
 
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity.kernels import SparseWeight, pack_mask_bits
 from mil_sparsity.selection import WEIGHT_DTYPES, Consumer, WeightSite
 
-IOS16 = AvailableTarget.iOS16
-IOS18 = AvailableTarget.iOS18
+IOS16 = ct.target.iOS16
+IOS18 = ct.target.iOS18
 
 
 def target_name(opset: Any) -> str:
@@ -78,9 +78,9 @@ def weight_site(function_name: str, op: Operation) -> WeightSite:
         function=function_name,
         name=str(op.name),
         shape=tuple(int(d) for d in var.shape),
-        dtype=np.dtype(types.nptype_from_builtin(var.dtype)).name,
+        dtype=private.numpy_dtype_of(var.dtype).name,
         consumers=consumers(var),
-        feeds_block_output=len(var.consuming_blocks) > 0,
+        feeds_block_output=private.feeds_block_output(var),
     )
 
 
@@ -96,7 +96,7 @@ def sparse_op_inputs(sparse: SparseWeight, ios18: bool) -> dict[str, np.ndarray]
     iOS18 form: uint1 mask with the weight's shape (one byte per element, as PyMIL stores it).
     """
     if ios18:
-        return {"nonzero_data": sparse.nonzero_data, "mask": sparse.mask.view(types.np_uint1_dtype)}
+        return {"nonzero_data": sparse.nonzero_data, "mask": sparse.mask.view(private.UINT1_DTYPE)}
     return {
         "nonzero_data": sparse.nonzero_data,
         "mask": pack_mask_bits(sparse.mask),
@@ -136,6 +136,6 @@ def remove_with_orphans(block: Block, ops: list[Operation]) -> None:
             if id(op) in seen or op.enclosing_block is not block:
                 continue
             seen.add(id(op))
-            unused = all(not out.child_ops and not out.consuming_blocks for out in op.outputs)
+            unused = all(not out.child_ops and not private.feeds_block_output(out) for out in op.outputs)
             if unused and (op.op_type == "const" or op.op_type.startswith("constexpr_")):
                 ops.append(op)

@@ -53,6 +53,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import coremltools as ct
 
     import mil_sparsity as ms
+    from mil_sparsity import _coremltools_private as private
     from mil_sparsity.posthoc import load_program
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 continue
             weight_name = op.name[: -len("_sparse")]
             original = originals[weight_name]
-            dense = op.materialized_val_inference()
+            dense = private.materialized_value(op)
             kept = dense != 0
             if not np.array_equal(dense[kept], original[kept]):
                 raise SystemExit(f"FAILED: {weight_name} changed a kept value")

@@ -15,7 +15,7 @@ Every function and every nested block (``cond``, ``while_loop``) is visited.
 
 For each weight: the op types that consume it, its dense shape and dtype, its *sparsity* (the
 fraction of exact zeros of the dense value; for a constexpr chain, of
-``materialized_val_inference()``, so the whole chain is decompressed), and its *stored bytes*:
+its materialized value, so the whole chain is decompressed), and its *stored bytes*:
 the sum over the ``const`` inputs of the chain of ``elements x bitwidth / 8`` (rounded up per
 const), with the bitwidth of the MIL type, so a uint1 mask counts one bit per element and a
 uint4 index tensor half a byte. This is the payload; the package on disk adds the program text
@@ -32,11 +32,11 @@ from typing import Any, Iterator, Optional, Sequence
 
 import attrs
 import numpy as np
-from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity import _graph
 from mil_sparsity.kernels import SparseWeight, unpack_sparse, zero_fraction
 
@@ -208,7 +208,7 @@ def _readers(var: Var) -> list[Operation]:
 
 
 def _static_size(var: Var) -> int:
-    shape = var.shape if types.is_tensor(var.sym_type) else ()
+    shape = var.shape if private.is_tensor_type(var.sym_type) else ()
     if any(not isinstance(d, (int, np.integer)) for d in shape):
         return -1
     return int(math.prod(int(d) for d in shape))
@@ -220,9 +220,8 @@ def var_nbytes(var: Var) -> int:
     if value is None:
         return 0
     array = np.asarray(value)
-    dtype = var.dtype
-    bitwidth = dtype.get_bitwidth() if hasattr(dtype, "get_bitwidth") else None
-    if not isinstance(bitwidth, int):
+    bitwidth = private.bit_width(var.dtype)
+    if bitwidth is None:
         return int(array.nbytes)
     return (int(array.size) * bitwidth + 7) // 8
 
@@ -315,7 +314,7 @@ def materialize(op: Operation) -> np.ndarray:
     ``constexpr_sparse_blockwise_shift_scale``) return ``(mask, nonzero_data)``: the dense value
     is the nonzero data scattered into the mask.
     """
-    value = op.materialized_val_inference()
+    value = private.materialized_value(op)
     if not isinstance(value, (tuple, list)):
         return np.asarray(value)
     arrays = [np.asarray(item) for item in value]

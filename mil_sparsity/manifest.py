@@ -1,7 +1,7 @@
 """The pass manifest (``passes_registry.json``), built from the live pass classes.
 
 ``python -m mil_sparsity.manifest`` prints it; ``--write PATH`` writes it. A test checks that
-the committed file, this builder and coremltools' PASS_REGISTRY agree both ways.
+the committed file, this builder and coremltools' pass registry agree both ways.
 """
 
 from __future__ import annotations

@@ -12,11 +12,10 @@ import os
 from typing import Any, Optional, Union
 
 import coremltools as ct
-from coremltools.converters.mil.converter import mil_convert
-from coremltools.converters.mil.frontend.milproto import load as milproto
-from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline, PassPipelineManager
+from coremltools import PassPipeline
 from coremltools.converters.mil.mil.program import Program
 
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity.report import SparsityReport
 
 ModelLike = Union["ct.models.MLModel", str, "os.PathLike[str]"]
@@ -44,9 +43,8 @@ def load_program(mlmodel: Any) -> Program:
             'with ct.convert(..., convert_to="mlprogram", '
             "minimum_deployment_target=ct.target.iOS16)."
         )
-    return milproto.load(
-        spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir
-    )
+    prog: Program = private.program_from_spec(spec, mlmodel.weights_dir)
+    return prog
 
 
 def program_to_model(prog: Program, mlmodel: Any) -> Any:
@@ -58,14 +56,11 @@ def program_to_model(prog: Program, mlmodel: Any) -> Any:
         prog.default_function_name = description.defaultFunctionName
     # the program was loaded from a finished model: export it as it is
     prog.skip_all_passes = True
-    return mil_convert(
+    return private.mlmodel_from_program(
         prog,
-        convert_to="mlprogram",
-        convert_from="milinternal",
         specification_version=spec.specificationVersion,
         compute_units=mlmodel.compute_unit,
         model_description=description,
-        skip_model_load=True,
     )
 
 
@@ -127,7 +122,7 @@ def apply_pipeline(
     prog = load_program(mlmodel)
     if report is not None:
         pipeline = with_report(pipeline, report)
-    PassPipelineManager.apply_pipeline(prog, pipeline)
+    private.run_pipeline(prog, pipeline)
     return program_to_model(prog, mlmodel)
 
 

@@ -34,8 +34,10 @@ import shutil
 from typing import Any, Iterator, Optional, Union
 
 import attrs
+import coremltools as ct
 import numpy as np
 
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity import selection
 from mil_sparsity._atomic import atomic_output
 from mil_sparsity._blob import BlobFileError, BlobInfo, BlobReader, BlobWriter
@@ -44,7 +46,7 @@ from mil_sparsity.kernels import SparseWeight, pack_mask_bits
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.selector import OpSelector, as_selector
 
-_OPSET_TARGET = {"CoreML5": 15, "CoreML6": 16, "CoreML7": 17, "CoreML8": 18, "CoreML9": 26}
+_OPSET_TARGET = {private.OPSET_NAMES[t.value]: t for t in ct.target if t.value in private.OPSET_NAMES}
 _BLOB_DTYPE_OF = {"float16": "fp16", "float32": "fp32", "int8": "int8", "uint8": "uint8"}
 # spec DataType name -> blob dtype name
 _SPEC_TO_BLOB = {
@@ -97,7 +99,7 @@ def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
     ``report`` options, or each pass's default config), or anything a pass's ``config`` option
     accepts (the pass is chosen from the config kinds).
     """
-    from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
+    from coremltools import PassPipeline
 
     classes = _pass_classes()
     if isinstance(config_or_pipeline, PassPipeline):
@@ -159,12 +161,12 @@ def _check_opset(name: str, function: Any) -> bool:
     target = _OPSET_TARGET.get(function.opset)
     if target is None:
         raise ValueError(f"function {name!r}: unknown opset {function.opset!r}")
-    if target < 16:
+    if target < ct.target.iOS16:
         raise ValueError(
-            f"function {name!r} targets iOS{target}, but constexpr_sparse_to_dense needs iOS16 or "
+            f"function {name!r} targets {target.name}, but constexpr_sparse_to_dense needs iOS16 or "
             "later. Convert with minimum_deployment_target=ct.target.iOS16 (or later)."
         )
-    return target >= 18
+    return bool(target >= ct.target.iOS18)
 
 
 def _sites(spec: Any) -> list[_Site]:
@@ -318,8 +320,7 @@ class _Written:
 
 def _package_paths(package: str) -> tuple[str, str]:
     """(model.mlmodel path, weights dir) of an .mlpackage, via its manifest."""
-    from coremltools.libmodelpackage import ModelPackage
-
+    ModelPackage = private.model_package_class()
     if not os.path.exists(package):
         raise FileNotFoundError(f"no such .mlpackage: {package}")
     if not os.path.isdir(package):
@@ -341,7 +342,7 @@ def package_targets(package: Union[str, "os.PathLike[str]"]) -> dict[str, str]:
     spec_path, _ = _package_paths(os.fspath(package))
     spec = _load_spec(spec_path)
     return {
-        name: f"iOS{_OPSET_TARGET.get(function.opset, '?')}"
+        name: _OPSET_TARGET[function.opset].name if function.opset in _OPSET_TARGET else "iOS?"
         for name, function in spec.mlProgram.functions.items()
     }
 

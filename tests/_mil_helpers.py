@@ -6,15 +6,15 @@ from typing import Any, Iterator
 
 import numpy as np
 from coremltools.converters.mil.mil.passes.graph_pass import PassOption
-from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
 import mil_sparsity as ms
+from mil_sparsity import _coremltools_private as private
 
 
 def run_pass(prog: Any, pass_name: str, config: Any = None, report: Any = None) -> ms.SparsityReport:
     """Run one registered pass on ``prog`` in place; returns the report it filled."""
     report = ms.SparsityReport() if report is None else report
-    graph_pass = PASS_REGISTRY[pass_name]
+    graph_pass = private.pass_instance(pass_name)
     options = [PassOption("report", report)]
     if config is not None:
         options.append(PassOption("config", config))

@@ -21,9 +21,9 @@ import coremltools as ct
 import coremltools.optimize.coreml as cto
 from coremltools.converters.mil.mil import Builder as mb
 from coremltools.converters.mil.mil import types
-from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
 import mil_sparsity as ms
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity.selector import as_selector
 from _models import (
     SPARSE_OP,
@@ -88,7 +88,7 @@ def run_pass(prog: Any, pass_name: str, config: Any) -> Any:
         if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
     ]
     copies = [value.copy() for value in consts]
-    graph_pass = PASS_REGISTRY[pass_name]
+    graph_pass = private.pass_instance(pass_name)
     graph_pass.config = config
     graph_pass.apply(prog)
     if pass_name.startswith("mil_sparsity::"):
@@ -408,7 +408,7 @@ def test_coremltools_config_as_option(opset, dtype, case):
     pass_name, ct_config, native, make_weights = TRANSLATION_CASES[case]
     weights = make_weights(dtype) if make_weights else random_weights(7, dtype)
 
-    graph_pass = PASS_REGISTRY[pass_name]
+    graph_pass = private.pass_instance(pass_name)
     graph_pass.config = ct_config
     assert graph_pass.config == as_selector(native)
 

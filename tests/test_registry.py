@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
 import mil_sparsity
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity.manifest import build_manifest
 
 MANIFEST = Path(__file__).resolve().parent.parent / "passes_registry.json"
@@ -17,7 +17,7 @@ NAMES = {"mil_sparsity::prune_by_threshold", "mil_sparsity::prune_by_magnitude",
 
 
 def registered() -> set[str]:
-    return {name for name in PASS_REGISTRY.passes if name.startswith("mil_sparsity::")}
+    return {name for name in private.registered_passes() if name.startswith("mil_sparsity::")}
 
 
 def resolve(qualified: str) -> type:
@@ -32,7 +32,7 @@ def resolve(qualified: str) -> type:
 def test_import_registers_the_three_passes() -> None:
     assert registered() == NAMES
     for name in NAMES:
-        graph_pass = PASS_REGISTRY[name]
+        graph_pass = private.pass_instance(name)
         assert graph_pass.pass_name == name
 
 
@@ -51,13 +51,13 @@ def test_foreign_pass_with_our_name_is_not_overridden() -> None:
         def apply(self, prog: object) -> None:
             pass
 
-    saved = PASS_REGISTRY.passes["mil_sparsity::sparse_pack"]
-    PASS_REGISTRY.passes["mil_sparsity::sparse_pack"] = Impostor
+    saved = private.registered_passes()["mil_sparsity::sparse_pack"]
+    private.registered_passes()["mil_sparsity::sparse_pack"] = Impostor
     try:
         with pytest.raises(KeyError, match="already registered"):
             register_passes()
     finally:
-        PASS_REGISTRY.passes["mil_sparsity::sparse_pack"] = saved
+        private.registered_passes()["mil_sparsity::sparse_pack"] = saved
 
 
 def test_manifest_file_matches_builder() -> None:
@@ -71,16 +71,16 @@ def test_manifest_and_live_registry_agree_both_ways() -> None:
     assert set(entries) == registered()
     for name, entry in entries.items():
         cls = resolve(entry["class"])
-        assert PASS_REGISTRY.passes[name] is cls
+        assert private.registered_passes()[name] is cls
         assert {resolve(c) for c in entry["configs"]} == set(cls.accepted_configs)
-        instance = PASS_REGISTRY[name]
+        instance = private.pass_instance(name)
         for option in entry["options"]:
             assert hasattr(instance, option), f"{name} lacks option {option}"
         assert entry["description"] == cls.description
         assert entry["dtypes"] == sorted(cls.supported_dtypes)
     # registry -> manifest
     for name in registered():
-        cls = PASS_REGISTRY.passes[name]
+        cls = private.registered_passes()[name]
         assert f"{cls.__module__}:{cls.__qualname__}" == entries[name]["class"]
 
 
@@ -88,4 +88,4 @@ def test_unknown_option_is_rejected_by_coremltools() -> None:
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
 
     with pytest.raises(NotImplementedError):
-        PASS_REGISTRY["mil_sparsity::sparse_pack"].set_options([PassOption("sparsity", 0.5)])
+        private.pass_instance("mil_sparsity::sparse_pack").set_options([PassOption("sparsity", 0.5)])

@@ -32,6 +32,7 @@ from coremltools.converters.mil.mil.passes.pass_pipeline import PassPipeline
 from coremltools.proto import MIL_pb2
 
 import mil_sparsity as ms
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity import _blob, posthoc, streaming
 from mil_sparsity.posthoc import load_program
 from mil_sparsity.streaming import compress_package
@@ -362,7 +363,7 @@ def weight_values(path: Path) -> dict[str, list[tuple[str, str, Any]]]:
                 rows.append((name, op.op_type, np.asarray(op.materialized_val_inference())))
             elif op.op_type == "const":
                 var = op.outputs[0]
-                used = bool(var.consuming_blocks or var.child_ops)
+                used = bool(private.feeds_block_output(var) or var.child_ops)
                 if is_dead_auto_const(op.name, used):
                     continue
                 if not used or any(not child.op_type.startswith("constexpr_") for child in var.child_ops):

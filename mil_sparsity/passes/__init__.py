@@ -1,9 +1,8 @@
-"""The three passes, one per module, and their registration in coremltools' PASS_REGISTRY."""
+"""The three passes, one per module, and their registration in coremltools' pass registry."""
 
 from __future__ import annotations
 
-from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
-
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity.passes._base import SparsityPass
 from mil_sparsity.passes.prune_by_magnitude import PruneByMagnitude
 from mil_sparsity.passes.prune_by_threshold import PruneByThreshold
@@ -48,14 +47,14 @@ def register_passes() -> None:
     """
     for cls in PASS_CLASSES:
         namespace, name = cls.pass_name.split("::")
-        existing = PASS_REGISTRY.passes.get(cls.pass_name)
+        existing = private.registered_pass(cls.pass_name)
         ours = existing is None or (
             getattr(existing, "__module__", None) == cls.__module__
             and getattr(existing, "__qualname__", None) == cls.__qualname__
         )
         if not ours:
             raise KeyError(f"{cls.pass_name} is already registered by {existing!r}")
-        PASS_REGISTRY.add(namespace, cls, override=True, name=name)
+        private.register_pass(cls, namespace, name)
 
 
 __all__ = ["PASS_CLASSES", "pass_for_selector", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]

@@ -25,11 +25,11 @@ from typing import Any, Callable, Iterator, Optional
 import attrs
 import numpy as np
 from coremltools.converters.mil.mil import Builder as mb
-from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity import _graph, selection
 from mil_sparsity.configs import PackConfig, config_to_dict
 from mil_sparsity.handlers import Skip, pack_skip
@@ -48,7 +48,7 @@ def _builder(op: Operation, mask: np.ndarray) -> Callable[[], Var]:
     """The new op chain for ``op``, built from arrays fixed now (phase 1)."""
     stored = _compressed_input(op).val
     kept = stored[mask].astype(stored.dtype)  # keeps the sub-byte dtype's metadata
-    mask_uint1 = mask.view(types.np_uint1_dtype)
+    mask_uint1 = mask.view(private.UINT1_DTYPE)
 
     def build() -> Var:
         if op.op_type == "constexpr_lut_to_dense":
@@ -93,10 +93,12 @@ class _JointOutcome:
 def _outcome(op: Operation, config: PackConfig) -> _JointOutcome:
     if op.op_type == "constexpr_lut_to_dense" and op.lut.shape[-1] != 1:
         return _JointOutcome(None, Skip("vector palettization is not rewritten for joint compression"), 0.0, 0, 0)
-    mask = nonzero_mask(op.materialized_val_inference())
+    mask = nonzero_mask(private.materialized_value(op))
     size = int(mask.size)
     kept = int(np.count_nonzero(mask))
-    bits = int(_compressed_input(op).dtype.get_bitwidth())
+    bits = private.bit_width(_compressed_input(op).dtype)
+    if bits is None:
+        raise TypeError(f"{op.name}: compressed input of {op.op_type} has no bit width")
     sparsity = 1.0 - kept / size if size else 0.0
     stored = (size * bits + 7) // 8
     packed = (kept * bits + 7) // 8 + (size + 7) // 8
@@ -116,7 +118,7 @@ def plan_joint(
         site = _graph.weight_site(function_name, op)
         chosen = selection.select(site, selector, rules)
         if isinstance(chosen, selection.Decision):
-            yield None, selection.record(site, chosen, rules, op.materialized_val_inference)
+            yield None, selection.record(site, chosen, rules, lambda: private.materialized_value(op))
             continue
         config = chosen.config
         if not isinstance(config, PackConfig):  # sparse_pack's selector holds PackConfigs only
