@@ -1,0 +1,137 @@
+"""A numpy reference evaluator for Core ML ML Programs.
+
+``run(model, inputs)`` evaluates one function of an ML Program op by op with numpy and returns
+every output by name. It is a reference for checking and calibrating (does a rewritten program
+still compute the same function? what do the activations look like?), not a production
+runtime: it runs on any platform, without the Core ML framework.
+
+- ``model``: an ``MLModel`` (converted in this process or loaded with
+  ``skip_model_load=True``), a path to an ``.mlpackage``, or a PyMIL ``Program``. The program
+  is read, never modified.
+- ``inputs``: input name -> array. Shapes must be within the model's input spec (fixed,
+  ``RangeDim`` ranges or ``EnumeratedShapes``); dtypes are converted as Core ML does (int64
+  token ids -> int32, float64 -> float32 or fp16). Missing or unknown names, a wrong rank or a
+  shape outside the spec raise ValueError naming the input, the shape given and the shapes
+  allowed.
+- Arithmetic: float32. fp16 weights and activations are upcast to float32 exactly (results
+  are float32 arrays even for fp16-typed outputs). ``round_fp16_intermediates=True`` rounds
+  every fp16-typed value to fp16 after each op, so results show the effect of fp16 storage
+  between ops (an op's internal arithmetic stays float32).
+- ``capture(op, input_values, output_values)``, if given, is called once for every op
+  evaluated (nested ops once per execution), with the PyMIL op, a dict input name -> value
+  (a tuple for variadic inputs) and a tuple of output values. Values are freed as soon as
+  their last reader has run, so memory holds what the graph still needs plus what the
+  callback keeps.
+- Before anything runs, a function with op types the evaluator lacks raises one
+  NotImplementedError listing each type and how many times it occurs.
+
+Supported op types: :func:`supported_op_types`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from mil_sparsity import _coremltools_private as private
+from mil_sparsity.reference.engine import Capture, Evaluator, check_supported, supported_op_types
+from mil_sparsity.reference.inputs import InputSpec, spec_from_feature, spec_from_placeholder
+
+
+def _program_and_description(model: Any, function_name: str) -> tuple[Any, Any]:
+    """The PyMIL program and (if there is one) the model description of ``function_name``."""
+    from coremltools.converters.mil.mil.program import Program
+
+    if isinstance(model, Program):
+        return model, None
+    from mil_sparsity.posthoc import load_model, load_program
+
+    if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "get_spec"):
+        raise TypeError(
+            "model must be an MLModel, a path to an .mlpackage or a PyMIL Program, got "
+            f"{type(model).__name__}"
+        )
+    mlmodel = load_model(model)
+    program = getattr(mlmodel, "_mil_program", None)
+    if program is None:
+        program = load_program(mlmodel)
+    description = mlmodel.get_spec().description
+    for function in description.functions:
+        if function.name == function_name:
+            return program, function
+    return program, description if len(description.functions) == 0 else None
+
+
+def _input_specs(function: Any, description: Any) -> list[InputSpec]:
+    features = {feature.name: feature for feature in description.input} if description is not None else {}
+    specs = []
+    for name, var in function.inputs.items():
+        dtype = private.numpy_dtype_of(var.dtype)
+        spec = spec_from_feature(features[name], dtype) if name in features else None
+        specs.append(spec if spec is not None else spec_from_placeholder(name, var.shape, dtype))
+    return specs
+
+
+class ReferenceEvaluator:
+    """``model``'s function ``function_name`` loaded and planned once, run on many inputs.
+
+    ``evaluator(inputs, capture=None)`` (or ``.run``) behaves like :func:`run`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        function_name: str = "main",
+        round_fp16_intermediates: bool = False,
+    ) -> None:
+        if not isinstance(function_name, str):
+            raise TypeError(f"function_name must be a str, got {type(function_name).__name__}")
+        program, description = _program_and_description(model, function_name)
+        if function_name not in program.functions:
+            raise ValueError(
+                f"function_name: {function_name!r} is not in the model; it has "
+                f"{sorted(program.functions)}"
+            )
+        self._evaluator = Evaluator(
+            program,
+            _input_specs(program.functions[function_name], description),
+            function_name=function_name,
+            round_fp16_intermediates=round_fp16_intermediates,
+        )
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return self._evaluator.input_specs
+
+    def run(self, inputs: Mapping[str, Any], capture: Optional[Capture] = None) -> dict[str, np.ndarray]:
+        return self._evaluator.run(inputs, capture)
+
+    __call__ = run
+
+
+def run(
+    model: Any,
+    inputs: Mapping[str, Any],
+    *,
+    function_name: str = "main",
+    capture: Optional[Capture] = None,
+    round_fp16_intermediates: bool = False,
+) -> dict[str, np.ndarray]:
+    """Evaluate ``model``'s function ``function_name`` on ``inputs``; every output by name."""
+    evaluator = ReferenceEvaluator(
+        model, function_name=function_name, round_fp16_intermediates=round_fp16_intermediates
+    )
+    return evaluator.run(inputs, capture)
+
+
+__all__ = [
+    "Capture",
+    "InputSpec",
+    "ReferenceEvaluator",
+    "check_supported",
+    "run",
+    "supported_op_types",
+]

@@ -1,0 +1,289 @@
+"""Elementwise kernels: unary math, binary arithmetic with numpy broadcasting, comparisons,
+logical ops and activations. Floats arrive as float32 and stay float32."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mil_sparsity.reference._registry import Args, array, floating, kernel, text
+
+# -- erf -----------------------------------------------------------------------------------
+# numpy has no erf. Abramowitz & Stegun 7.1.26: erf(|x|) = 1 - t*P(t)*exp(-x^2) with
+# t = 1 / (1 + p|x|), max absolute error 1.5e-7, below float32 resolution near 1.
+_ERF_P = np.float32(0.3275911)
+_ERF_A = tuple(np.float32(a) for a in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592))
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Error function, float32, vectorised (absolute error < 3e-7)."""
+    x = np.asarray(x, dtype=np.float32)
+    magnitude = np.abs(x)
+    t = 1.0 / (1.0 + _ERF_P * magnitude)
+    poly = _ERF_A[0] * t
+    for coefficient in _ERF_A[1:]:
+        poly += coefficient
+        poly *= t
+    np.negative(np.square(magnitude, out=magnitude), out=magnitude)
+    np.exp(magnitude, out=magnitude)
+    poly *= magnitude
+    np.subtract(1.0, poly, out=poly)
+    return np.asarray(np.copysign(poly, x, out=poly))
+
+
+# -- unary ---------------------------------------------------------------------------------
+
+_UNARY = {
+    "abs": np.abs,
+    "acos": np.arccos,
+    "asin": np.arcsin,
+    "atan": np.arctan,
+    "atanh": np.arctanh,
+    "ceil": np.ceil,
+    "cos": np.cos,
+    "cosh": np.cosh,
+    "exp": np.exp,
+    "exp2": np.exp2,
+    "floor": np.floor,
+    "round": np.round,
+    "sign": np.sign,
+    "sin": np.sin,
+    "sinh": np.sinh,
+    "sqrt": np.sqrt,
+    "square": np.square,
+    "tan": np.tan,
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, x.dtype.type(0)),
+    "logical_not": np.logical_not,
+}
+
+
+def _unary(function: object) -> object:
+    return lambda args: function(array(args, "x"))  # type: ignore[operator]
+
+
+for _name, _function in _UNARY.items():
+    kernel(_name)(_unary(_function))  # type: ignore[arg-type]
+
+
+@kernel("erf")
+def _erf(args: Args) -> np.ndarray:
+    return erf(array(args, "x"))
+
+
+@kernel("inverse")
+def _inverse(args: Args) -> np.ndarray:
+    return np.reciprocal(array(args, "x") + np.float32(floating(args, "epsilon", 1e-4)))
+
+
+@kernel("log")
+def _log(args: Args) -> np.ndarray:
+    return np.log(array(args, "x") + np.float32(floating(args, "epsilon", 0.0)))
+
+
+@kernel("rsqrt")
+def _rsqrt(args: Args) -> np.ndarray:
+    return 1.0 / np.sqrt(array(args, "x") + np.float32(floating(args, "epsilon", 1e-12)))
+
+
+@kernel("clip")
+def _clip(args: Args) -> np.ndarray:
+    return np.asarray(np.minimum(np.maximum(array(args, "x"), array(args, "alpha")), array(args, "beta")))
+
+
+@kernel("threshold")
+def _threshold(args: Args) -> np.ndarray:
+    return np.asarray(np.maximum(array(args, "x"), array(args, "alpha")))
+
+
+_CAST_DTYPES = {
+    "bool": np.bool_,
+    "fp16": np.float16,
+    "fp32": np.float32,
+    "fp64": np.float32,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "int16": np.int16,
+    "uint16": np.uint16,
+    "int32": np.int32,
+    "uint32": np.uint32,
+    "int64": np.int32,
+}
+
+
+@kernel("cast")
+def _cast(args: Args) -> np.ndarray:
+    """To the named dtype (float results are computed as float32: fp16 values are rounded to
+    fp16 first, so a cast to fp16 changes the value as it would on device)."""
+    x = array(args, "x")
+    target = np.dtype(_CAST_DTYPES[text(args, "dtype")])
+    if target.kind in "iu" and x.dtype.kind == "f":
+        x = np.trunc(x)
+    result = x.astype(target)
+    return result.astype(np.float32) if target == np.float16 else result
+
+
+# -- binary --------------------------------------------------------------------------------
+
+_BINARY = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "floor_div": np.floor_divide,
+    "mod": np.mod,
+    "pow": np.power,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "equal": np.equal,
+    "not_equal": np.not_equal,
+    "greater": np.greater,
+    "greater_equal": np.greater_equal,
+    "less": np.less,
+    "less_equal": np.less_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+    "logical_xor": np.logical_xor,
+}
+
+
+def _binary(function: object) -> object:
+    return lambda args: function(array(args, "x"), array(args, "y"))  # type: ignore[operator]
+
+
+for _name, _function in _BINARY.items():
+    kernel(_name)(_binary(_function))  # type: ignore[arg-type]
+
+
+@kernel("real_div")
+def _real_div(args: Args) -> np.ndarray:
+    x, y = array(args, "x"), array(args, "y")
+    if x.dtype.kind == "f" or y.dtype.kind == "f":
+        return np.asarray(np.true_divide(x, y))
+    return np.asarray(np.floor_divide(x, y))  # integer real_div keeps the integer type (floored)
+
+
+# -- activations ---------------------------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    result = np.negative(x)
+    np.exp(result, out=result)
+    result += 1.0
+    return np.asarray(np.reciprocal(result, out=result))
+
+
+@kernel("sigmoid")
+def _sigmoid_kernel(args: Args) -> np.ndarray:
+    return _sigmoid(array(args, "x"))
+
+
+@kernel("silu")
+def _silu(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return np.asarray(x * _sigmoid(x))
+
+
+@kernel("relu6")
+def _relu6(args: Args) -> np.ndarray:
+    return np.asarray(np.clip(array(args, "x"), 0.0, 6.0))
+
+
+@kernel("gelu")
+def _gelu(args: Args) -> np.ndarray:
+    """EXACT: x/2 (1 + erf(x / sqrt 2)); TANH_APPROXIMATION: x/2 (1 + tanh(sqrt(2/pi)(x +
+    0.044715 x^3))); SIGMOID_APPROXIMATION: x sigmoid(1.702 x)."""
+    x = array(args, "x")
+    mode = text(args, "mode", "EXACT")
+    if mode == "TANH_APPROXIMATION":
+        inner = x * x
+        inner *= np.float32(0.044715)
+        inner += 1.0
+        inner *= x
+        inner *= np.float32(np.sqrt(2.0 / np.pi))
+        np.tanh(inner, out=inner)
+    elif mode == "SIGMOID_APPROXIMATION":
+        return np.asarray(x * _sigmoid(np.float32(1.702) * x))
+    else:
+        inner = erf(x * np.float32(1.0 / np.sqrt(2.0)))
+    inner += 1.0
+    inner *= 0.5
+    inner *= x
+    return np.asarray(inner)
+
+
+def _channel_param(args: Args, name: str, rank: int) -> np.ndarray:
+    """A per-channel (axis 1) parameter shaped to broadcast against a rank-``rank`` x."""
+    value = array(args, name)
+    if value.ndim == 1 and rank >= 2:
+        return value.reshape((1, -1) + (1,) * (rank - 2))
+    return value
+
+
+@kernel("leaky_relu")
+def _leaky_relu(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return np.where(x < 0, x * array(args, "alpha"), x)
+
+
+@kernel("prelu")
+def _prelu(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return np.where(x < 0, x * _channel_param(args, "alpha", x.ndim), x)
+
+
+@kernel("elu")
+def _elu(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return np.where(x < 0, array(args, "alpha") * np.expm1(np.minimum(x, 0.0)), x)
+
+
+@kernel("clamped_relu")
+def _clamped_relu(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    beta = array(args, "beta")
+    return np.asarray(np.minimum(np.where(x < 0, x * array(args, "alpha"), x), beta))
+
+
+@kernel("linear_activation")
+def _linear_activation(args: Args) -> np.ndarray:
+    return np.asarray(array(args, "alpha") * array(args, "x") + array(args, "beta"))
+
+
+@kernel("scaled_tanh")
+def _scaled_tanh(args: Args) -> np.ndarray:
+    return np.asarray(array(args, "alpha") * np.tanh(array(args, "x") * array(args, "beta")))
+
+
+@kernel("sigmoid_hard")
+def _sigmoid_hard(args: Args) -> np.ndarray:
+    linear = array(args, "alpha") * array(args, "x") + array(args, "beta")
+    return np.asarray(np.clip(linear, 0.0, 1.0))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + e^x) without overflow: log1p(e^-|x|) + max(x, 0)."""
+    return np.asarray(np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0))
+
+
+@kernel("softplus")
+def _softplus_kernel(args: Args) -> np.ndarray:
+    return _softplus(array(args, "x"))
+
+
+@kernel("softplus_parametric")
+def _softplus_parametric(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    alpha = _channel_param(args, "alpha", x.ndim)
+    beta = _channel_param(args, "beta", x.ndim)
+    return np.asarray(alpha * _softplus(beta * x))
+
+
+@kernel("softsign")
+def _softsign(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return np.asarray(x / (1.0 + np.abs(x)))
+
+
+@kernel("thresholded_relu")
+def _thresholded_relu(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return np.where(x < array(args, "alpha"), np.zeros((), x.dtype), x)

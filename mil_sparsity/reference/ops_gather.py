@@ -1,0 +1,120 @@
+"""Gather and scatter kernels (index arithmetic by numpy advanced indexing, no loops)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mil_sparsity.reference._registry import Args, array, integer, kernel, text
+
+
+def open_grid(shape: tuple[int, ...], trailing: int = 0) -> tuple[np.ndarray, ...]:
+    """One int32 index array per axis of ``shape``, shaped to broadcast against each other
+    (and against ``trailing`` more axes), like ``np.ix_``."""
+    rank = len(shape)
+    return tuple(
+        np.arange(size, dtype=np.int32).reshape((1,) * axis + (size,) + (1,) * (rank - axis - 1 + trailing))
+        for axis, size in enumerate(shape)
+    )
+
+
+def gather(x: np.ndarray, indices: np.ndarray, axis: int, batch_dims: int) -> np.ndarray:
+    """MIL gather: result shape x.shape[:axis] + indices.shape[batch_dims:] + x.shape[axis+1:],
+    the first ``batch_dims`` axes of x and indices walked together."""
+    axis %= x.ndim
+    if batch_dims == 0:
+        return np.take(x, indices, axis=axis)
+    # move the gathered axis right after the batch axes, gather with a batch index grid
+    moved = np.moveaxis(x, axis, batch_dims)
+    batch_shape = x.shape[:batch_dims]
+    index = open_grid(batch_shape, indices.ndim - batch_dims) + (indices,)
+    gathered = moved[index]  # batch + indices.shape[batch_dims:] + x.shape without batch/axis
+    between = axis - batch_dims
+    if between == 0:
+        return np.asarray(gathered)
+    # x axes that sat between the batch axes and ``axis`` come before the index axes
+    start = indices.ndim
+    order = (
+        list(range(batch_dims))
+        + list(range(start, start + between))
+        + list(range(batch_dims, start))
+        + list(range(start + between, gathered.ndim))
+    )
+    return np.transpose(gathered, order)
+
+
+@kernel("gather")
+def _gather(args: Args) -> np.ndarray:
+    indices = array(args, "indices")
+    return gather(array(args, "x"), indices, integer(args, "axis", 0), integer(args, "batch_dims", 0))
+
+
+@kernel("gather_along_axis")
+def _gather_along_axis(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return np.take_along_axis(x, array(args, "indices"), axis=integer(args, "axis", 0) % x.ndim)
+
+
+def _nd_index(indices: np.ndarray, batch_dims: int, batch_shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    batch = open_grid(batch_shape, indices.ndim - 1 - batch_dims)
+    return batch + tuple(np.moveaxis(indices, -1, 0))
+
+
+@kernel("gather_nd")
+def _gather_nd(args: Args) -> np.ndarray:
+    """result[b..., i...] = x[b..., *indices[b..., i..., :]]."""
+    x = array(args, "x")
+    indices = array(args, "indices")
+    batch_dims = integer(args, "batch_dims", 0)
+    return np.asarray(x[_nd_index(indices, batch_dims, x.shape[:batch_dims])])
+
+
+_SCATTER_MODES = {
+    "update": None,
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "max": np.maximum,
+    "min": np.minimum,
+}
+
+
+def _scatter_into(data: np.ndarray, index: tuple[np.ndarray, ...], updates: np.ndarray, mode: str) -> np.ndarray:
+    result = data.copy()
+    operation = _SCATTER_MODES[mode]
+    if operation is None:
+        result[index] = updates
+    else:
+        operation.at(result, index, updates)
+    return result
+
+
+@kernel("scatter")
+def _scatter(args: Args) -> np.ndarray:
+    """data[..., indices[i], ...] (on ``axis``) combined with updates[..., i, ...]."""
+    data = array(args, "data")
+    axis = integer(args, "axis", 0) % data.ndim
+    indices = array(args, "indices").reshape(-1)
+    index = (slice(None),) * axis + (indices,)
+    updates = array(args, "updates")
+    moved = data
+    # advanced index with leading slices keeps the updated axis in place
+    return _scatter_into(moved, index, updates, text(args, "mode", "add"))  # type: ignore[arg-type]
+
+
+@kernel("scatter_along_axis")
+def _scatter_along_axis(args: Args) -> np.ndarray:
+    data = array(args, "data")
+    axis = integer(args, "axis", 0) % data.ndim
+    indices = array(args, "indices")
+    grid = list(open_grid(indices.shape))
+    grid[axis] = indices
+    return _scatter_into(data, tuple(grid), array(args, "updates"), text(args, "mode", "add"))
+
+
+@kernel("scatter_nd")
+def _scatter_nd(args: Args) -> np.ndarray:
+    data = array(args, "data")
+    indices = array(args, "indices")
+    index = tuple(np.moveaxis(indices, -1, 0))
+    return _scatter_into(data, index, array(args, "updates"), text(args, "mode", "add"))

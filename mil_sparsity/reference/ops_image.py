@@ -1,0 +1,139 @@
+"""Resampling and space/depth rearrangement kernels on the last two (H, W) axes.
+
+Bilinear resampling is separable: per axis, the source coordinate of every output index
+(by the op's grid rule), the two neighbours and their weights, then one gather-and-blend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mil_sparsity.reference._registry import Args, array, flag, floating, integer, kernel, text
+
+
+def _grid(size_in: int, size_out: int, mode: str) -> np.ndarray:
+    """Source coordinate of each output index (float32), clamped to [0, size_in - 1]."""
+    i = np.arange(size_out, dtype=np.float32)
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if size_out == 1:
+            grid = np.full(1, (size_in - 1) / 2.0 if mode == "ALIGN_CORNERS" else 0.0, np.float32)
+        else:
+            grid = i * np.float32((size_in - 1) / (size_out - 1))
+    elif mode == "DEFAULT":
+        spacing = (size_in - size_in / size_out) / (size_out - 1) if size_out > 1 else 0.0
+        grid = i * np.float32(spacing)
+    elif mode == "OFFSET_CORNERS":
+        delta = max(1, size_in - 1) / size_out
+        grid = np.float32(0.5 * delta) + i * np.float32(delta)
+    elif mode == "UNALIGN_CORNERS":
+        spacing = size_in / size_out
+        grid = i * np.float32(spacing) + np.float32(0.5 * spacing - 0.5)
+    else:  # "LEGACY": i * in / out (align_corners=False, half_pixel_centers=False)
+        grid = i * np.float32(size_in / size_out)
+    return np.clip(grid, 0.0, size_in - 1).astype(np.float32)
+
+
+def _interpolate(x: np.ndarray, axis: int, grid: np.ndarray) -> np.ndarray:
+    low = np.floor(grid).astype(np.int32)
+    high = np.minimum(low + 1, x.shape[axis] - 1)
+    weight = (grid - low).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    below, above = np.take(x, low, axis=axis), np.take(x, high, axis=axis)
+    return np.asarray(below + (above - below) * weight)
+
+
+def bilinear(x: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
+    rows = _interpolate(x, x.ndim - 2, _grid(x.shape[-2], height, mode))
+    return _interpolate(rows, x.ndim - 1, _grid(x.shape[-1], width, mode))
+
+
+def nearest(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Output index i reads floor(i * in / out) on each axis."""
+    rows = (np.arange(height, dtype=np.int32) * x.shape[-2]) // height
+    cols = (np.arange(width, dtype=np.int32) * x.shape[-1]) // width
+    return np.asarray(np.take(np.take(x, rows, axis=-2), cols, axis=-1))
+
+
+def _scaled(args: Args, x: np.ndarray) -> tuple[int, int]:
+    scale_h = floating(args, "scale_factor_height", 1.0)
+    scale_w = floating(args, "scale_factor_width", 1.0)
+    return int(np.floor(x.shape[-2] * scale_h)), int(np.floor(x.shape[-1] * scale_w))
+
+
+@kernel("upsample_nearest_neighbor")
+def _upsample_nearest_neighbor(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return nearest(x, *_scaled(args, x))
+
+
+@kernel("resize_nearest_neighbor")
+def _resize_nearest_neighbor(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return nearest(x, integer(args, "target_size_height"), integer(args, "target_size_width"))
+
+
+@kernel("upsample_bilinear")
+def _upsample_bilinear(args: Args) -> np.ndarray:
+    """align_corners -> corners aligned; else half_pixel_centers (default: not align_corners)
+    -> half-pixel grid, or the legacy i * in / out grid."""
+    x = array(args, "x")
+    align = flag(args, "align_corners", True)
+    half_pixel = flag(args, "half_pixel_centers", not align)
+    mode = "STRICT_ALIGN_CORNERS" if align else ("UNALIGN_CORNERS" if half_pixel else "LEGACY")
+    return bilinear(x, *_scaled(args, x), mode)
+
+
+@kernel("resize_bilinear")
+def _resize_bilinear(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return bilinear(
+        x, integer(args, "target_size_height", 1), integer(args, "target_size_width", 1),
+        text(args, "sampling_mode", "DEFAULT"),
+    )
+
+
+def _to_depth(x: np.ndarray, block: int, channel_first: bool) -> np.ndarray:
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, c, h // block, block, w // block, block)
+    order = (0, 3, 5, 1, 2, 4) if not channel_first else (0, 1, 3, 5, 2, 4)
+    return blocks.transpose(order).reshape(n, c * block * block, h // block, w // block)
+
+
+def _from_depth(x: np.ndarray, block: int, channel_first: bool) -> np.ndarray:
+    n, c, h, w = x.shape
+    out = c // (block * block)
+    if channel_first:  # pixel_shuffle: channel index = c_out * b * b + i * b + j
+        blocks = x.reshape(n, out, block, block, h, w).transpose(0, 1, 4, 2, 5, 3)
+    else:  # depth_to_space (DCR): channel index = (i * b + j) * c_out + c_out_index
+        blocks = x.reshape(n, block, block, out, h, w).transpose(0, 3, 4, 1, 5, 2)
+    return blocks.reshape(n, out, h * block, w * block)
+
+
+@kernel("depth_to_space")
+def _depth_to_space(args: Args) -> np.ndarray:
+    return _from_depth(array(args, "x"), integer(args, "block_size"), channel_first=False)
+
+
+@kernel("space_to_depth")
+def _space_to_depth(args: Args) -> np.ndarray:
+    return _to_depth(array(args, "x"), integer(args, "block_size"), channel_first=False)
+
+
+@kernel("pixel_shuffle")
+def _pixel_shuffle(args: Args) -> np.ndarray:
+    return _from_depth(array(args, "x"), integer(args, "upscale_factor"), channel_first=True)
+
+
+@kernel("pixel_unshuffle")
+def _pixel_unshuffle(args: Args) -> np.ndarray:
+    return _to_depth(array(args, "x"), integer(args, "downscale_factor"), channel_first=True)
+
+
+@kernel("crop")
+def _crop(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    top, bottom = (int(v) for v in np.asarray(args["crop_height"]).reshape(-1))
+    left, right = (int(v) for v in np.asarray(args["crop_width"]).reshape(-1))
+    return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]

@@ -1,0 +1,190 @@
+"""Linear algebra and normalization kernels: matmul/linear/einsum on BLAS, softmax, layer,
+batch, instance, l2 and local-response norms, scaled dot-product attention."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from mil_sparsity.reference._registry import (
+    Args,
+    array,
+    axes_of,
+    flag,
+    floating,
+    integer,
+    kernel,
+    optional_array,
+    text,
+)
+
+
+def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y: bool = False) -> np.ndarray:
+    """numpy matmul (BLAS for float32; rank-1 operands as numpy treats them), with the last
+    two axes of an operand swapped when its transpose flag is set (a view, no copy)."""
+    if transpose_x and x.ndim >= 2:
+        x = np.swapaxes(x, -1, -2)
+    if transpose_y and y.ndim >= 2:
+        y = np.swapaxes(y, -1, -2)
+    if x.ndim > 2 and y.ndim == 2 and x.flags.c_contiguous:
+        # one GEMM over all leading rows instead of a loop of small ones
+        return np.asarray(np.matmul(x.reshape(-1, x.shape[-1]), y).reshape(x.shape[:-1] + (y.shape[-1],)))
+    return np.asarray(np.matmul(x, y))
+
+
+@kernel("matmul")
+def _matmul(args: Args) -> np.ndarray:
+    return matmul(
+        array(args, "x"), array(args, "y"), flag(args, "transpose_x"), flag(args, "transpose_y")
+    )
+
+
+@kernel("linear")
+def _linear(args: Args) -> np.ndarray:
+    """x @ weight.T + bias, weight [out, in]."""
+    x, weight = array(args, "x"), array(args, "weight")
+    result = matmul(np.ascontiguousarray(x), weight.T)
+    bias = optional_array(args, "bias")
+    if bias is not None:
+        result += bias
+    return result
+
+
+@kernel("einsum")
+def _einsum(args: Args) -> np.ndarray:
+    values = [np.asarray(v) for v in args["values"]]
+    return np.asarray(np.einsum(text(args, "equation"), *values, optimize=True))
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """exp(x - max) / sum, along ``axis``, computed in place on one new array."""
+    result = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(result, out=result)
+    result /= np.sum(result, axis=axis, keepdims=True)
+    return np.asarray(result)
+
+
+@kernel("softmax")
+def _softmax(args: Args) -> np.ndarray:
+    x = array(args, "x")
+    return softmax(x, integer(args, "axis", -1) % x.ndim)
+
+
+def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
+    """(x - mean) / sqrt(biased variance + epsilon) over ``axes``."""
+    centered = x - np.mean(x, axis=axes, keepdims=True)
+    variance = np.mean(np.square(centered), axis=axes, keepdims=True)
+    variance += np.float32(epsilon)
+    centered *= 1.0 / np.sqrt(variance)
+    return np.asarray(centered)
+
+
+def _broadcast_to_axes(value: np.ndarray, axes: tuple[int, ...], rank: int) -> np.ndarray:
+    shape = [1] * rank
+    sizes = iter(value.shape)
+    if value.ndim == len(axes):
+        for axis in axes:
+            shape[axis] = next(sizes)
+        return value.reshape(shape)
+    return value
+
+
+@kernel("layer_norm")
+def _layer_norm(args: Args) -> np.ndarray:
+    """Normalize over ``axes`` (all when absent), then * gamma + beta (each optional, shaped
+    like x on those axes)."""
+    x = array(args, "x")
+    axes = axes_of(args, "axes", x.ndim)
+    if axes is None:
+        axes = tuple(range(x.ndim))
+    result = _normalize(x, axes, floating(args, "epsilon", 1e-5))
+    gamma, beta = optional_array(args, "gamma"), optional_array(args, "beta")
+    if gamma is not None:
+        result *= _broadcast_to_axes(gamma, axes, x.ndim)
+    if beta is not None:
+        result += _broadcast_to_axes(beta, axes, x.ndim)
+    return result
+
+
+def _per_channel(value: Optional[np.ndarray], rank: int) -> Optional[np.ndarray]:
+    if value is None:
+        return None
+    return value.reshape((1, -1) + (1,) * (rank - 2))
+
+
+@kernel("batch_norm")
+def _batch_norm(args: Args) -> np.ndarray:
+    """(x - mean) / sqrt(variance + epsilon) * gamma + beta, per channel (axis 1)."""
+    x = array(args, "x")
+    rank = x.ndim
+    channel_shape = (1, -1) + (1,) * (rank - 2)
+    mean = array(args, "mean").reshape(channel_shape)
+    variance = array(args, "variance").reshape(channel_shape)
+    scale = 1.0 / np.sqrt(variance + np.float32(floating(args, "epsilon", 1e-5)))
+    gamma = _per_channel(optional_array(args, "gamma"), rank)
+    beta = _per_channel(optional_array(args, "beta"), rank)
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -mean * scale
+    if beta is not None:
+        shift = shift + beta
+    result = x * scale
+    result += shift
+    return result
+
+
+@kernel("instance_norm")
+def _instance_norm(args: Args) -> np.ndarray:
+    """Normalize each (batch, channel) over the spatial axes, then per-channel gamma, beta."""
+    x = array(args, "x")
+    result = _normalize(x, tuple(range(2, x.ndim)), floating(args, "epsilon", 1e-5))
+    gamma = _per_channel(optional_array(args, "gamma"), x.ndim)
+    beta = _per_channel(optional_array(args, "beta"), x.ndim)
+    if gamma is not None:
+        result *= gamma
+    if beta is not None:
+        result += beta
+    return result
+
+
+@kernel("l2_norm")
+def _l2_norm(args: Args) -> np.ndarray:
+    """x / sqrt(sum of squares + epsilon) over the last three axes (all but batch axes)."""
+    x = array(args, "x")
+    axes = tuple(range(max(x.ndim - 3, 0), x.ndim))
+    total = np.sum(np.square(x), axis=axes, keepdims=True) + np.float32(floating(args, "epsilon", 1e-6))
+    return np.asarray(x / np.sqrt(total))
+
+
+@kernel("local_response_norm")
+def _local_response_norm(args: Args) -> np.ndarray:
+    """x / (k + alpha/size * sum of x^2 over a window of ``size`` channels) ** beta."""
+    x = array(args, "x")
+    size = integer(args, "size")
+    alpha = floating(args, "alpha", 1e-4)
+    beta = floating(args, "beta", 0.75)
+    k = floating(args, "k", 1.0)
+    square = np.square(x)
+    before, after = (size - 1) // 2, size // 2
+    padded = np.pad(square, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+    window_sums = np.cumsum(padded, axis=1, dtype=x.dtype)
+    window_sums = np.concatenate([np.zeros_like(window_sums[:, :1]), window_sums], axis=1)
+    channels = x.shape[1]
+    total = window_sums[:, size : size + channels] - window_sums[:, :channels]
+    return np.asarray(x / np.power(np.float32(k) + np.float32(alpha / size) * total, np.float32(beta)))
+
+
+@kernel("scaled_dot_product_attention")
+def _scaled_dot_product_attention(args: Args) -> np.ndarray:
+    """softmax(Q K^T / sqrt(d) + mask) V; a bool mask keeps True positions (others -inf)."""
+    query, key, value = array(args, "query"), array(args, "key"), array(args, "value")
+    scores = np.matmul(query, np.swapaxes(key, -1, -2))
+    scores *= np.float32(1.0 / np.sqrt(query.shape[-1]))
+    mask = optional_array(args, "attn_mask")
+    if mask is not None:
+        if mask.dtype == np.bool_:
+            scores = np.where(mask, scores, np.float32(-np.inf))
+        else:
+            scores += mask
+    return np.asarray(np.matmul(softmax(scores, scores.ndim - 1), value))
