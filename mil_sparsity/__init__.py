@@ -3,33 +3,17 @@
 Importing the package registers ``mil_sparsity::prune_by_threshold``,
 ``mil_sparsity::prune_by_magnitude`` and ``mil_sparsity::sparse_pack`` in coremltools'
 pass registry (re-importing or reloading is safe).
+
+Also public here: :func:`sweep` / :class:`SweepResult` (size and weight error over several
+pruning settings, :mod:`mil_sparsity.sweep`) and :func:`atomic_output` /
+:func:`check_destination` (write a file or package so that all of it appears or nothing does,
+:mod:`mil_sparsity._atomic`), which ``apply_pipeline`` users and the command line share.
 """
 
 from __future__ import annotations
 
-import logging as _logging
-import os as _os
-import sys as _sys
-
-
-def _quiet_coremltools_import_for_the_command_line() -> None:
-    """The ``mil-sparsity`` command prints one line per error; coremltools' import-time notices
-    (no Core ML runtime on Linux, untested torch version) would come before it. Only for that
-    command: a library user importing mil_sparsity still sees them."""
-    command = _os.path.basename(_sys.argv[0]) if _sys.argv and _sys.argv[0] else ""
-    if command != "mil-sparsity" or "coremltools" in _sys.modules:
-        return
-    previous = _logging.root.manager.disable
-    _logging.disable(_logging.WARNING)
-    try:
-        import coremltools  # noqa: F401
-    finally:
-        _logging.disable(previous)
-
-
-_quiet_coremltools_import_for_the_command_line()
-
-from mil_sparsity.configs import (  # noqa: E402
+from mil_sparsity._atomic import atomic_output, check_destination
+from mil_sparsity.configs import (
     BlockConfig,
     MagnitudeConfig,
     NMConfig,
@@ -39,10 +23,11 @@ from mil_sparsity.configs import (  # noqa: E402
     config_from_dict,
     config_to_dict,
 )
-from mil_sparsity.passes import register_passes  # noqa: E402
-from mil_sparsity.posthoc import apply_pipeline  # noqa: E402
-from mil_sparsity.report import SparsityReport, WeightRecord  # noqa: E402
-from mil_sparsity.selector import OpSelector  # noqa: E402
+from mil_sparsity.passes import register_passes
+from mil_sparsity.posthoc import apply_pipeline
+from mil_sparsity.report import SparsityReport, WeightRecord
+from mil_sparsity.selector import OpSelector
+from mil_sparsity.sweep import SweepResult, sweep
 
 register_passes()
 
@@ -63,9 +48,13 @@ __all__ = [
     "SPARSE_PACK",
     "SparsityConfig",
     "SparsityReport",
+    "SweepResult",
     "ThresholdConfig",
     "WeightRecord",
     "apply_pipeline",
+    "atomic_output",
+    "check_destination",
     "config_from_dict",
     "config_to_dict",
+    "sweep",
 ]

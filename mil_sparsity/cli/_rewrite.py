@@ -1,0 +1,136 @@
+"""The one rewrite path of ``prune`` and ``pack``: check, run one pass, write OUT, report.
+
+1. Check MODEL exists and OUT is a new (or, with --force, replaceable) .mlpackage elsewhere.
+2. Read the model's deployment target per function: from the loaded program, or with
+   ``--streaming`` from the spec alone (:func:`mil_sparsity.streaming.package_targets`, no
+   weights read). ``--min-deployment-target`` must equal it: the post-hoc path keeps the opset.
+   Whether the opset supports sparse weights at all (iOS16+) is the pass's own check.
+3. Run a one-pass pipeline: in memory with :func:`mil_sparsity.apply_pipeline` and save through
+   :func:`mil_sparsity.atomic_output`, or file by file with
+   :func:`mil_sparsity.streaming.compress_package`, which writes OUT atomically itself.
+4. Print the pass's per-weight report and the package size before and after (or JSON).
+
+On any error nothing is written and the input is untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+import coremltools as ct
+
+import mil_sparsity as ms
+from mil_sparsity.cli._common import (
+    CLIError,
+    UsageError,
+    check_output,
+    emit,
+    emit_json,
+    load,
+    one_line,
+    progress,
+    require_exists,
+)
+from mil_sparsity.inspect_model import function_opsets, package_size
+from mil_sparsity.streaming import compress_package, package_targets
+
+
+def add_model_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="an ML Program .mlpackage (iOS16+)")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="the .mlpackage to write"
+    )
+
+
+def add_write_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="rewrite the package file by file, one weight in memory at a time "
+        "(mil_sparsity.streaming.compress_package): for models larger than memory",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of a table"
+    )
+
+
+def _check_target(targets: dict[str, str], path: str, wanted: Optional[str]) -> None:
+    if wanted is None or all(found == wanted for found in targets.values()):
+        return
+    has = ", ".join(sorted(set(targets.values())))
+    raise UsageError(
+        f"--min-deployment-target {wanted}: {path} targets {has}, and the post-hoc path "
+        f"keeps the model's opset. Omit the option (or pass {has}), or re-convert the "
+        f"source model with minimum_deployment_target=ct.target.{wanted}"
+    )
+
+
+def rewrite(args: argparse.Namespace, pass_name: str, selector: ms.OpSelector) -> int:
+    """Apply ``pass_name`` with ``selector`` to args.model, write args.output (module doc)."""
+    require_exists(args.model)
+    check_output(args.output, args.model, args.force)
+    pipeline = ct.PassPipeline.EMPTY
+    pipeline.append_pass(pass_name)
+    pipeline.set_options(pass_name, {"config": selector})
+    report = ms.SparsityReport()
+    wanted: Optional[str] = getattr(args, "min_deployment_target", None)
+    bar = progress(total=3, desc="loading", quiet=args.json or args.streaming)
+    try:
+        mlmodel: Any = None
+        if args.streaming:
+            try:
+                targets = package_targets(args.model)
+            except (OSError, ValueError, TypeError) as error:
+                raise CLIError(f"{args.model}: {one_line(error)}") from None
+        else:
+            mlmodel, prog = load(args.model)
+            targets = function_opsets(prog)
+            # apply_pipeline loads its own copy of the program from the MLModel: don't hold two
+            del prog
+        _check_target(targets, args.model, wanted)
+        bar.update()
+        bar.set_description(pass_name.split("::")[-1])
+        try:
+            if args.streaming:
+                compress_package(args.model, args.output, pipeline, report=report, overwrite=args.force)
+                result = None
+            else:
+                result = ms.apply_pipeline(mlmodel, pipeline, report=report)
+        except (OSError, ValueError, TypeError) as error:
+            raise CLIError(one_line(error)) from None
+        bar.update()
+        bar.set_description("saving")
+        if result is not None:
+            try:
+                with ms.atomic_output(args.output, overwrite=args.force) as staging:
+                    result.save(staging)
+            except Exception as error:
+                raise CLIError(f"cannot write {args.output}: {one_line(error)}") from None
+        bar.update()
+    finally:
+        bar.close()
+    _print(args, pass_name, selector, report)
+    return 0
+
+
+def _print(args: argparse.Namespace, pass_name: str, selector: ms.OpSelector, report: ms.SparsityReport) -> None:
+    before, after = package_size(args.model), package_size(args.output)
+    if args.json:
+        emit_json(
+            {
+                "model": args.model,
+                "output": args.output,
+                "pass": pass_name,
+                "config": selector.to_dict(),
+                "report": report.to_dict(),
+                "package_bytes": {"before": before, "after": after},
+            }
+        )
+        return
+    ratio = f" ({after / before:.1%})" if before else ""
+    emit(
+        f"{report.format_table()}\n\nwrote {args.output}; package size on disk "
+        f"{before:,} -> {after:,} bytes{ratio}"
+    )

@@ -1,0 +1,180 @@
+"""``mil-sparsity sweep``: model size against weight error for several patterns and levels.
+
+The options become :class:`~mil_sparsity.sweep.SweepPoint` s (:func:`mil_sparsity.sweep.sweep_points`),
+:func:`mil_sparsity.sweep` measures them, and this module only prints the
+:class:`~mil_sparsity.SweepResult` (table or JSON) and draws it (``--plot``, with matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from typing import Any, Iterator
+
+import mil_sparsity as ms
+from mil_sparsity.cli._common import (
+    CLIError,
+    Commands,
+    UsageError,
+    add_json,
+    add_weight_threshold,
+    emit,
+    emit_json,
+    float_list,
+    integer,
+    load,
+    name_list,
+    one_line,
+    progress,
+)
+from mil_sparsity.sweep import DEFAULT_SPARSITIES, SweepArgumentError, SweepPoint, sweep_points
+
+PLOT_INSTALL_HINT = 'pip install "mil_sparsity[plot]"'
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "sweep",
+        help="model size vs weight error for several patterns and sparsities (writes no model)",
+        description="For each pattern and sparsity level, run mil_sparsity::prune_by_magnitude "
+        "on a freshly loaded copy of the program (nothing is written) and report the size "
+        "of all weights as they would be stored and the weight error: the relative Frobenius "
+        "error sqrt(sum ||W - W_pruned||^2) / sqrt(sum ||W||^2) over the pruned weights "
+        "(float64), and the worst single weight's. n:m patterns fix their own sparsity n/m "
+        "and run once.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="an ML Program .mlpackage (iOS16+)")
+    parser.add_argument(
+        "--sparsities",
+        type=float_list,
+        default=list(DEFAULT_SPARSITIES),
+        metavar="LIST",
+        help="comma-separated target sparsities (default 0.5,0.75,0.9)",
+    )
+    parser.add_argument(
+        "--patterns",
+        type=name_list,
+        default=["unstructured"],
+        metavar="LIST",
+        help="comma-separated: unstructured, block:B, n:m:N:M (default unstructured)",
+    )
+    parser.add_argument(
+        "--dim", type=integer, metavar="D", help="axis for block and n:m patterns (defaults 0 / 1)"
+    )
+    add_weight_threshold(parser)
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help=f"draw size vs error, one curve per pattern (needs matplotlib: {PLOT_INSTALL_HINT})",
+    )
+    add_json(parser)
+    parser.set_defaults(run=run)
+
+
+def points(args: argparse.Namespace) -> tuple[list[SweepPoint], list[str]]:
+    """The sweep points of the options, in run order, and notes for the output."""
+    try:
+        found = sweep_points(
+            args.patterns, args.sparsities, dim=args.dim, weight_threshold=args.weight_threshold
+        )
+    except SweepArgumentError as error:
+        if error.argument == "dim":
+            raise UsageError("sweep: --dim goes with block:B or n:m:N:M patterns") from None
+        raise UsageError(f"sweep: --{error.argument}: {one_line(error.detail)}") from None
+    notes = [
+        f"{point.pattern} fixes its sparsity at {point.config.n}/{point.config.m} = "
+        f"{point.sparsity:.3f} and runs once (--sparsities does not apply to it)"
+        for point in found
+        if isinstance(point.config, ms.NMConfig)
+    ]
+    return found, notes
+
+
+def _with_bar(found: list[SweepPoint], quiet: bool) -> Iterator[SweepPoint]:
+    bar = progress(found, desc="sweep", quiet=quiet)
+    try:
+        for point in bar:
+            bar.set_postfix_str(f"{point.pattern} {point.sparsity:.2f}")
+            yield point
+    finally:
+        bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    found, notes = points(args)
+    figure_module = _matplotlib() if args.plot else None
+    if figure_module is not None:
+        _check_plot_path(figure_module, args.plot)
+    mlmodel, prog = load(args.model)
+    try:
+        result = ms.sweep(
+            mlmodel, _with_bar(found, quiet=args.json), program=prog, progress=False
+        )
+    except (ValueError, TypeError) as error:
+        raise CLIError(one_line(error)) from None
+    if figure_module is not None:
+        _plot(figure_module, args.plot, args.model, result)
+    if args.json:
+        emit_json({**result.to_dict(), "model": args.model, "notes": notes, "plot": args.plot})
+        return 0
+    lines = [result.format_table()]
+    lines.extend(f"note: {note}" for note in notes)
+    if args.plot:
+        lines.append(f"wrote {args.plot}")
+    emit("\n".join(lines))
+    return 0
+
+
+# ----- --plot ---------------------------------------------------------------------------------
+def _matplotlib() -> Any:
+    """matplotlib's Figure module, or a CLIError naming the extra to install."""
+    try:
+        return importlib.import_module("matplotlib.figure")
+    except ImportError:
+        raise CLIError(f"--plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}") from None
+
+
+def _check_plot_path(figure_module: Any, path: str) -> None:
+    """Before the sweep runs: the plot's directory exists and matplotlib knows its format."""
+    try:
+        ms.check_destination(path, overwrite=True)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"--plot: {error}") from None
+    extension = os.path.splitext(path)[1][1:].lower()
+    supported = figure_module.Figure().canvas.get_supported_filetypes()
+    if extension and extension not in supported:
+        raise UsageError(
+            f"sweep: --plot {path}: matplotlib cannot write .{extension} files; use one of "
+            + ", ".join(f".{name}" for name in sorted(supported))
+        )
+
+
+def _plot(figure_module: Any, path: str, model: str, result: ms.SweepResult) -> None:
+    """Weights as stored (KiB) against relative error: one curve per pattern, the original as a
+    black square; written atomically."""
+    figure = figure_module.Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    by_pattern: dict[str, list[Any]] = {}
+    for row in result.rows:
+        by_pattern.setdefault(row.pattern, []).append(row)
+    for label, rows in by_pattern.items():
+        rows = sorted(rows, key=lambda row: row.model_bytes)
+        xs = [row.model_bytes / 1024 for row in rows]
+        ys = [row.relative_error for row in rows]
+        axes.plot(xs, ys, marker="o", label=label)
+        for row, x, y in zip(rows, xs, ys):
+            axes.annotate(f"{row.sparsity:.2f}", (x, y), textcoords="offset points",
+                          xytext=(4, 4), fontsize=8)
+    axes.plot([result.original_bytes / 1024], [0.0], marker="s", color="black", linestyle="",
+              label="original")
+    axes.set_xlabel("weights as stored (KiB)")
+    axes.set_ylabel("relative Frobenius error")
+    axes.set_title(f"mil-sparsity sweep: {os.path.basename(model.rstrip(os.sep))}")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    try:
+        with ms.atomic_output(path, overwrite=True) as staging:
+            figure.savefig(staging)
+    except Exception as error:
+        raise CLIError(f"--plot: cannot write {path}: {one_line(error)}") from None
