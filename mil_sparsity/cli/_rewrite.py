@@ -98,8 +98,8 @@ def rewrite(args: argparse.Namespace, pass_name: str, selector: ms.OpSelector) -
                 result = None
             else:
                 result = ms.apply_pipeline(mlmodel, pipeline, report=report)
-        except (OSError, ValueError, TypeError) as error:
-            raise CLIError(one_line(error)) from None
+        except (OSError, ValueError, TypeError) as error:  # the pass's or the package's
+            raise CLIError(f"{args.model}: {one_line(error)}") from None
         bar.update()
         bar.set_description("saving")
         if result is not None:

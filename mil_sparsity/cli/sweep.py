@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
         result = ms.sweep(
             mlmodel, _with_bar(found, quiet=args.json), program=prog, progress=False
         )
-    except (ValueError, TypeError) as error:
-        raise CLIError(one_line(error)) from None
+    except (ValueError, TypeError) as error:  # the pass's, e.g. an opset older than iOS16
+        raise CLIError(f"{args.model}: {one_line(error)}") from None
     if figure_module is not None:
         _plot(figure_module, args.plot, args.model, result)
     if args.json:
