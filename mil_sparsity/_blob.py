@@ -20,30 +20,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity import _coremltools_private as private
+from mil_sparsity.sparse_format import BY_BLOB_CODE, BY_NAME, MilDtype
 
 _SENTINEL: Final = 0xDEADBEEF
 _HEADER = struct.Struct("<II")
 _METADATA = struct.Struct("<IIQQQ")
-
-# blob dtype code -> (name, numpy storage dtype, bits per element)
-BLOB_DTYPES: Final[dict[int, tuple[str, str, int]]] = {
-    1: ("fp16", "float16", 16),
-    2: ("fp32", "float32", 32),
-    3: ("uint8", "uint8", 8),
-    4: ("int8", "int8", 8),
-    6: ("int16", "int16", 16),
-    7: ("uint16", "uint16", 16),
-    8: ("int4", "int8", 4),
-    9: ("uint1", "uint8", 1),
-    10: ("uint2", "uint8", 2),
-    11: ("uint4", "uint8", 4),
-    12: ("uint3", "uint8", 3),
-    13: ("uint6", "uint8", 6),
-    14: ("int32", "int32", 32),
-    15: ("uint32", "uint32", 32),
-}
-BLOB_CODE_BY_NAME: Final = {name: code for code, (name, _, _) in BLOB_DTYPES.items()}
-
 
 class BlobFileError(ValueError):
     """The weight file is not what the model spec says it is (truncated, corrupt, unknown)."""
@@ -58,12 +39,16 @@ class BlobInfo:
     padding_bits: int
 
     @property
+    def dtype(self) -> MilDtype:
+        return BY_BLOB_CODE[self.code]
+
+    @property
     def dtype_name(self) -> str:
-        return BLOB_DTYPES[self.code][0]
+        return self.dtype.name
 
     @property
     def bits(self) -> int:
-        return BLOB_DTYPES[self.code][2]
+        return self.dtype.bits
 
     @property
     def count(self) -> int:
@@ -107,7 +92,7 @@ class BlobReader:
         )
         if sentinel != _SENTINEL:
             raise BlobFileError(f"{self.path}: no blob metadata at byte {offset} (bad sentinel)")
-        if code not in BLOB_DTYPES:
+        if code not in BY_BLOB_CODE:
             raise BlobFileError(f"{self.path}: blob at byte {offset} has unknown dtype code {code}")
         if data_offset + nbytes > self.size:
             raise BlobFileError(
@@ -132,7 +117,7 @@ class BlobReader:
 def _values_from_raw(raw: NDArray[np.uint8], info: BlobInfo) -> NDArray[Any]:
     if info.bits < 8:
         return unpack_sub_byte(raw, info)
-    return raw.view(np.dtype(BLOB_DTYPES[info.code][1]))
+    return raw.view(np.dtype(info.dtype.numpy))
 
 
 def unpack_sub_byte(raw: NDArray[np.uint8], info: BlobInfo) -> NDArray[Any]:
@@ -150,9 +135,9 @@ class BlobWriter:
 
     def write(self, dtype_name: str, values: NDArray[Any]) -> int:
         """Write ``values`` (one element per array item) as a blob of ``dtype_name``."""
-        method: Callable[[NDArray[Any]], int] = getattr(self._writer, _WRITE_METHOD[dtype_name])
-        storage = BLOB_DTYPES[BLOB_CODE_BY_NAME[dtype_name]][1]
-        return int(method(np.ascontiguousarray(values.reshape(-1)).view(np.dtype(_WRITE_VIEW.get(dtype_name, storage)))))
+        method: Callable[[NDArray[Any]], int] = getattr(self._writer, _write_method(dtype_name))
+        storage = _WRITE_VIEW.get(dtype_name, BY_NAME[dtype_name].numpy)
+        return int(method(np.ascontiguousarray(values.reshape(-1)).view(np.dtype(storage))))
 
     def copy_blob(self, reader: BlobReader, info: BlobInfo) -> int:
         """Re-write a blob unchanged (values and dtype), wherever it ends up."""
@@ -162,21 +147,10 @@ class BlobWriter:
         self._writer = None  # the C++ writer flushes and closes when released
 
 
-_WRITE_METHOD: Final = {
-    "fp16": "write_fp16_data",
-    "fp32": "write_float_data",
-    "uint8": "write_uint8_data",
-    "int8": "write_int8_data",
-    "int16": "write_int16_data",
-    "uint16": "write_uint16_data",
-    "int4": "write_int4_data",
-    "uint1": "write_uint1_data",
-    "uint2": "write_uint2_data",
-    "uint4": "write_uint4_data",
-    "uint3": "write_uint3_data",
-    "uint6": "write_uint6_data",
-    "int32": "write_int32_data",
-    "uint32": "write_uint32_data",
-}
+def _write_method(dtype_name: str) -> str:
+    """The writer's method for a MIL dtype: ``write_<name>_data`` (fp32: ``write_float_data``)."""
+    return "write_float_data" if dtype_name == "fp32" else f"write_{dtype_name}_data"
+
+
 # the writer takes fp16 as uint16 bits
 _WRITE_VIEW: Final = {"fp16": "uint16"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-import coremltools as ct
 import numpy as np
 from coremltools.converters.mil.mil import Builder as mb
 from coremltools.converters.mil.mil.program import Program
@@ -13,28 +12,15 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity.kernels import SparseWeight, pack_mask_bits
-from mil_sparsity.selection import WEIGHT_DTYPES, Consumer, WeightSite
-
-IOS16 = ct.target.iOS16
-IOS18 = ct.target.iOS18
-
-
-def target_name(opset: Any) -> str:
-    return str(getattr(opset, "name", opset))
+from mil_sparsity import sparse_format
+from mil_sparsity.sparse_format import SparseForm, SparseReplacement
+from mil_sparsity.selection import Consumer, WeightSite
 
 
 def check_opsets(prog: Program, pass_name: str) -> None:
     """Raise ValueError if any function's opset is older than iOS16 (sparse ops don't exist)."""
     for name, function in prog.functions.items():
-        opset = function.opset_version
-        if opset is None or opset < IOS16:
-            raise ValueError(
-                f"{pass_name}: function {name!r} targets {target_name(opset)}, but "
-                "constexpr_sparse_to_dense needs iOS16 or later. Convert with "
-                "minimum_deployment_target=ct.target.iOS16 (or later; iOS18 gives the compact "
-                "uint1 mask form)."
-            )
+        sparse_format.checked_form(name, function.opset_version, f"{pass_name}: ")
 
 
 def iter_blocks(block: Block) -> Iterator[Block]:
@@ -51,7 +37,7 @@ def weight_consts(block: Block) -> Iterator[Operation]:
         if op.op_type != "const":
             continue
         value = op.outputs[0].val
-        if isinstance(value, np.ndarray) and value.ndim >= 1 and str(value.dtype) in WEIGHT_DTYPES:
+        if isinstance(value, np.ndarray) and value.ndim >= 1 and str(value.dtype) in sparse_format.WEIGHT_NUMPY_DTYPES:
             yield op
 
 
@@ -84,36 +70,29 @@ def weight_site(function_name: str, op: Operation) -> WeightSite:
     )
 
 
-def uses_ios18_form(function: Function) -> bool:
-    return bool(function.opset_version >= IOS18)
+def function_form(name: str, function: Function) -> SparseForm:
+    """The sparse form of the function's opset; ValueError before iOS16."""
+    return sparse_format.checked_form(name, function.opset_version)
 
 
-def sparse_op_inputs(sparse: SparseWeight, ios18: bool) -> dict[str, np.ndarray]:
-    """The inputs of ``constexpr_sparse_to_dense`` in the form of the program's opset.
-
-    iOS16/17 form: uint8 mask of packed bits (LSB first, row-major) plus a uint32 shape; the
-    bool mask is not kept, so a planned replacement holds 1 bit per element, not 1 byte.
-    iOS18 form: uint1 mask with the weight's shape (one byte per element, as PyMIL stores it).
-    """
-    if ios18:
-        return {"nonzero_data": sparse.nonzero_data, "mask": sparse.mask.view(private.UINT1_DTYPE)}
+def builder_inputs(replacement: SparseReplacement) -> dict[str, np.ndarray]:
+    """The replacement's tensors as Builder arguments (a uint1 tensor typed with PyMIL's dtype)."""
     return {
-        "nonzero_data": sparse.nonzero_data,
-        "mask": pack_mask_bits(sparse.mask),
-        "shape": np.asarray(sparse.shape, dtype=np.uint32),
+        tensor.input_name: tensor.values.view(private.UINT1_DTYPE) if tensor.dtype == "uint1" else tensor.values
+        for tensor in replacement.tensors
     }
 
 
-def build_sparse_op(const_op: Operation, inputs: dict[str, np.ndarray]) -> Var:
-    """Insert ``constexpr_sparse_to_dense`` just before ``const_op`` (caller holds the block)."""
+def build_sparse_op(const_op: Operation, replacement: SparseReplacement) -> Var:
+    """Insert the replacement's sparse op just before ``const_op`` (caller holds the block)."""
     new_var: Var = mb.constexpr_sparse_to_dense(
-        **inputs, before_op=const_op, name=f"{const_op.name}_sparse"
+        **builder_inputs(replacement), before_op=const_op, name=replacement.name
     )
     return new_var
 
 
-def sparse_op_builder(const_op: Operation, inputs: dict[str, np.ndarray]) -> Callable[[], Var]:
-    return lambda: build_sparse_op(const_op, inputs)
+def sparse_op_builder(const_op: Operation, replacement: SparseReplacement) -> Callable[[], Var]:
+    return lambda: build_sparse_op(const_op, replacement)
 
 
 def remove_with_orphans(block: Block, ops: list[Operation]) -> None:

@@ -37,7 +37,7 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph
+from mil_sparsity import _graph, sparse_format
 from mil_sparsity.kernels import SparseWeight, unpack_sparse, zero_fraction
 
 DENSE = "dense"
@@ -351,7 +351,7 @@ def weight_sources(prog: Program, weight_threshold: int = 0) -> list[WeightSourc
 def function_opsets(prog: Program) -> dict[str, str]:
     """Function name -> its opset's name (``iOS18``)."""
     return {
-        str(name): _graph.target_name(function.opset_version)
+        str(name): sparse_format.target_name(function.opset_version)
         for name, function in prog.functions.items()
     }
 

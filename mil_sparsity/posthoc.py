@@ -16,6 +16,7 @@ from coremltools import PassPipeline
 from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity import _coremltools_private as private
+from mil_sparsity import sparse_format
 from mil_sparsity.report import SparsityReport
 
 ModelLike = Union["ct.models.MLModel", str, "os.PathLike[str]"]
@@ -78,13 +79,8 @@ def with_report(pipeline: PassPipeline, report: SparsityReport) -> PassPipeline:
 
 def _streamable(pipeline: PassPipeline) -> bool:
     """Only mil_sparsity passes, with no option but ``config`` and ``report``."""
-    if not pipeline.passes or not all(name.startswith("mil_sparsity::") for name in pipeline.passes):
-        return False
-    return all(
-        option.option_name in ("config", "report")
-        for name in pipeline.passes
-        for option in pipeline.get_options(name) or []
-    )
+    options = sparse_format.pipeline_options(pipeline)
+    return bool(pipeline.passes) and sparse_format.streaming_obstacle(pipeline.passes, options) is None
 
 
 def apply_pipeline(

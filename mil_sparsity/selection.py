@@ -29,9 +29,6 @@ STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
     "matmul": frozenset({"x", "y"}),
 }
 
-# const dtypes that are weights (what Core ML stores in the weight blob file)
-WEIGHT_DTYPES = frozenset({"float16", "float32", "int8", "uint8"})
-
 # skipped weights up to this size get their current sparsity in the report
 _CHEAP_SPARSITY_SIZE = 1 << 16
 

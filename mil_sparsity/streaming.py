@@ -34,34 +34,17 @@ import shutil
 from typing import Any, Iterator, Optional, Union
 
 import attrs
-import coremltools as ct
 import numpy as np
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import selection
+from mil_sparsity import selection, sparse_format
 from mil_sparsity._atomic import atomic_output
 from mil_sparsity._blob import BlobFileError, BlobInfo, BlobReader, BlobWriter
-from mil_sparsity.configs import SparsityConfig, config_to_dict
-from mil_sparsity.kernels import SparseWeight, pack_mask_bits
+from mil_sparsity.configs import SparsityConfig
+from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.selector import OpSelector, as_selector
-
-_OPSET_TARGET = {private.OPSET_NAMES[t.value]: t for t in ct.target if t.value in private.OPSET_NAMES}
-_BLOB_DTYPE_OF = {"float16": "fp16", "float32": "fp32", "int8": "int8", "uint8": "uint8"}
-# spec DataType name -> blob dtype name
-_SPEC_TO_BLOB = {
-    "FLOAT16": "fp16", "FLOAT32": "fp32", "UINT8": "uint8", "INT8": "int8", "INT16": "int16",
-    "UINT16": "uint16", "INT4": "int4", "UINT1": "uint1", "UINT2": "uint2", "UINT3": "uint3",
-    "UINT4": "uint4", "UINT6": "uint6", "INT32": "int32", "UINT32": "uint32",
-}
-# const dtypes that are weights (sub-byte consts are not: PyMIL types them uint1..uint6/int4)
-_CONST_WEIGHT_TYPES = ("FLOAT16", "FLOAT32", "INT8", "UINT8")
-# spec DataType name -> the numpy dtype PyMIL holds it in (report rows of constexpr inputs too)
-_SPEC_TO_NUMPY = {
-    "FLOAT16": "float16", "FLOAT32": "float32", "UINT8": "uint8", "INT8": "int8", "INT4": "int8",
-    "UINT1": "uint8", "UINT2": "uint8", "UINT3": "uint8", "UINT4": "uint8", "UINT6": "uint8",
-}
-
+from mil_sparsity.sparse_format import BY_NAME, BY_SPEC_NAME, SparseForm, SparseTensor
 
 @attrs.define
 class _Site:
@@ -70,7 +53,7 @@ class _Site:
     weight: selection.WeightSite
     op: Any  # proto Operation
     value: Any  # proto Value of attribute "val"
-    ios18: bool
+    form: SparseForm
     chosen: list[tuple[Any, selection.Decision | selection.Selected]] = attrs.field(factory=list)
 
 
@@ -103,20 +86,15 @@ def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
 
     classes = _pass_classes()
     if isinstance(config_or_pipeline, PassPipeline):
+        obstacle = sparse_format.streaming_obstacle(
+            config_or_pipeline.passes, sparse_format.pipeline_options(config_or_pipeline)
+        )
+        if obstacle is not None:
+            raise ValueError(obstacle)
         planned = []
         for name in config_or_pipeline.passes:
-            if name not in classes:
-                raise ValueError(
-                    f"streaming runs only mil_sparsity passes; the pipeline has {name!r} "
-                    "(use mil_sparsity.apply_pipeline for other passes)"
-                )
             graph_pass = classes[name]()
             for option in config_or_pipeline.get_options(name) or []:
-                if option.option_name not in ("config", "report"):
-                    raise ValueError(
-                        f"{name}: option {option.option_name!r} is not supported when streaming "
-                        "(only config and report); use apply_pipeline(..., streaming=False)"
-                    )
                 setattr(graph_pass, option.option_name, option.option_val)
             selector = graph_pass.config if graph_pass.config is not None else graph_pass.default_selector()
             planned.append(PlannedPass(classes[name], selector, graph_pass.report))
@@ -156,23 +134,15 @@ def _function_block(function: Any) -> Any:
     return function.block_specializations[function.opset]
 
 
-def _check_opset(name: str, function: Any) -> bool:
-    """True if the function uses the iOS18 sparse form; ValueError below iOS16."""
-    target = _OPSET_TARGET.get(function.opset)
-    if target is None:
-        raise ValueError(f"function {name!r}: unknown opset {function.opset!r}")
-    if target < ct.target.iOS16:
-        raise ValueError(
-            f"function {name!r} targets {target.name}, but constexpr_sparse_to_dense needs iOS16 or "
-            "later. Convert with minimum_deployment_target=ct.target.iOS16 (or later)."
-        )
-    return bool(target >= ct.target.iOS18)
+def _function_form(name: str, function: Any) -> SparseForm:
+    """The sparse form of the function's opset; ValueError for an unknown opset or below iOS16."""
+    return sparse_format.checked_form(name, sparse_format.target_of_opset(name, function.opset))
 
 
 def _sites(spec: Any) -> list[_Site]:
     sites: list[_Site] = []
     for function_name, function in spec.mlProgram.functions.items():
-        ios18 = _check_opset(function_name, function)
+        form = _function_form(function_name, function)
         blocks = list(_iter_blocks(_function_block(function)))
         readers: dict[str, list[selection.Consumer]] = {}
         block_outputs: set[str] = set()
@@ -191,7 +161,7 @@ def _sites(spec: Any) -> list[_Site]:
         for block in blocks:
             for op in block.operations:
                 if op.type.startswith("constexpr_"):
-                    sites.extend(_constexpr_input_sites(function_name, op, ios18))
+                    sites.extend(_constexpr_input_sites(function_name, op, form))
                     continue
                 if op.type != "const" or "val" not in op.attributes:
                     continue
@@ -199,18 +169,19 @@ def _sites(spec: Any) -> list[_Site]:
                 if value.WhichOneof("value") != "blobFileValue":
                     continue
                 data_type, shape = _tensor_type(value)
-                if data_type not in _CONST_WEIGHT_TYPES:
+                dtype = BY_SPEC_NAME.get(data_type)
+                if dtype is None or not dtype.weight:
                     continue
                 output = op.outputs[0].name
                 weight = selection.WeightSite(
                     function=function_name,
                     name=_op_name(op),
                     shape=shape,
-                    dtype=_SPEC_TO_NUMPY[data_type],
+                    dtype=dtype.numpy,
                     consumers=tuple(readers.get(output, ())),
                     feeds_block_output=output in block_outputs,
                 )
-                sites.append(_Site(weight, op, value, ios18))
+                sites.append(_Site(weight, op, value, form))
     return sites
 
 
@@ -225,23 +196,24 @@ def _blob_inputs(op: Any) -> Iterator[tuple[str, Any]]:
                 yield key, binding.value
 
 
-def _constexpr_input_sites(function_name: str, op: Any, ios18: bool) -> Iterator[_Site]:
+def _constexpr_input_sites(function_name: str, op: Any, form: SparseForm) -> Iterator[_Site]:
     """Report-only sites for a constexpr op's stored inputs (PyMIL sees them as consts that
     feed a constexpr op, which the selection always skips)."""
     op_name = _op_name(op)
     for key, value in _blob_inputs(op):
         data_type, shape = _tensor_type(value)
-        if data_type not in _SPEC_TO_NUMPY:
+        numpy_dtype = sparse_format.numpy_dtype_of_spec(data_type)
+        if numpy_dtype is None:
             continue
         weight = selection.WeightSite(
             function=function_name,
             name=f"{op_name}_{key}",
             shape=shape,
-            dtype=_SPEC_TO_NUMPY[data_type],
+            dtype=numpy_dtype,
             consumers=(selection.Consumer(op_name, str(op.type), (key,)),),
             feeds_block_output=False,
         )
-        yield _Site(weight, op, value, ios18)
+        yield _Site(weight, op, value, form)
 
 
 def _all_blob_values(spec: Any) -> Iterator[Any]:
@@ -255,45 +227,42 @@ def _all_blob_values(spec: Any) -> Iterator[Any]:
 
 # ---- rewriting the spec ---------------------------------------------------------------------
 
-def _tensor_value(value: Any, data_type: str, shape: tuple[int, ...], file_name: str, offset: int) -> None:
+def _set_tensor_type(value: Any, spec_name: str, shape: tuple[int, ...]) -> None:
     from coremltools.proto import MIL_pb2
 
     tensor = value.type.tensorType
-    tensor.dataType = MIL_pb2.DataType.Value(data_type)
+    tensor.dataType = MIL_pb2.DataType.Value(spec_name)
     tensor.rank = len(shape)
     for size in shape:
         tensor.dimensions.add().constant.size = size
-    value.blobFileValue.fileName = file_name
-    value.blobFileValue.offset = offset
 
 
-def _rewrite_op(site: _Site, offsets: tuple[int, int, int], renames: dict[str, str]) -> None:
-    """const -> constexpr_sparse_to_dense in the function's opset form, renamed ``<name>_sparse``."""
+def _rewrite_op(site: _Site, stored: "_Stored", renames: dict[str, str]) -> None:
+    """const -> the replacement's sparse op as written (:class:`_Stored`), renamed ``<name>_sparse``.
+
+    The form says whether the spec holds the op's tensors as attributes or as inputs; each is a
+    blob reference into the same weight file, or (the shape vector) an immediate value.
+    """
     op = site.op
-    from coremltools.proto import MIL_pb2
-
     file_name = site.value.blobFileValue.fileName
-    data_type_name, shape = _tensor_type(site.value)
-    nonzero_offset, nonzero_count, mask_offset = offsets
     old_output = op.outputs[0].name
-    new_name = f"{site.weight.name}_sparse"
+    new_name = sparse_format.replacement_name(site.weight.name)
     del op.attributes["val"]
-    op.type = "constexpr_sparse_to_dense"
+    op.type = sparse_format.OP_TYPE
     op.attributes["name"].immediateValue.tensor.strings.values[:] = [new_name]
     op.outputs[0].name = new_name
     renames[old_output] = new_name
-    if site.ios18:
-        _tensor_value(op.inputs["nonzero_data"].arguments.add().value, data_type_name, (nonzero_count,), file_name, nonzero_offset)
-        _tensor_value(op.inputs["mask"].arguments.add().value, "UINT1", shape, file_name, mask_offset)
-        return
-    _tensor_value(op.attributes["nonzero_data"], data_type_name, (nonzero_count,), file_name, nonzero_offset)
-    mask_bytes = (int(np.prod(shape, dtype=np.int64)) + 7) // 8
-    _tensor_value(op.attributes["mask"], "UINT8", (mask_bytes,), file_name, mask_offset)
-    shape_value = op.attributes["shape"]
-    shape_value.type.tensorType.dataType = MIL_pb2.DataType.Value("UINT32")
-    shape_value.type.tensorType.rank = 1
-    shape_value.type.tensorType.dimensions.add().constant.size = len(shape)
-    shape_value.immediateValue.tensor.bytes.values = np.asarray(shape, dtype=np.uint32).tobytes()
+    for tensor, offset in stored.tensors:
+        if site.form.spec_attributes:
+            value = op.attributes[tensor.input_name]
+        else:
+            value = op.inputs[tensor.input_name].arguments.add().value
+        _set_tensor_type(value, BY_NAME[tensor.dtype].spec_name, tensor.shape)
+        if offset is None:
+            value.immediateValue.tensor.bytes.values = tensor.values.tobytes()
+        else:
+            value.blobFileValue.fileName = file_name
+            value.blobFileValue.offset = offset
 
 
 def _apply_renames(spec: Any, renames: dict[str, str]) -> None:
@@ -310,12 +279,20 @@ def _apply_renames(spec: Any, renames: dict[str, str]) -> None:
 
 # ---- the driver -----------------------------------------------------------------------------
 
+@attrs.frozen
+class _Stored:
+    """A replacement as written: each tensor (values kept for inline ones only) and its blob
+    offset in the new weight file (None: stored inline in the spec)."""
+
+    tensors: tuple[tuple[SparseTensor, Optional[int]], ...]
+
+
 @attrs.define
 class _Written:
-    """New offsets of one source blob: the unchanged copy, and packed forms per config."""
+    """New offsets of one source blob: the unchanged copy, and packed forms per (pass, config, form)."""
 
     copy: Optional[int] = None
-    packed: dict[str, tuple[int, int, int]] = attrs.field(factory=dict)  # nonzero, count, mask
+    packed: dict[Any, _Stored] = attrs.field(factory=dict)
 
 
 def _package_paths(package: str) -> tuple[str, str]:
@@ -342,7 +319,7 @@ def package_targets(package: Union[str, "os.PathLike[str]"]) -> dict[str, str]:
     spec_path, _ = _package_paths(os.fspath(package))
     spec = _load_spec(spec_path)
     return {
-        name: _OPSET_TARGET[function.opset].name if function.opset in _OPSET_TARGET else "iOS?"
+        name: sparse_format.target_name(sparse_format.TARGET_OF_OPSET.get(function.opset, "iOS?"))
         for name, function in spec.mlProgram.functions.items()
     }
 
@@ -428,7 +405,7 @@ def _copy_package(src: str, staging: str, skip: set[str]) -> None:
 def _check_matches_spec(value: Any, info: BlobInfo, path: str) -> None:
     """BlobFileError unless the blob holds the dtype and element count the spec says."""
     data_type, shape = _tensor_type(value)
-    expected = _SPEC_TO_BLOB.get(data_type, data_type)
+    expected = BY_SPEC_NAME[data_type].name if data_type in BY_SPEC_NAME else data_type
     count = int(np.prod(shape, dtype=np.int64))
     if expected != info.dtype_name or count != info.count:
         raise BlobFileError(
@@ -460,7 +437,7 @@ def _stream(
         users_by_offset.setdefault(site.value.blobFileValue.offset, []).append(site)
     const_values = {id(site.value) for site in sites}
     other_references = {v.blobFileValue.offset for v in values if id(v) not in const_values}
-    packed: dict[int, tuple[int, int, int]] = {}  # id(site) -> (nonzero offset, count, mask offset)
+    packed: dict[int, _Stored] = {}  # id(site) -> its replacement as written
     written: dict[int, _Written] = {}
     with BlobReader(weight_file) as reader:
         writer = BlobWriter(new_weight_file)
@@ -470,7 +447,7 @@ def _stream(
                 for value in by_offset[offset]:
                     _check_matches_spec(value, info, reader.path)
                 result = written.setdefault(offset, _Written())
-                cache: dict[str, Any] = {}
+                cache: dict[Any, Any] = {}
                 keeps_dense = offset in other_references
                 for site in users_by_offset.get(offset, []):
                     site_records, offsets = _process_site(site, passes, info, reader, writer, result, cache)
@@ -505,9 +482,9 @@ def _process_site(
     reader: BlobReader,
     writer: BlobWriter,
     result: _Written,
-    cache: dict[str, Any],
-) -> tuple[list[WeightRecord], Optional[tuple[int, int, int]]]:
-    """Run the passes in order on one const: its records and, if packed, its blob offsets.
+    cache: dict[Any, Any],
+) -> tuple[list[WeightRecord], Optional[_Stored]]:
+    """Run the passes in order on one const: its records and, if packed, its replacement as written.
 
     As in a PyMIL pipeline, a weight that a pass selects but leaves dense (below its minimum
     sparsity, say) goes on to the next pass; selections past the first were not computed in
@@ -532,23 +509,26 @@ def _process_site(
         if isinstance(chosen, selection.Decision):
             records.append(selection.record(site.weight, chosen, rules, load))
             continue
-        key = f"{cls.pass_name}|{config_to_dict(chosen.config)}|{site.ios18}"
+        key = (cls.pass_name, chosen.config, site.form)
         if key not in cache:
             cache[key] = selection.run_selected(chosen, load())
         decision = selection.Decision(cache[key].outcome, chosen.config, chosen.source)
         records.append(selection.record(site.weight, decision, rules, load))
         if isinstance(decision.outcome, SparseWeight):
             if key not in result.packed:
-                result.packed[key] = _write_sparse(writer, decision.outcome, site)
+                result.packed[key] = _write_sparse(writer, decision.outcome, site.form)
             return records, result.packed[key]
     return records, None
 
 
-def _write_sparse(writer: BlobWriter, sparse: SparseWeight, site: _Site) -> tuple[int, int, int]:
-    """Append ``nonzero_data`` then ``mask`` (uint1 for iOS18, packed uint8 bits before)."""
-    nonzero_offset = writer.write(_BLOB_DTYPE_OF[site.weight.dtype], sparse.nonzero_data)
-    if site.ios18:
-        mask_offset = writer.write("uint1", sparse.mask.view(np.uint8))
-    else:
-        mask_offset = writer.write("uint8", pack_mask_bits(sparse.mask))
-    return nonzero_offset, int(sparse.nonzero_data.size), mask_offset
+def _write_sparse(writer: BlobWriter, sparse: SparseWeight, form: SparseForm) -> _Stored:
+    """Append the replacement's stored tensors (``nonzero_data``, then ``mask``) to the new
+    weight file; inline tensors (the iOS16/17 shape) keep their values for the spec."""
+    tensors: list[tuple[SparseTensor, Optional[int]]] = []
+    for tensor in sparse_format.sparse_tensors(sparse, form):
+        if tensor.inline:
+            tensors.append((tensor, None))
+        else:
+            offset = writer.write(tensor.dtype, tensor.values)
+            tensors.append((attrs.evolve(tensor, values=np.empty(0, tensor.values.dtype)), offset))
+    return _Stored(tuple(tensors))

@@ -18,7 +18,7 @@ from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph
+from mil_sparsity import _graph, sparse_format
 from mil_sparsity._blob import BlobReader
 from mil_sparsity.kernels import pack_sparse
 
@@ -27,7 +27,7 @@ def _program(target: Any = ct.target.iOS18) -> Any:
     """x(4, 8) -> linear with a (16, 8) fp32 weight -> y; a sparse (8, 8) fp32 weight -> z."""
     weight = np.arange(128, dtype=np.float32).reshape(16, 8)
     sparse = np.eye(8, dtype=np.float32)
-    inputs = _graph.sparse_op_inputs(pack_sparse(sparse), ios18=target >= ct.target.iOS18)
+    inputs = _graph.builder_inputs(sparse_format.replacement("s", pack_sparse(sparse), sparse_format.checked_form("main", target)))
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(4, 8))], opset_version=target)
     def prog(x: Any) -> Any:

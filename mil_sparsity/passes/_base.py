@@ -25,7 +25,7 @@ from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
-from mil_sparsity import _graph, selection
+from mil_sparsity import _graph, selection, sparse_format
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.selector import OpSelector, as_selector
@@ -108,7 +108,7 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         planned: list[Planned] = []
         records: list[WeightRecord] = []
         for function_name, function in prog.functions.items():
-            ios18 = _graph.uses_ios18_form(function)
+            form = _graph.function_form(function_name, function)
             for block in _graph.iter_blocks(function):
                 for op in _graph.weight_consts(block):
                     site = _graph.weight_site(function_name, op)
@@ -116,8 +116,8 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
                     decision = selection.decide(site, selector, rules, lambda: value)
                     records.append(selection.record(site, decision, rules, lambda: value))
                     if isinstance(decision.outcome, SparseWeight):
-                        inputs = _graph.sparse_op_inputs(decision.outcome, ios18)
-                        planned.append(Planned(block, op, _graph.sparse_op_builder(op, inputs)))
+                        replacement = sparse_format.replacement(str(op.name), decision.outcome, form)
+                        planned.append(Planned(block, op, _graph.sparse_op_builder(op, replacement)))
                 for item, record in self._plan_more(function_name, block, selector):
                     records.append(record)
                     if item is not None:

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.program import Program
 
-from mil_sparsity import _graph
+from mil_sparsity import sparse_format
 from mil_sparsity.configs import PackConfig
 from mil_sparsity.passes._base import Planned, SparsityPass
 from mil_sparsity.passes._joint import plan_joint
@@ -53,10 +53,10 @@ class SparsePack(SparsityPass):
     def apply(self, prog: Program) -> None:
         if self._joint_compression:
             for name, function in prog.functions.items():
-                if not _graph.uses_ios18_form(function):
+                if sparse_format.sparse_form(function.opset_version) is not sparse_format.UINT1_MASK_FORM:
                     raise ValueError(
                         f"{self.pass_name}: joint_compression needs iOS18 or later, but function "
-                        f"{name!r} targets {_graph.target_name(function.opset_version)}. Convert with "
+                        f"{name!r} targets {sparse_format.target_name(function.opset_version)}. Convert with "
                         "minimum_deployment_target=ct.target.iOS18, or drop joint_compression."
                     )
         super().apply(prog)

@@ -1,0 +1,229 @@
+"""The sparse weight format, described once for both rewriters (PyMIL passes and streaming).
+
+* :data:`DTYPES`: the one dtype table. Each MIL tensor type with its blob-file name and code,
+  its spec (``MIL_pb2.DataType``) name, the numpy dtype PyMIL holds it in, its bit width, and
+  whether a const of that type is a weight the passes consider.
+* :func:`sparse_form`: deployment target -> form of ``constexpr_sparse_to_dense``. iOS16/17:
+  ``nonzero_data``, a uint8 ``mask`` of packed bits (LSB first, row-major) and a uint32
+  ``shape``, stored as op attributes in the spec. iOS18+: ``nonzero_data`` and a uint1 ``mask``
+  with the weight's shape, stored as op inputs. Opset names (``CoreML6``) map to targets
+  through the same table (:func:`target_of_opset`).
+* :class:`SparseReplacement`: what replaces a const ``w``, as data: the new op's name
+  (``<w>_sparse``), its form, and its tensors under PyMIL's input names. ``_graph`` renders it
+  with the Builder, ``streaming`` as blobs plus spec fields.
+* :func:`streaming_obstacle`: which pipelines the streaming rewriter can run.
+
+Changing an opset's form or the op's encoding is one edit here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Iterable, Mapping, Optional
+
+import attrs
+import coremltools as ct
+import numpy as np
+from numpy.typing import NDArray
+
+from mil_sparsity import _coremltools_private as private
+from mil_sparsity.kernels import SparseWeight, pack_mask_bits
+
+# ---- dtypes -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class MilDtype:
+    """One MIL tensor type as every path names and stores it."""
+
+    name: str  # MIL / blob-file name: "fp16"
+    spec_name: str  # MIL_pb2.DataType name: "FLOAT16"
+    blob_code: int  # dtype code in a weight file's blob metadata
+    numpy: str  # numpy dtype PyMIL holds values in (sub-byte types: one per int8/uint8 item)
+    bits: int
+    weight: bool  # a const of this type is a weight the passes consider
+
+
+DTYPES: Final[tuple[MilDtype, ...]] = (
+    MilDtype("fp16", "FLOAT16", 1, "float16", 16, True),
+    MilDtype("fp32", "FLOAT32", 2, "float32", 32, True),
+    MilDtype("uint8", "UINT8", 3, "uint8", 8, True),
+    MilDtype("int8", "INT8", 4, "int8", 8, True),
+    MilDtype("int16", "INT16", 6, "int16", 16, False),
+    MilDtype("uint16", "UINT16", 7, "uint16", 16, False),
+    MilDtype("int4", "INT4", 8, "int8", 4, False),
+    MilDtype("uint1", "UINT1", 9, "uint8", 1, False),
+    MilDtype("uint2", "UINT2", 10, "uint8", 2, False),
+    MilDtype("uint4", "UINT4", 11, "uint8", 4, False),
+    MilDtype("uint3", "UINT3", 12, "uint8", 3, False),
+    MilDtype("uint6", "UINT6", 13, "uint8", 6, False),
+    MilDtype("int32", "INT32", 14, "int32", 32, False),
+    MilDtype("uint32", "UINT32", 15, "uint32", 32, False),
+)
+BY_NAME: Final[Mapping[str, MilDtype]] = {dtype.name: dtype for dtype in DTYPES}
+BY_BLOB_CODE: Final[Mapping[int, MilDtype]] = {dtype.blob_code: dtype for dtype in DTYPES}
+BY_SPEC_NAME: Final[Mapping[str, MilDtype]] = {dtype.spec_name: dtype for dtype in DTYPES}
+#: numpy dtype names of weights (what ``WeightSite.dtype`` holds)
+WEIGHT_NUMPY_DTYPES: Final = frozenset(dtype.numpy for dtype in DTYPES if dtype.weight)
+#: numpy dtype name of a weight -> its MIL type
+WEIGHT_DTYPE_OF_NUMPY: Final[Mapping[str, MilDtype]] = {
+    dtype.numpy: dtype for dtype in DTYPES if dtype.weight
+}
+
+
+def numpy_dtype_of_spec(spec_name: str) -> Optional[str]:
+    """The numpy dtype PyMIL loads a stored tensor of this spec type as, if it reads as a weight
+    dtype (sub-byte types do: uint4 reads as uint8); None otherwise."""
+    dtype = BY_SPEC_NAME.get(spec_name)
+    return dtype.numpy if dtype is not None and dtype.numpy in WEIGHT_NUMPY_DTYPES else None
+
+
+# ---- deployment targets and sparse forms ------------------------------------------------------
+
+
+@attrs.frozen
+class SparseForm:
+    """How ``constexpr_sparse_to_dense`` encodes a weight on targets from ``since`` on."""
+
+    since: Any  # a ct.target member
+    mask_dtype: str  # a DTYPES name
+    packed_mask: bool  # 8 mask bits per byte, LSB first (else one element per mask bit)
+    with_shape: bool  # a uint32 ``shape`` input (the dense shape)
+    spec_attributes: bool  # the spec stores the tensors as op attributes (else op inputs)
+
+
+PACKED_MASK_FORM: Final = SparseForm(ct.target.iOS16, "uint8", True, True, True)
+UINT1_MASK_FORM: Final = SparseForm(ct.target.iOS18, "uint1", False, False, False)
+_FORMS_NEWEST_FIRST: Final = (UINT1_MASK_FORM, PACKED_MASK_FORM)
+MINIMUM_TARGET: Final = PACKED_MASK_FORM.since
+
+OP_TYPE: Final = "constexpr_sparse_to_dense"
+#: PyMIL's input names of constexpr_sparse_to_dense
+NONZERO_DATA: Final = "nonzero_data"
+MASK: Final = "mask"
+SHAPE: Final = "shape"
+
+#: ML Program opset name (CoreML6) -> deployment target (ct.target.iOS16)
+TARGET_OF_OPSET: Final[Mapping[str, Any]] = {
+    private.OPSET_NAMES[target.value]: target for target in ct.target if target.value in private.OPSET_NAMES
+}
+
+
+def target_name(target: Any) -> str:
+    """``"iOS16"`` for ct.target.iOS16 (the value's own spelling for anything else)."""
+    return str(getattr(target, "name", target))
+
+
+def target_of_opset(function_name: str, opset: str) -> Any:
+    """The deployment target of an ML Program function's opset name; ValueError if unknown."""
+    if opset not in TARGET_OF_OPSET:
+        raise ValueError(f"function {function_name!r}: unknown opset {opset!r}")
+    return TARGET_OF_OPSET[opset]
+
+
+def sparse_form(target: Any) -> Optional[SparseForm]:
+    """The sparse form of a deployment target; None before iOS16 (no sparse op)."""
+    if target is None:
+        return None
+    return next((form for form in _FORMS_NEWEST_FIRST if target >= form.since), None)
+
+
+def checked_form(function_name: str, target: Any, prefix: str = "") -> SparseForm:
+    """:func:`sparse_form`, or ValueError naming the function and the target to convert with."""
+    form = sparse_form(target)
+    if form is None:
+        raise ValueError(
+            f"{prefix}function {function_name!r} targets {target_name(target)}, but "
+            f"{OP_TYPE} needs {target_name(MINIMUM_TARGET)} or later. Convert with "
+            f"minimum_deployment_target=ct.target.{target_name(MINIMUM_TARGET)} (or later; "
+            f"{target_name(UINT1_MASK_FORM.since)} gives the compact uint1 mask form)."
+        )
+    return form
+
+
+# ---- the replacement --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SparseTensor:
+    """One input of the sparse op: PyMIL's input name, MIL type, shape and values.
+
+    ``values`` hold one element per array item (a uint1 mask: one byte, 0 or 1, per bit).
+    ``inline``: stored in the spec itself (the small shape vector), not in the weight file.
+    """
+
+    input_name: str
+    dtype: str  # a DTYPES name
+    shape: tuple[int, ...]
+    values: NDArray[Any] = attrs.field(eq=False, repr=False)
+    inline: bool = False
+
+
+@attrs.frozen
+class SparseReplacement:
+    """``const(w)`` -> ``constexpr_sparse_to_dense(tensors...)`` named ``name``."""
+
+    name: str
+    form: SparseForm
+    tensors: tuple[SparseTensor, ...]
+
+
+def replacement_name(const_name: str) -> str:
+    return f"{const_name}_sparse"
+
+
+def replacement(const_name: str, sparse: SparseWeight, form: SparseForm) -> SparseReplacement:
+    """The sparse op that replaces ``const_name`` in ``form``."""
+    return SparseReplacement(replacement_name(const_name), form, sparse_tensors(sparse, form))
+
+
+def sparse_tensors(sparse: SparseWeight, form: SparseForm) -> tuple[SparseTensor, ...]:
+    """The sparse op's tensors in ``form``, in input order.
+
+    The bool mask is not kept: the packed form holds 1 bit per element, the uint1 form one byte
+    per element (as PyMIL stores it).
+    """
+    weight_dtype = WEIGHT_DTYPE_OF_NUMPY[sparse.nonzero_data.dtype.name]
+    nonzero = SparseTensor(NONZERO_DATA, weight_dtype.name, (int(sparse.nonzero_data.size),), sparse.nonzero_data)
+    shape = tuple(int(size) for size in sparse.shape)
+    if form.packed_mask:
+        bits = pack_mask_bits(sparse.mask)
+        mask = SparseTensor(MASK, form.mask_dtype, (int(bits.size),), bits)
+    else:
+        mask = SparseTensor(MASK, form.mask_dtype, shape, sparse.mask.view(np.uint8))
+    tensors = [nonzero, mask]
+    if form.with_shape:
+        tensors.append(SparseTensor(SHAPE, "uint32", (len(shape),), np.asarray(shape, dtype=np.uint32), inline=True))
+    return tuple(tensors)
+
+
+# ---- what streaming can run -------------------------------------------------------------------
+
+NAMESPACE: Final = "mil_sparsity"
+STREAMING_OPTIONS: Final = ("config", "report")
+
+
+def streaming_obstacle(pass_names: Iterable[str], options: Mapping[str, Iterable[str]]) -> Optional[str]:
+    """Why the streaming rewriter cannot run these passes (None if it can): it runs only
+    mil_sparsity passes with no option but ``config`` and ``report``. ``options``: pass name ->
+    its option names."""
+    for name in pass_names:
+        if not name.startswith(f"{NAMESPACE}::"):
+            return (
+                f"streaming runs only mil_sparsity passes; the pipeline has {name!r} "
+                "(use mil_sparsity.apply_pipeline for other passes)"
+            )
+        for option in options.get(name, ()):
+            if option not in STREAMING_OPTIONS:
+                return (
+                    f"{name}: option {option!r} is not supported when streaming "
+                    f"(only {' and '.join(STREAMING_OPTIONS)}); use apply_pipeline(..., streaming=False)"
+                )
+    return None
+
+
+def pipeline_options(pipeline: Any) -> dict[str, list[str]]:
+    """Pass name -> the option names a ``ct.PassPipeline`` sets for it."""
+    return {
+        name: [option.option_name for option in pipeline.get_options(name) or []]
+        for name in pipeline.passes
+    }
