@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +15,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 
 import mil_sparsity as ms
+from _cli_support import hash_tree
 from mil_sparsity.inspect_model import materialize, package_size, weight_sources
 from mil_sparsity.posthoc import load_program
 from mil_sparsity.sweep import SweepArgumentError, SweepConfig, SweepPoint, sweep_points
@@ -50,11 +50,6 @@ def build(target: Any = ct.target.iOS18, dtype: Any = np.float16, seed: int = 0)
 @pytest.fixture(scope="module")
 def fp16_model() -> Any:
     return build()
-
-
-def hash_tree(path: Path) -> dict[str, str]:
-    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.rglob("*")) if f.is_file()}
 
 
 # ----- points ---------------------------------------------------------------------------------
