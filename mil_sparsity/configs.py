@@ -1,12 +1,15 @@
 """Per-weight sparsity configs: frozen attrs classes, plain data, validated on construction.
 
-Each config has a ``kind`` (its name in dict/JSON form). ``config_to_dict`` / ``config_from_dict``
-convert one config; :class:`mil_sparsity.OpSelector` uses them for whole selections.
+Every config derives from :class:`SparsityConfig`: a ``kind`` (its name in dict/JSON form),
+whether it is ``structured`` (default scope: conv/linear weights and matmul operands only), and
+a ``weight_threshold``. Configs are frozen and hashable (usable as dict keys).
+``config_to_dict`` / ``config_from_dict`` convert one config; :class:`mil_sparsity.OpSelector`
+uses them for whole selections and writes :data:`FORMAT_VERSION` at the top of its dict form.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar, Mapping, cast
 
 import attrs
 
@@ -20,6 +23,21 @@ from mil_sparsity._validators import (
 
 DEFAULT_WEIGHT_THRESHOLD = 2048
 
+#: version of the dict/JSON form; written by ``OpSelector.to_dict``, checked by every from_dict
+FORMAT_VERSION = 1
+FORMAT_VERSION_KEY = "format_version"
+
+
+def check_format_version(data: Mapping[str, Any], where: str) -> None:
+    """ValueError unless ``data``'s format version (if given) is one this version reads."""
+    if FORMAT_VERSION_KEY not in data:
+        return  # written before the version was recorded: version 1
+    version = data[FORMAT_VERSION_KEY]
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ValueError(
+            f"{where}.{FORMAT_VERSION_KEY} must be {FORMAT_VERSION} (the config format this "
+            f"mil_sparsity reads), got {version!r}"
+        )
 
 
 def _weight_threshold() -> Any:
@@ -27,8 +45,22 @@ def _weight_threshold() -> Any:
     return attrs.field(default=DEFAULT_WEIGHT_THRESHOLD, validator=int_at_least(0))
 
 
+class SparsityConfig:
+    """Base of every config. Subclasses are ``attrs.frozen`` classes with a ``kind``, a
+    ``structured`` flag and a ``weight_threshold`` field (declared last, via
+    ``_weight_threshold()``, so positional construction keeps each class's field order)."""
+
+    kind: ClassVar[str]
+    structured: ClassVar[bool] = False
+    weight_threshold: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind": ..., field: value, ...}``; JSON-serialisable."""
+        return {"kind": self.kind, **attrs.asdict(self)}  # type: ignore[arg-type]
+
+
 @attrs.frozen
-class ThresholdConfig:
+class ThresholdConfig(SparsityConfig):
     """Zero every element with ``|w| <= threshold``.
 
     If the fraction of zeros that results is below ``minimum_sparsity_percentile`` the weight
@@ -45,7 +77,7 @@ class ThresholdConfig:
 
 
 @attrs.frozen
-class MagnitudeConfig:
+class MagnitudeConfig(SparsityConfig):
     """Zero exactly ``round(target_sparsity * N)`` smallest-magnitude elements (ties by position)."""
 
     kind: ClassVar[str] = "magnitude"
@@ -56,7 +88,7 @@ class MagnitudeConfig:
 
 
 @attrs.frozen
-class BlockConfig:
+class BlockConfig(SparsityConfig):
     """Zero the ``round(target_sparsity * blocks)`` blocks of lowest L2 norm.
 
     A block is ``block_size`` consecutive elements along ``dim`` (a last, shorter block is
@@ -74,7 +106,7 @@ class BlockConfig:
 
 
 @attrs.frozen
-class NMConfig:
+class NMConfig(SparsityConfig):
     """n:m sparsity: in every group of ``m`` consecutive elements along ``dim``, zero ``n``.
 
     The seeds' convention: 3:4 zeroes 3 of every 4 (75% sparse). A tail group of t < m elements
@@ -101,7 +133,7 @@ class NMConfig:
 
 
 @attrs.frozen
-class PackConfig:
+class PackConfig(SparsityConfig):
     """Pack weights that already hold zeros, without changing any value.
 
     ``minimum_sparsity_percentile=None`` packs exactly when the sparse form is smaller than the
@@ -115,8 +147,6 @@ class PackConfig:
     weight_threshold: int = _weight_threshold()
 
 
-SparsityConfig = Union[ThresholdConfig, MagnitudeConfig, BlockConfig, NMConfig, PackConfig]
-
 CONFIG_TYPES: tuple[type[SparsityConfig], ...] = (
     ThresholdConfig,
     MagnitudeConfig,
@@ -128,34 +158,38 @@ CONFIG_KINDS: dict[str, type[SparsityConfig]] = {cls.kind: cls for cls in CONFIG
 
 
 def is_config(value: object) -> bool:
-    return isinstance(value, CONFIG_TYPES)
+    return isinstance(value, SparsityConfig)
 
 
 def config_to_dict(config: SparsityConfig) -> dict[str, Any]:
     """``{"kind": ..., field: value, ...}``; JSON-serialisable."""
-    return {"kind": config.kind, **attrs.asdict(config)}
+    return config.to_dict()
 
 
 def config_from_dict(data: Mapping[str, Any], where: str = "config") -> SparsityConfig:
-    """Inverse of :func:`config_to_dict`. Unknown kinds and unknown keys raise ValueError."""
+    """Inverse of :func:`config_to_dict`. Unknown kinds, unknown keys, missing required fields
+    and an unsupported ``format_version`` raise ValueError naming the field."""
     if not isinstance(data, Mapping):
         raise TypeError(f"{where} must be a dict with a 'kind' key, got {type(data).__name__}")
+    check_format_version(data, where)
     kind = data.get("kind")
     if kind not in CONFIG_KINDS:
         raise ValueError(
             f"{where}.kind must be one of {sorted(CONFIG_KINDS)}, got {kind!r}"
         )
     cls = CONFIG_KINDS[kind]
-    known = {field.name for field in attrs.fields(cls)}
-    unknown = sorted(set(data) - known - {"kind"})
+    fields: tuple["attrs.Attribute[Any]", ...] = attrs.fields(cast(Any, cls))  # every subclass is an attrs class
+    known = {field.name for field in fields}
+    unknown = sorted(set(data) - known - {"kind", FORMAT_VERSION_KEY})
     if unknown:
         raise ValueError(
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed keys are {sorted(known)}"
         )
-    values = {key: value for key, value in data.items() if key != "kind"}
-    try:
-        return cls(**values)
-    except TypeError as error:
-        if "missing" in str(error) and "required" in str(error):
-            raise ValueError(f"{where}: {cls.__name__} {error}") from None
-        raise
+    missing = [field.name for field in fields if field.default is attrs.NOTHING and field.name not in data]
+    if missing:
+        raise ValueError(
+            f"{where}: {cls.__name__} needs {', '.join(repr(name) for name in missing)} "
+            f"(required field{'s' if len(missing) > 1 else ''} missing)"
+        )
+    values = {key: value for key, value in data.items() if key in known}
+    return cls(**values)

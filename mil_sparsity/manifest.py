@@ -63,7 +63,7 @@ def pass_entry(cls: type[SparsityPass]) -> dict[str, Any]:
         "class": qualified_name(cls),
         "description": cls.description,
         "configs": {
-            qualified_name(config): {"kind": getattr(config, "kind"), "fields": config_fields(config)}
+            qualified_name(config): {"kind": config.kind, "fields": config_fields(config)}
             for config in cls.accepted_configs
         },
         "dtypes": sorted(cls.supported_dtypes),

@@ -77,7 +77,7 @@ class PassRules:
     """What differs between passes: their name, configs and weight dtypes."""
 
     pass_name: str
-    accepted_configs: tuple[type, ...]
+    accepted_configs: tuple[type[SparsityConfig], ...]
     supported_dtypes: frozenset[str]
 
 
@@ -172,7 +172,7 @@ def select(site: WeightSite, selector: OpSelector, rules: PassRules) -> Decision
     if site.dtype not in rules.supported_dtypes:
         allowed = ", ".join(sorted(rules.supported_dtypes))
         return Decision(Skip(f"dtype {site.dtype} not handled by this pass (handles {allowed})"), config, source)
-    if getattr(config, "structured", False) and not by_name and not in_structured_scope(site):
+    if config.structured and not by_name and not in_structured_scope(site):
         return Decision(
             Skip(
                 f"{config.kind} sparsity applies by default only to conv/conv_transpose/linear "

@@ -22,7 +22,10 @@ from typing import Any, Iterator, Mapping, Optional
 import attrs
 
 from mil_sparsity.configs import (
+    FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
     SparsityConfig,
+    check_format_version,
     config_from_dict,
     config_to_dict,
     is_config,
@@ -113,12 +116,13 @@ class OpSelector:
             yield f"op_name_configs[{key!r}]", config
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; each config spelled out with its ``kind``."""
+        """JSON-ready form, headed by the format version; each config spelled out with its ``kind``."""
 
         def dump(config: Optional[SparsityConfig]) -> Optional[dict[str, Any]]:
             return None if config is None else config_to_dict(config)
 
         return {
+            FORMAT_VERSION_KEY: FORMAT_VERSION,
             "global_config": dump(self.global_config),
             "op_type_configs": {key: dump(c) for key, c in self.op_type_configs.items()},
             "op_name_configs": {key: dump(c) for key, c in self.op_name_configs.items()},
@@ -129,8 +133,9 @@ class OpSelector:
         """Inverse of :meth:`to_dict`. Unknown keys and kinds raise ValueError."""
         if not isinstance(data, Mapping):
             raise TypeError(f"OpSelector.from_dict expects a dict, got {type(data).__name__}")
+        check_format_version(data, "OpSelector")
         allowed = {"global_config", "op_type_configs", "op_name_configs"}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(set(data) - allowed - {FORMAT_VERSION_KEY})
         if unknown:
             raise ValueError(
                 f"OpSelector.from_dict: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}"

@@ -179,3 +179,38 @@ def test_coremltools_optimization_config_translates_field_by_field() -> None:
 
 def test_every_config_type_is_covered() -> None:
     assert set(VALID) == set(CONFIG_TYPES)
+
+
+def test_every_config_shares_the_base_class() -> None:
+    for cls, fields in VALID.items():
+        config = cls(**fields)
+        assert isinstance(config, ms.SparsityConfig)
+        assert config.weight_threshold == 2048
+        assert config.to_dict() == config_to_dict(config)
+    assert {cls.kind for cls in VALID if cls.structured} == {"block", "n_m"}
+
+
+def test_configs_are_hashable_dict_keys() -> None:
+    configs = [cls(**fields) for cls, fields in VALID.items()]
+    seen = {config: index for index, config in enumerate(configs)}
+    assert seen[ms.MagnitudeConfig(0.5)] == configs.index(ms.MagnitudeConfig(0.5))
+    assert len(seen) == len(configs)
+    assert hash(ms.NMConfig(2, 4)) == hash(ms.NMConfig(2, 4, dim=1))
+
+
+def test_format_version_is_written_and_checked() -> None:
+    data = ms.OpSelector(global_config=ms.MagnitudeConfig(0.5)).to_dict()
+    assert data["format_version"] == 1
+    assert ms.OpSelector.from_dict(data) == ms.OpSelector(global_config=ms.MagnitudeConfig(0.5))
+    with pytest.raises(ValueError, match=r"OpSelector\.format_version must be 1 .*got 2"):
+        ms.OpSelector.from_dict({**data, "format_version": 2})
+    with pytest.raises(ValueError, match=r"config\.format_version must be 1 .*got '1'"):
+        config_from_dict({"kind": "pack", "format_version": "1"})
+    assert config_from_dict({"kind": "pack", "format_version": 1}) == ms.PackConfig()
+
+
+def test_missing_required_field_is_named() -> None:
+    with pytest.raises(ValueError, match=r"config: BlockConfig needs 'block_size' \(required field missing\)"):
+        config_from_dict({"kind": "block", "target_sparsity": 0.5})
+    with pytest.raises(ValueError, match=r"NMConfig needs 'n', 'm' \(required fields missing\)"):
+        config_from_dict({"kind": "n_m"})

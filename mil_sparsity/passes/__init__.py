@@ -20,7 +20,7 @@ def pass_for_selector(selector: OpSelector, where: str = "config") -> str:
     pack -> sparse_pack. ValueError if no config is set or the kinds span several passes.
     """
     owner = {
-        str(getattr(config_cls, "kind")): cls.pass_name
+        config_cls.kind: cls.pass_name
         for cls in PASS_CLASSES
         for config_cls in cls.accepted_configs
     }

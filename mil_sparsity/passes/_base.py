@@ -26,6 +26,7 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _graph, selection, sparse_format
+from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.selector import OpSelector, as_selector
@@ -50,7 +51,7 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
 
     pass_name: ClassVar[str]
     description: ClassVar[str]
-    accepted_configs: ClassVar[tuple[type, ...]]
+    accepted_configs: ClassVar[tuple[type[SparsityConfig], ...]]
     supported_dtypes: ClassVar[frozenset[str]] = frozenset({"float16", "float32"})
 
     def __init__(self) -> None:
