@@ -67,6 +67,37 @@ def _check_target(targets: dict[str, str], path: str, wanted: Optional[str]) -> 
     )
 
 
+def _read_targets(path: str, streaming: bool) -> tuple[dict[str, str], Any]:
+    """(function -> target, the MLModel to rewrite in memory, or None when streaming)."""
+    if streaming:
+        try:
+            return package_targets(path), None
+        except (OSError, ValueError, TypeError) as error:
+            raise CLIError(f"{path}: {one_line(error)}") from None
+    mlmodel, prog = load(path)
+    # apply_pipeline loads its own copy of the program from the MLModel: don't hold two
+    return function_opsets(prog), mlmodel
+
+
+def _run(args: argparse.Namespace, mlmodel: Any, pipeline: Any, report: ms.SparsityReport) -> Any:
+    """Run the pipeline: streamed into OUT, or in memory (returns the new MLModel to save)."""
+    try:
+        if mlmodel is None:
+            compress_package(args.model, args.output, pipeline, report=report, overwrite=args.force)
+            return None
+        return ms.apply_pipeline(mlmodel, pipeline, report=report)
+    except (OSError, ValueError, TypeError) as error:  # the pass's or the package's
+        raise CLIError(f"{args.model}: {one_line(error)}") from None
+
+
+def _save(result: Any, output: str, force: bool) -> None:
+    try:
+        with ms.atomic_output(output, overwrite=force) as staging:
+            result.save(staging)
+    except Exception as error:
+        raise CLIError(f"cannot write {output}: {one_line(error)}") from None
+
+
 def rewrite(args: argparse.Namespace, pass_name: str, selector: ms.OpSelector) -> int:
     """Apply ``pass_name`` with ``selector`` to args.model, write args.output (module doc)."""
     require_exists(args.model)
@@ -75,39 +106,17 @@ def rewrite(args: argparse.Namespace, pass_name: str, selector: ms.OpSelector) -
     pipeline.append_pass(pass_name)
     pipeline.set_options(pass_name, {"config": selector})
     report = ms.SparsityReport()
-    wanted: Optional[str] = getattr(args, "min_deployment_target", None)
     bar = progress(total=3, desc="loading", quiet=args.json or args.streaming)
     try:
-        mlmodel: Any = None
-        if args.streaming:
-            try:
-                targets = package_targets(args.model)
-            except (OSError, ValueError, TypeError) as error:
-                raise CLIError(f"{args.model}: {one_line(error)}") from None
-        else:
-            mlmodel, prog = load(args.model)
-            targets = function_opsets(prog)
-            # apply_pipeline loads its own copy of the program from the MLModel: don't hold two
-            del prog
-        _check_target(targets, args.model, wanted)
+        targets, mlmodel = _read_targets(args.model, args.streaming)
+        _check_target(targets, args.model, getattr(args, "min_deployment_target", None))
         bar.update()
         bar.set_description(pass_name.split("::")[-1])
-        try:
-            if args.streaming:
-                compress_package(args.model, args.output, pipeline, report=report, overwrite=args.force)
-                result = None
-            else:
-                result = ms.apply_pipeline(mlmodel, pipeline, report=report)
-        except (OSError, ValueError, TypeError) as error:  # the pass's or the package's
-            raise CLIError(f"{args.model}: {one_line(error)}") from None
+        result = _run(args, mlmodel, pipeline, report)
         bar.update()
         bar.set_description("saving")
         if result is not None:
-            try:
-                with ms.atomic_output(args.output, overwrite=args.force) as staging:
-                    result.save(staging)
-            except Exception as error:
-                raise CLIError(f"cannot write {args.output}: {one_line(error)}") from None
+            _save(result, args.output, args.force)
         bar.update()
     finally:
         bar.close()
