@@ -7,7 +7,6 @@ elements, bytes or groups) and keeps its temporaries in the weight's own width o
 
 from mil_sparsity.kernels.masks import (
     block_prune_mask,
-    lowest_k_mask,
     magnitude_keys,
     magnitude_keys_in_place,
     magnitude_prune_mask,
@@ -15,6 +14,7 @@ from mil_sparsity.kernels.masks import (
     normalize_dim,
     threshold_prune_mask,
 )
+from mil_sparsity.kernels.selection import KthKey, lowest_k_mask, row_lowest_k_mask
 from mil_sparsity.kernels.packing import (
     SparseWeight,
     dense_nbytes,

@@ -17,6 +17,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.kernels.selection import lowest_k_mask, target_count
+
 BoolArray = NDArray[np.bool_]
 
 # float dtype -> (unsigned view dtype, mask that clears the sign bit)
@@ -25,10 +27,6 @@ _KEY_LAYOUT: Final[dict[np.dtype[Any], tuple[type[np.unsignedinteger[Any]], int]
     np.dtype(np.float32): (np.uint32, 0x7FFF_FFFF),
     np.dtype(np.float64): (np.uint64, 0x7FFF_FFFF_FFFF_FFFF),
 }
-
-# Chunk length used to locate the n-th tie without an index array of the tensor's size.
-_TIE_CHUNK: Final = 1 << 16
-
 
 def _key_layout(dtype: np.dtype[Any]) -> tuple[type[np.unsignedinteger[Any]], int]:
     try:
@@ -63,66 +61,6 @@ def normalize_dim(dim: int, rank: int, field: str = "dim") -> int:
     return dim % rank
 
 
-def chunk_counts(flags: BoolArray, chunk: int) -> NDArray[np.intp]:
-    """Number of Trues in each ``chunk``-long slice of a 1-D bool array (last one may be short).
-
-    A 2-D ``count_nonzero`` over the whole chunks plus one for the tail: no temporary of the
-    array's size (``np.add.reduceat`` would cast the whole array to the count dtype first).
-    """
-    whole = flags.size // chunk * chunk
-    counts = np.count_nonzero(flags[:whole].reshape(-1, chunk), axis=1)
-    if whole < flags.size:
-        counts = np.append(counts, np.count_nonzero(flags[whole:]))
-    return np.asarray(counts, dtype=np.intp)
-
-
-def _index_of_nth_true(flags: BoolArray, nth: int) -> int:
-    """Flat index of the ``nth`` (1-based) True in a 1-D bool array.
-
-    Counts Trues per chunk, finds the chunk by cumulative count, then looks inside that single
-    chunk, so no index array of the full length is ever built.
-    """
-    counts = chunk_counts(flags, _TIE_CHUNK)
-    cumulative = np.cumsum(counts)
-    chunk = int(np.searchsorted(cumulative, nth))
-    before = int(cumulative[chunk] - counts[chunk])
-    start = chunk * _TIE_CHUNK
-    inside = np.flatnonzero(flags[start : start + _TIE_CHUNK])
-    return start + int(inside[nth - before - 1])
-
-
-def lowest_k_mask(keys: NDArray[Any], k: int) -> BoolArray:
-    """True at exactly ``k`` positions: the smallest keys, ties taken in row-major order.
-
-    Algorithm: one ``np.partition`` finds the k-th smallest key ``v``; every key below ``v`` is
-    selected, then the first ``k - count(< v)`` keys equal to ``v``.
-    """
-    flat = keys.reshape(-1)
-    if k <= 0:
-        return np.zeros(keys.shape, dtype=np.bool_)
-    if k >= flat.size:
-        return np.ones(keys.shape, dtype=np.bool_)
-    scratch = flat.copy()
-    scratch.partition(k - 1)
-    kth = scratch[k - 1]
-    del scratch
-    selected: BoolArray = flat < kth
-    missing = k - int(np.count_nonzero(selected))
-    if missing > 0:
-        ties = flat == kth
-        last = _index_of_nth_true(ties, missing)
-        selected[: last + 1] |= ties[: last + 1]
-    result: BoolArray = selected.reshape(keys.shape)
-    return result
-
-
-def _target_count(target_sparsity: float, total: int) -> int:
-    """``round(target_sparsity * total)`` with Python's round-half-to-even, clipped to range."""
-    if not 0.0 <= target_sparsity <= 1.0:
-        raise ValueError(f"target_sparsity must be in [0, 1], got {target_sparsity!r}")
-    return min(total, max(0, round(target_sparsity * total)))
-
-
 def threshold_prune_mask(weight: NDArray[Any], threshold: float) -> BoolArray:
     """Prune every element with ``|w| <= threshold``, compared exactly (no dtype rounding).
 
@@ -145,10 +83,10 @@ def threshold_prune_mask(weight: NDArray[Any], threshold: float) -> BoolArray:
 
 def magnitude_prune_mask(weight: NDArray[Any], target_sparsity: float) -> BoolArray:
     """Prune exactly ``round(target_sparsity * weight.size)`` smallest-magnitude elements."""
-    return lowest_k_mask(magnitude_keys(weight), _target_count(target_sparsity, weight.size))
+    return lowest_k_mask(magnitude_keys(weight), target_count(target_sparsity, weight.size))
 
 
-def _split_at(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
+def split_at(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
     pre = int(np.prod(shape[:dim], dtype=np.int64))
     post = int(np.prod(shape[dim + 1 :], dtype=np.int64))
     return pre, shape[dim], post
@@ -168,9 +106,38 @@ def _block_squares(weight: NDArray[Any]) -> NDArray[Any]:
     return squares
 
 
-def _score_keys(scores: NDArray[Any]) -> NDArray[np.unsignedinteger[Any]]:
-    """Magnitude keys of float32/float64 block scores (NaN above +inf, as for weights)."""
+def block_score_keys(array: NDArray[Any], block_size: int, axis: int) -> NDArray[np.unsignedinteger[Any]]:
+    """Keys of the block scores along ``axis`` (non-negative), shape (pre, blocks, post).
+
+    Blocks of ``block_size`` are cut from the start of ``axis``; a shorter last block is a block
+    of its own. Score = sum of squares (see :func:`_block_squares` for the dtype); the keys are
+    its magnitude keys (NaN above +inf, as for weights).
+    """
+    pre, length, post = split_at(array.shape, axis)
+    full_blocks, tail = divmod(length, block_size)
+    squares = _block_squares(array).reshape(pre, length, post)
+    cut = full_blocks * block_size
+    scores = squares[:, :cut].reshape(pre, full_blocks, block_size, post).sum(axis=2)
+    if tail:
+        tail_scores = squares[:, cut:].sum(axis=1, keepdims=True)
+        scores = np.concatenate([scores, tail_scores], axis=1)
+    del squares
     return magnitude_keys(scores)
+
+
+def expand_blocks(pruned_blocks: BoolArray, length: int, block_size: int) -> BoolArray:
+    """Per-block flags (pre, blocks, post) -> per-element flags (pre, length, post)."""
+    repeats = np.full(pruned_blocks.shape[1], block_size, dtype=np.int64)
+    tail = length % block_size
+    if tail:
+        repeats[-1] = tail
+    expanded: BoolArray = np.repeat(pruned_blocks, repeats, axis=1)
+    return expanded
+
+
+def check_block_size(block_size: int) -> None:
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
 
 
 def block_prune_mask(
@@ -184,26 +151,12 @@ def block_prune_mask(
     ``round(target_sparsity * number_of_blocks)`` lowest-scoring blocks are pruned; ties go to
     the lower block in row-major block order; NaN scores are pruned last.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    check_block_size(block_size)
     axis = normalize_dim(dim, weight.ndim)
-    pre, length, post = _split_at(weight.shape, axis)
-    full_blocks, tail = divmod(length, block_size)
-    squares = _block_squares(weight).reshape(pre, length, post)
-    cut = full_blocks * block_size
-    scores = squares[:, :cut].reshape(pre, full_blocks, block_size, post).sum(axis=2)
-    if tail:
-        tail_scores = squares[:, cut:].sum(axis=1, keepdims=True)
-        scores = np.concatenate([scores, tail_scores], axis=1)
-    del squares
-    score_keys = _score_keys(scores)
-    block_count = scores.shape[1]
-    pruned_blocks = lowest_k_mask(score_keys, _target_count(target_sparsity, score_keys.size))
-    repeats = np.full(block_count, block_size, dtype=np.int64)
-    if tail:
-        repeats[-1] = tail
-    expanded = np.repeat(pruned_blocks, repeats, axis=1)
-    return expanded.reshape(weight.shape)
+    pre, length, post = split_at(weight.shape, axis)
+    score_keys = block_score_keys(weight, block_size, axis)
+    pruned_blocks = lowest_k_mask(score_keys, target_count(target_sparsity, score_keys.size))
+    return expand_blocks(pruned_blocks, length, block_size).reshape(weight.shape)
 
 
 # Up to this group length, n:m ranks come from pairwise compares of whole position slices
@@ -276,7 +229,7 @@ def nm_prune_mask(weight: NDArray[Any], n: int, m: int, dim: int) -> BoolArray:
     if not 0 <= n <= m or m < 1:
         raise ValueError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {n}:{m}")
     axis = normalize_dim(dim, weight.ndim)
-    pre, length, post = _split_at(weight.shape, axis)
+    pre, length, post = split_at(weight.shape, axis)
     by_dim = weight.reshape(pre, length, post)
     full_groups, tail = divmod(length, m)
     cut = full_groups * m

@@ -13,7 +13,8 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
-from mil_sparsity.kernels.masks import chunk_counts, magnitude_keys
+from mil_sparsity.kernels.masks import magnitude_keys
+from mil_sparsity.kernels.selection import chunk_counts
 
 # np.compress builds an int64 index array of the selected positions (8 bytes per kept element);
 # gathering in chunks of this many elements bounds that temporary to 2 MB.
