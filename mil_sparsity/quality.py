@@ -186,9 +186,10 @@ def evaluator(model: Any, *, backend: str = "reference", function_name: str = "m
     RuntimeError saying so.
     """
     if backend == "reference":
-        from mil_sparsity.reference import run
+        from mil_sparsity.reference import ReferenceEvaluator
 
-        return lambda sample: run(model, sample, function_name=function_name)
+        loaded = ReferenceEvaluator(model, function_name=function_name)
+        return lambda sample: loaded.run(sample)
     if backend == "coreml":
         return _coreml_evaluator(model, function_name)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -1,0 +1,21 @@
+"""Calibration for activation-aware pruning: statistics of the activations that meet each
+weight, collected with the reference evaluator (:func:`collect_activation_stats`), saved and
+loaded as .npz (:class:`ActivationStats`)."""
+
+from mil_sparsity.calibration.collect import (
+    ProductSite,
+    collect_activation_stats,
+    product_sites,
+    source_const_name,
+)
+from mil_sparsity.calibration.stats import ActivationStats, ChannelStats, channel_sum_squares
+
+__all__ = [
+    "ActivationStats",
+    "ChannelStats",
+    "ProductSite",
+    "channel_sum_squares",
+    "collect_activation_stats",
+    "product_sites",
+    "source_const_name",
+]

@@ -1,0 +1,152 @@
+"""Collect activation statistics by running the reference evaluator on calibration samples.
+
+For every op that multiplies a weight with an activation (linear, conv, conv_transpose, matmul
+with one constant operand; see :mod:`mil_sparsity.products`), the evaluator's ``capture`` hook
+receives the activation; its per-channel sum of squares along the axis that meets the weight's
+reduction axis is added to the statistics of that weight, and the activation is dropped. Memory
+holds one activation at a time plus the statistics (one float64 per input channel per weight).
+
+A weight fed by a ``constexpr_*`` op (already sparse, palettized or quantized) is recorded under
+the const it came from: the constexpr op's name without the suffix its compression pass
+appended (``_sparse`` for mil_sparsity; ``_sparsified``, ``_palettized``, ``_quantized`` for
+coremltools' ``optimize.coreml``), so statistics of a compressed model apply to the dense one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import attrs
+import numpy as np
+
+from mil_sparsity.calibration.stats import ActivationStats, channel_sum_squares
+from mil_sparsity.products import PRODUCT_OPS, ProductRole, product_role
+from mil_sparsity.progress import progress_bar
+from mil_sparsity.sparse_format import replacement_name
+
+# Suffixes compression passes append to a const's name when they replace it (see module doc).
+_COMPRESSION_SUFFIXES = (
+    replacement_name(""),
+    "_sparsified",
+    "_palettized_pcs",
+    "_palettized",
+    "_quantized",
+)
+_WEIGHT_PARAMS = {"linear": ("weight",), "conv": ("weight",), "conv_transpose": ("weight",),
+                  "matmul": ("x", "y")}
+
+
+@attrs.frozen
+class ProductSite:
+    """One op reading one weight as a product operand."""
+
+    weight_name: str
+    role: ProductRole
+
+
+def source_const_name(var: Any) -> Optional[str]:
+    """The name of the const a weight var stands for, or None if it is computed at run time.
+
+    A const's own name; through a chain of constexpr ops, the first op's name without its
+    compression suffix.
+    """
+    op = var.op
+    if op is None:
+        return None
+    if op.op_type == "const":
+        return str(op.name)
+    if not op.op_type.startswith("constexpr_"):
+        return None
+    while True:
+        upstream = [
+            v.op
+            for v in op.inputs.values()
+            if not isinstance(v, (list, tuple)) and v.op is not None
+            and v.op.op_type.startswith("constexpr_")
+        ]
+        if not upstream:
+            break
+        op = upstream[0]
+    name = str(op.name)
+    for suffix in _COMPRESSION_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _flag(op: Any, name: str) -> bool:
+    var = op.inputs.get(name)
+    return bool(var is not None and var.val is not None and bool(np.asarray(var.val)))
+
+
+def _integer(op: Any, name: str, default: int) -> int:
+    var = op.inputs.get(name)
+    return default if var is None or var.val is None else int(np.asarray(var.val))
+
+
+def product_sites(op: Any) -> tuple[ProductSite, ...]:
+    """The weights ``op`` multiplies with an activation, each with its product role."""
+    params = _WEIGHT_PARAMS.get(op.op_type)
+    if params is None:
+        return ()
+    sites = []
+    for param in params:
+        var = op.inputs.get(param)
+        if var is None:
+            continue
+        name = source_const_name(var)
+        if name is None:
+            continue
+        other = op.inputs.get("y" if param == "x" else "x") if op.op_type == "matmul" else None
+        role = product_role(
+            op.op_type,
+            param,
+            var.rank,
+            transpose_x=_flag(op, "transpose_x"),
+            transpose_y=_flag(op, "transpose_y"),
+            other_rank=None if other is None else other.rank,
+            other_is_const=other is not None and source_const_name(other) is not None,
+            groups=_integer(op, "groups", 1),
+        )
+        if isinstance(role, ProductRole):
+            sites.append(ProductSite(name, role))
+    return tuple(sites)
+
+
+def collect_activation_stats(
+    model: Any,
+    samples: Iterable[Mapping[str, Any]],
+    *,
+    function_name: str = "main",
+    stats: Optional[ActivationStats] = None,
+    progress: Optional[bool] = None,
+) -> ActivationStats:
+    """Run ``model`` on every sample and return the statistics of each product weight.
+
+    ``model``: what :func:`mil_sparsity.reference.run` accepts. ``samples``: input dicts (any
+    iterable; consumed once). ``stats``: add to these statistics instead of new ones.
+    ``progress``: a tqdm bar (default: when stderr is a TTY).
+    """
+    from mil_sparsity.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(model, function_name=function_name)
+    result = ActivationStats() if stats is None else stats
+    cache: dict[int, tuple[ProductSite, ...]] = {}
+
+    def capture(op: Any, args: Mapping[str, Any], outputs: tuple[Any, ...]) -> None:
+        key = id(op)
+        sites = cache.get(key)
+        if sites is None:
+            sites = cache[key] = product_sites(op) if op.op_type in PRODUCT_OPS else ()
+        for site in sites:
+            sums, rows = channel_sum_squares(args[site.role.activation_param],
+                                             site.role.activation_axis)
+            result.add(function_name, site.weight_name, sums, rows)
+
+    count = 0
+    for sample in progress_bar(samples, desc="calibrate", enabled=progress):
+        evaluator.run(sample, capture)
+        count += 1
+    if count == 0:
+        raise ValueError("samples: need at least one calibration sample, got none")
+    return result
