@@ -1,4 +1,4 @@
-"""The installed ``mil-sparsity`` command: quiet coremltools' import, then run :mod:`mil_sparsity.cli`.
+"""The installed ``mil-sparsity`` command: quiet coremltools' import, run :mod:`mil_sparsity.cli`.
 
 The command prints one line per error, but importing coremltools logs notices first (no Core ML
 runtime on Linux, an untested torch version). Python imports a package before any of its

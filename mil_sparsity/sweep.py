@@ -98,7 +98,7 @@ def _build(argument: str, factory: Callable[..., SweepConfig], **values: Any) ->
         raise SweepArgumentError(argument, str(error)) from None
 
 
-def pattern_configs(
+def pattern_points(
     pattern: str,
     sparsities: Sequence[float],
     *,
@@ -127,7 +127,9 @@ def pattern_configs(
         values = {"block_size": int(parts[1]), "dim": dim, "weight_threshold": weight_threshold}
         _build(f"patterns {label}", BlockConfig, target_sparsity=0.5, **values)
         return [
-            SweepPoint(label, level, _build("sparsities", BlockConfig, target_sparsity=level, **values))
+            SweepPoint(
+                label, level, _build("sparsities", BlockConfig, target_sparsity=level, **values)
+            )
             for level in sparsities
         ]
     if len(parts) == 4 and parts[:2] == ["n", "m"] and parts[2].isdigit() and parts[3].isdigit():
@@ -155,7 +157,7 @@ def sweep_points(
     points: list[SweepPoint] = []
     seen: set[str] = set()
     for pattern in patterns:
-        found = pattern_configs(pattern, sparsities, dim=dim, weight_threshold=weight_threshold)
+        found = pattern_points(pattern, sparsities, dim=dim, weight_threshold=weight_threshold)
         label = found[0].pattern if found else pattern
         if label not in seen:
             seen.add(label)
@@ -352,7 +354,10 @@ def _run_point(
         error_sq += layer_error_sq
         norm_sq += layer_norm_sq
         layers.append(
-            LayerError(record.function, record.name, record.sparsity, _ratio(layer_error_sq, layer_norm_sq))
+            LayerError(
+                record.function, record.name, record.sparsity,
+                _ratio(layer_error_sq, layer_norm_sq),
+            )
         )
     totals = report.totals()
     return {
@@ -385,7 +390,10 @@ def sweep(
     older than iOS16) propagate as ValueError.
     """
     mlmodel = load_model(model)
-    path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else getattr(mlmodel, "package_path", None)
+    if isinstance(model, (str, os.PathLike)):
+        path: Optional[str] = os.fspath(model)
+    else:
+        path = getattr(mlmodel, "package_path", None)
     original = load_program(mlmodel) if program is None else program
     original_bytes = _stored_bytes(original)
     functions = tuple(str(name) for name in original.functions)
@@ -426,7 +434,7 @@ __all__ = [
     "SweepPoint",
     "SweepResult",
     "SweepRow",
-    "pattern_configs",
+    "pattern_points",
     "sweep",
     "sweep_points",
 ]

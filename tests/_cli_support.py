@@ -1,7 +1,8 @@
 """Shared by the tests/test_cli_*.py modules: small packages built and saved once per session,
 and helpers that read what the ``mil-sparsity`` command line left behind.
 
-``packages`` is built once per test session (cached by the session's base temp directory) and only read by the tests; ``input_hashes`` proves it.
+``packages`` is built once per test session (cached by the session's base temp directory) and
+only read by the tests; ``input_hashes`` proves it.
 """
 
 from __future__ import annotations

@@ -198,7 +198,9 @@ def test_quality_gets_each_pruned_program(fp16_model: Any) -> None:
         return SparseOpCount(count)
 
     # weights of 2304 (conv), 32768 and 3072 elements: the second config leaves the conv dense
-    configs: list[SweepConfig] = [ms.MagnitudeConfig(target_sparsity=0.5), ms.NMConfig(n=1, m=2, weight_threshold=2500)]
+    configs: list[SweepConfig] = [
+        ms.MagnitudeConfig(target_sparsity=0.5), ms.NMConfig(n=1, m=2, weight_threshold=2500)
+    ]
     result = ms.sweep(fp16_model, configs, quality=quality)
     assert seen == [3, 2]
     assert [row.quality for row in result.rows] == [SparseOpCount(3), SparseOpCount(2)]

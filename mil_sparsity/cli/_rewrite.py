@@ -124,7 +124,9 @@ def rewrite(args: argparse.Namespace, pass_name: str, selector: ms.OpSelector) -
     return 0
 
 
-def _print(args: argparse.Namespace, pass_name: str, selector: ms.OpSelector, report: ms.SparsityReport) -> None:
+def _print(
+    args: argparse.Namespace, pass_name: str, selector: ms.OpSelector, report: ms.SparsityReport
+) -> None:
     before, after = package_size(args.model), package_size(args.output)
     if args.json:
         emit_json(

@@ -1,4 +1,4 @@
-"""``mil-sparsity passes``: the registered passes, their configs and each field's type and default."""
+"""``mil-sparsity passes``: the registered passes, their configs, each field's type and default."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """``mil-sparsity sweep``: model size against weight error for several patterns and levels.
 
-The options become :class:`~mil_sparsity.sweep.SweepPoint` s (:func:`mil_sparsity.sweep.sweep_points`),
-:func:`mil_sparsity.sweep` measures them, and this module only prints the
-:class:`~mil_sparsity.SweepResult` (table or JSON) and draws it (``--plot``, with matplotlib).
+The options become :class:`~mil_sparsity.sweep.SweepPoint` s
+(:func:`mil_sparsity.sweep.sweep_points`), :func:`mil_sparsity.sweep` measures them, and this
+module only prints the :class:`~mil_sparsity.SweepResult` (table or JSON) and draws it
+(``--plot``, with matplotlib).
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ def _matplotlib() -> Any:
     try:
         return importlib.import_module("matplotlib.figure")
     except ImportError:
-        raise CLIError(f"--plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}") from None
+        raise CLIError(
+            f"--plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}"
+        ) from None
 
 
 def _check_plot_path(figure_module: Any, path: str) -> None:
