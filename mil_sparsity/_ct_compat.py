@@ -1,4 +1,4 @@
-"""Translate coremltools' ``OptimizationConfig`` of pruner configs into an OpSelector.
+"""Translate coremltools' ``OptimizationConfig`` of pruner configs into OpSelector fields.
 
 Field by field, so a coremltools user switches from ``compression::prune_weights`` by changing
 the pass name only:
@@ -10,12 +10,13 @@ the pass name only:
   (dim defaults to 0 as in coremltools);
 - ``OpMagnitudePrunerConfig(n_m_ratio=(n, m), dim=d)`` -> :class:`NMConfig` (dim defaults to 1).
 
-A ``weight_threshold`` of None takes coremltools' documented default, 2048.
+A ``weight_threshold`` of None takes coremltools' documented default, 2048. This module knows
+configs only (not OpSelector), so ``selector`` can import it without a cycle.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
 from mil_sparsity.configs import (
     DEFAULT_WEIGHT_THRESHOLD,
@@ -25,7 +26,6 @@ from mil_sparsity.configs import (
     SparsityConfig,
     ThresholdConfig,
 )
-from mil_sparsity.selector import OpSelector
 
 
 def is_coremltools_config(value: object) -> bool:
@@ -75,9 +75,17 @@ def config_from_coremltools(op_config: Any, where: str) -> Optional[SparsityConf
     )
 
 
-def selector_from_coremltools(config: Any) -> OpSelector:
-    """coremltools ``OptimizationConfig`` -> OpSelector with the same three levels."""
-    return OpSelector(
+class SelectorFields(TypedDict):
+    """The three levels of an OpSelector (its constructor's keyword arguments)."""
+
+    global_config: Optional[SparsityConfig]
+    op_type_configs: dict[str, Optional[SparsityConfig]]
+    op_name_configs: dict[str, Optional[SparsityConfig]]
+
+
+def selector_fields_from_coremltools(config: Any) -> SelectorFields:
+    """coremltools ``OptimizationConfig`` -> OpSelector fields with the same three levels."""
+    return SelectorFields(
         global_config=config_from_coremltools(config.global_config, "global_config"),
         op_type_configs={
             key: config_from_coremltools(value, f"op_type_configs[{key!r}]")

@@ -13,8 +13,8 @@ from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import sparse_format
+from mil_sparsity.rules import Consumer, WeightSite
 from mil_sparsity.sparse_format import SparseForm, SparseReplacement
-from mil_sparsity.selection import Consumer, WeightSite
 
 
 def check_opsets(prog: Program, pass_name: str) -> None:

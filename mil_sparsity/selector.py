@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import attrs
 
+from mil_sparsity._ct_compat import is_coremltools_config, selector_fields_from_coremltools
 from mil_sparsity.configs import (
     FORMAT_VERSION,
     FORMAT_VERSION_KEY,
@@ -185,10 +186,8 @@ def as_selector(value: Any) -> OpSelector:
         except json.JSONDecodeError as error:
             raise ValueError(f"config: not valid JSON ({error})") from None
         return OpSelector.from_dict(parsed)
-    from mil_sparsity._ct_compat import is_coremltools_config, selector_from_coremltools
-
     if is_coremltools_config(value):
-        return selector_from_coremltools(value)
+        return OpSelector(**selector_fields_from_coremltools(value))
     raise TypeError(
         "config must be a sparsity config, an OpSelector, a dict in OpSelector.from_dict form, "
         f"JSON text, or a coremltools OptimizationConfig; got {type(value).__name__}"

@@ -4,9 +4,9 @@
 program, so a model larger than memory can be pruned or packed:
 
 1. Parse the ML Program spec (``model.mlmodel``: small, no weight data). Describe every const
-   whose value lives in the weight file as a :class:`~mil_sparsity.selection.WeightSite`
+   whose value lives in the weight file as a :class:`~mil_sparsity.rules.WeightSite`
    (names, op types and consumers come from the spec) and run the passes' own selection
-   (:func:`mil_sparsity.selection.select`) on all of them first: config conflicts and config
+   (:func:`mil_sparsity.rules.select`) on all of them first: config conflicts and config
    errors surface before anything is read or written.
 2. Walk the blobs of the source ``weight.bin`` in file order. A selected weight is read alone
    (positioned reads, no mmap), its handler runs (same kernels and configs as the passes), and
@@ -37,12 +37,13 @@ import attrs
 import numpy as np
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import selection, sparse_format
+from mil_sparsity import sparse_format
 from mil_sparsity._atomic import atomic_output
 from mil_sparsity._blob import BlobFileError, BlobInfo, BlobReader, BlobWriter
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
+from mil_sparsity.rules import Consumer, Decision, Selected, WeightSite, check_selector, record, run_selected, select
 from mil_sparsity.selector import OpSelector, as_selector
 from mil_sparsity.sparse_format import BY_NAME, BY_SPEC_NAME, SparseForm, SparseTensor
 
@@ -50,11 +51,11 @@ from mil_sparsity.sparse_format import BY_NAME, BY_SPEC_NAME, SparseForm, Sparse
 class _Site:
     """A blob-backed const in the spec and what the passes decided for it."""
 
-    weight: selection.WeightSite
+    weight: WeightSite
     op: Any  # proto Operation
     value: Any  # proto Value of attribute "val"
     form: SparseForm
-    chosen: list[tuple[Any, selection.Decision | selection.Selected]] = attrs.field(factory=list)
+    chosen: list[tuple[Any, Decision | Selected]] = attrs.field(factory=list)
 
 
 def _pass_classes() -> dict[str, Any]:
@@ -103,7 +104,7 @@ def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
 
     selector = as_selector(config_or_pipeline)
     cls = classes[pass_for_selector(selector)]
-    return [PlannedPass(cls, selection.check_selector(selector, cls.rules()))]
+    return [PlannedPass(cls, check_selector(selector, cls.rules()))]
 
 
 # ---- reading the spec -----------------------------------------------------------------------
@@ -144,7 +145,7 @@ def _sites(spec: Any) -> list[_Site]:
     for function_name, function in spec.mlProgram.functions.items():
         form = _function_form(function_name, function)
         blocks = list(_iter_blocks(_function_block(function)))
-        readers: dict[str, list[selection.Consumer]] = {}
+        readers: dict[str, list[Consumer]] = {}
         block_outputs: set[str] = set()
         for block in blocks:
             block_outputs.update(block.outputs)
@@ -156,7 +157,7 @@ def _sites(spec: Any) -> list[_Site]:
                             names.setdefault(binding.name, []).append(input_name)
                 for var_name, input_names in names.items():
                     readers.setdefault(var_name, []).append(
-                        selection.Consumer(_op_name(op), str(op.type), tuple(input_names))
+                        Consumer(_op_name(op), str(op.type), tuple(input_names))
                     )
         for block in blocks:
             for op in block.operations:
@@ -173,7 +174,7 @@ def _sites(spec: Any) -> list[_Site]:
                 if dtype is None or not dtype.weight:
                     continue
                 output = op.outputs[0].name
-                weight = selection.WeightSite(
+                weight = WeightSite(
                     function=function_name,
                     name=_op_name(op),
                     shape=shape,
@@ -205,12 +206,12 @@ def _constexpr_input_sites(function_name: str, op: Any, form: SparseForm) -> Ite
         numpy_dtype = sparse_format.numpy_dtype_of_spec(data_type)
         if numpy_dtype is None:
             continue
-        weight = selection.WeightSite(
+        weight = WeightSite(
             function=function_name,
             name=f"{op_name}_{key}",
             shape=shape,
             dtype=numpy_dtype,
-            consumers=(selection.Consumer(op_name, str(op.type), (key,)),),
+            consumers=(Consumer(op_name, str(op.type), (key,)),),
             feeds_block_output=False,
         )
         yield _Site(weight, op, value, form)
@@ -365,9 +366,9 @@ def compress_package(
     sites = _sites(spec)
     for site in sites:  # phase 1: every check that needs no value, up to the selecting pass
         for planned in passes:
-            chosen = selection.select(site.weight, planned.selector, planned.cls.rules())
+            chosen = select(site.weight, planned.selector, planned.cls.rules())
             site.chosen.append((planned.cls, chosen))
-            if isinstance(chosen, selection.Selected):
+            if isinstance(chosen, Selected):
                 break
     weight_file = ""
     if any(True for _ in _all_blob_values(spec)):
@@ -384,9 +385,9 @@ def compress_package(
         with open(os.path.join(staging, os.path.relpath(spec_path, src)), "wb") as handle:
             handle.write(spec.SerializeToString())
     own_reports = {planned.cls.pass_name: planned.report for planned in passes}
-    for record in records:
-        target = own_reports.get(record.pass_name)
-        (target if target is not None else report).records.append(record)
+    for row in records:
+        target = own_reports.get(row.pass_name)
+        (target if target is not None else report).records.append(row)
     return report
 
 
@@ -504,16 +505,16 @@ def _process_site(
         chosen = (
             site.chosen[index][1]
             if index < len(site.chosen)
-            else selection.select(site.weight, planned.selector, rules)
+            else select(site.weight, planned.selector, rules)
         )
-        if isinstance(chosen, selection.Decision):
-            records.append(selection.record(site.weight, chosen, rules, load))
+        if isinstance(chosen, Decision):
+            records.append(record(site.weight, chosen, rules, load))
             continue
         key = (cls.pass_name, chosen.config, site.form)
         if key not in cache:
-            cache[key] = selection.run_selected(chosen, load())
-        decision = selection.Decision(cache[key].outcome, chosen.config, chosen.source)
-        records.append(selection.record(site.weight, decision, rules, load))
+            cache[key] = run_selected(chosen, load())
+        decision = Decision(cache[key].outcome, chosen.config, chosen.source)
+        records.append(record(site.weight, decision, rules, load))
         if isinstance(decision.outcome, SparseWeight):
             if key not in result.packed:
                 result.packed[key] = _write_sparse(writer, decision.outcome, site.form)

@@ -12,7 +12,7 @@ from coremltools.converters.mil.mil import types
 
 import mil_sparsity as ms
 from mil_sparsity import _graph
-from mil_sparsity import selection
+from mil_sparsity import rules
 
 from _mil_helpers import (
     bits,
@@ -367,7 +367,7 @@ def test_failure_in_a_kernel_leaves_program_unchanged(monkeypatch: pytest.Monkey
     prog = selector_program()
     before = snapshot(prog)
     calls = {"n": 0}
-    real = selection.run_handler
+    real = rules.run_handler
 
     def flaky(weight: Any, config: Any) -> Any:
         calls["n"] += 1
@@ -375,7 +375,7 @@ def test_failure_in_a_kernel_leaves_program_unchanged(monkeypatch: pytest.Monkey
             raise RuntimeError("kernel exploded")
         return real(weight, config)
 
-    monkeypatch.setattr(selection, "run_handler", flaky)
+    monkeypatch.setattr(rules, "run_handler", flaky)
     with pytest.raises(RuntimeError, match="kernel exploded"):
         run_pass(prog, MAG, ms.MagnitudeConfig(0.5))
     assert snapshot(prog) == before

@@ -25,10 +25,11 @@ from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
-from mil_sparsity import _graph, selection, sparse_format
+from mil_sparsity import _graph, sparse_format
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
+from mil_sparsity.rules import PassRules, check_selector, decide, record
 from mil_sparsity.selector import OpSelector, as_selector
 
 
@@ -81,11 +82,11 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         self._selector = None if value is None else self._checked(as_selector(value))
 
     @classmethod
-    def rules(cls) -> selection.PassRules:
-        return selection.PassRules(cls.pass_name, cls.accepted_configs, cls.supported_dtypes)
+    def rules(cls) -> PassRules:
+        return PassRules(cls.pass_name, cls.accepted_configs, cls.supported_dtypes)
 
     def _checked(self, selector: OpSelector) -> OpSelector:
-        return selection.check_selector(selector, self.rules())
+        return check_selector(selector, self.rules())
 
     def default_selector(self) -> OpSelector:
         """The selection used when no ``config`` option was given."""
@@ -114,13 +115,13 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
                 for op in _graph.weight_consts(block):
                     site = _graph.weight_site(function_name, op)
                     value = op.outputs[0].val
-                    decision = selection.decide(site, selector, rules, lambda: value)
-                    records.append(selection.record(site, decision, rules, lambda: value))
+                    decision = decide(site, selector, rules, lambda: value)
+                    records.append(record(site, decision, rules, lambda: value))
                     if isinstance(decision.outcome, SparseWeight):
                         replacement = sparse_format.replacement(str(op.name), decision.outcome, form)
                         planned.append(Planned(block, op, _graph.sparse_op_builder(op, replacement)))
-                for item, record in self._plan_more(function_name, block, selector):
-                    records.append(record)
+                for item, row in self._plan_more(function_name, block, selector):
+                    records.append(row)
                     if item is not None:
                         planned.append(item)
         return planned, records

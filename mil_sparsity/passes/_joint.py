@@ -30,11 +30,12 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph, selection
+from mil_sparsity import _graph
 from mil_sparsity.configs import PackConfig, config_to_dict
 from mil_sparsity.handlers import Skip, pack_skip
 from mil_sparsity.kernels import nonzero_mask
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
+from mil_sparsity.rules import Decision, PassRules, record, select
 from mil_sparsity.selector import OpSelector
 
 JOINT_OP_TYPES = ("constexpr_lut_to_dense", "constexpr_blockwise_shift_scale")
@@ -107,7 +108,7 @@ def _outcome(op: Operation, config: PackConfig) -> _JointOutcome:
 
 
 def plan_joint(
-    function_name: str, block: Block, selector: OpSelector, rules: selection.PassRules
+    function_name: str, block: Block, selector: OpSelector, rules: PassRules
 ) -> Iterator[tuple[Optional[Any], WeightRecord]]:
     """(builder plan or None, record) for each palettized/quantized op of ``block``."""
     from mil_sparsity.passes._base import Planned
@@ -116,9 +117,9 @@ def plan_joint(
         if op.op_type not in JOINT_OP_TYPES:
             continue
         site = _graph.weight_site(function_name, op)
-        chosen = selection.select(site, selector, rules)
-        if isinstance(chosen, selection.Decision):
-            yield None, selection.record(site, chosen, rules, lambda: private.materialized_value(op))
+        chosen = select(site, selector, rules)
+        if isinstance(chosen, Decision):
+            yield None, record(site, chosen, rules, lambda: private.materialized_value(op))
             continue
         config = chosen.config
         if not isinstance(config, PackConfig):  # sparse_pack's selector holds PackConfigs only
