@@ -128,6 +128,16 @@ def register_pass(cls: type, namespace: str, name: str) -> None:
     _register_pass(namespace=namespace, override=True, name=name)(cls)
 
 
+# ---- coremltools' own pruner, the reference of the parity tests --------------------------------
+
+def prune_weights_pass_class() -> Any:
+    """The graph pass class behind ``compression::prune_weights`` (its ``compress_by_*`` static
+    methods are what the parity tests compare the kernels with)."""
+    from coremltools.optimize.coreml._quantization_passes import prune_weights
+
+    return prune_weights
+
+
 # ---- weight files and packages (native libraries, imported on first use) --------------------
 
 def unpack_sub_byte(packed: NDArray[np.uint8], bits: int, count: int, signed: bool) -> NDArray[Any]:
@@ -165,6 +175,7 @@ __all__ = [
     "numpy_dtype_of",
     "pass_instance",
     "program_from_spec",
+    "prune_weights_pass_class",
     "register_pass",
     "registered_pass",
     "registered_passes",

@@ -8,6 +8,9 @@ import numpy as np
 from coremltools.converters.mil.mil.passes.graph_pass import PassOption
 
 import mil_sparsity as ms
+
+# the reference rules live in _reference.py; re-exported for tests that import them from here
+from _reference import ref_block, ref_magnitude, ref_n_m, ref_threshold  # noqa: E402,F401
 from mil_sparsity import _coremltools_private as private
 
 
@@ -40,14 +43,14 @@ def sparse_ops(prog: Any) -> list[Any]:
 
 def materialized(prog: Any) -> dict[str, np.ndarray]:
     """Sparse op name -> the dense weight it stands for."""
-    return {op.name: op.materialized_val_inference() for op in sparse_ops(prog)}
+    return {op.name: private.materialized_value(op) for op in sparse_ops(prog)}
 
 
 def weight_of(consumer: Any, input_name: str = "weight") -> np.ndarray:
     """The dense value feeding ``consumer``'s input, whether const or sparse."""
     var = consumer.inputs[input_name]
     if var.op.op_type == "constexpr_sparse_to_dense":
-        return var.op.materialized_val_inference()
+        return private.materialized_value(var.op)
     return var.val
 
 
@@ -77,49 +80,3 @@ def bits(array: np.ndarray) -> np.ndarray:
     array = np.where(array == 0, np.zeros_like(array), array)
     unsigned = {2: np.uint16, 4: np.uint32, 8: np.uint64, 1: np.uint8}[array.dtype.itemsize]
     return array.view(unsigned)
-
-
-# ---- independent reference rules (simple loops/sorts; small arrays only) ------------------
-
-def ref_magnitude(w: np.ndarray, sparsity: float) -> np.ndarray:
-    k = round(sparsity * w.size)
-    order = np.argsort(np.abs(w.astype(np.float64)).ravel(), kind="stable")
-    pruned = np.zeros(w.size, dtype=bool)
-    pruned[order[:k]] = True
-    return np.where(pruned.reshape(w.shape), 0, w).astype(w.dtype)
-
-
-def ref_threshold(w: np.ndarray, threshold: float) -> np.ndarray:
-    return np.where(np.abs(w.astype(np.float64)) <= threshold, 0, w).astype(w.dtype)
-
-
-def ref_n_m(w: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
-    moved = np.moveaxis(w.copy(), dim, -1)
-    flat = moved.reshape(-1, moved.shape[-1])
-    for row in flat:
-        for start in range(0, row.size, m):
-            group = row[start : start + m]
-            drop = n - (m - group.size)
-            if drop > 0:
-                order = np.argsort(np.abs(group.astype(np.float64)), kind="stable")[:drop]
-                group[order] = 0
-    return np.moveaxis(flat.reshape(moved.shape), -1, dim)
-
-
-def ref_block(w: np.ndarray, sparsity: float, block_size: int, dim: int) -> np.ndarray:
-    """Blocks along ``dim`` scored in float64 and ordered as (before dim, block, after dim),
-    ties by that row-major position (the kernel's documented order)."""
-    pre = int(np.prod(w.shape[:dim], dtype=np.int64))
-    post = int(np.prod(w.shape[dim + 1 :], dtype=np.int64))
-    length = w.shape[dim]
-    out = w.copy().reshape(pre, length, post)
-    starts = list(range(0, length, block_size))
-    scores = np.stack(
-        [(out[:, s : s + block_size].astype(np.float64) ** 2).sum(axis=1) for s in starts], axis=1
-    )  # (pre, blocks, post)
-    k = round(sparsity * scores.size)
-    for flat_index in np.argsort(scores.ravel(), kind="stable")[:k]:
-        p, rest = divmod(int(flat_index), scores.shape[1] * post)
-        b, q = divmod(rest, post)
-        out[p, starts[b] : starts[b] + block_size, q] = 0
-    return out.reshape(w.shape)

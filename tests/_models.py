@@ -1,8 +1,7 @@
 """Shared helpers for the conversion, post hoc and parity tests.
 
-Model builders (tiny torch modules, MIL programs), MIL walking helpers, and independent numpy
-reference implementations of the pruning rules, written for clarity rather than speed so they
-can check the library's vectorised kernels.
+Model builders (tiny torch modules; MIL programs with torch-like weights that need no torch),
+MIL walking helpers and bitwise comparisons. The reference pruning rules are in _reference.py.
 """
 
 from __future__ import annotations
@@ -17,7 +16,11 @@ import numpy as np
 import coremltools as ct
 from coremltools.converters.mil.mil import types
 
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity.posthoc import load_program
+
+# the reference rules live in _reference.py; re-exported for tests that import them from here
+from _reference import positive_zeros, ref_block, ref_magnitude, ref_n_m, ref_threshold  # noqa: F401
 
 SPARSE_OP = "constexpr_sparse_to_dense"
 
@@ -105,6 +108,132 @@ def conv_linear_lstm_weights(model: Any) -> dict[tuple[str, str, tuple[int, ...]
 # --------------------------------------------------------------------------------------------
 # MIL programs and saved models
 # --------------------------------------------------------------------------------------------
+def torch_like_init(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) in float32: the range torch initialises Linear, Conv
+    and LSTM parameters in, so these models have the value statistics of the torch ones."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+
+def prezeroed(weight: np.ndarray, fraction: float = 0.6) -> np.ndarray:
+    """A copy with the ``fraction`` smallest magnitudes zeroed (a weight pruned in training):
+    every element with |w| <= the k-th smallest magnitude, k = int(fraction * size)."""
+    k = int(fraction * weight.size)
+    cut = np.partition(np.abs(weight).reshape(-1), k - 1)[k - 1]
+    return np.where(np.abs(weight) <= cut, np.float32(0), weight).astype(weight.dtype)
+
+
+def _convert(prog: Any, target: Any, **kwargs: Any) -> Any:
+    return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target, **kwargs)
+
+
+def mlp_program(
+    target: Any, seed: int = 0, sizes: tuple[int, ...] = (64, 128, 32), prezero: tuple[int, ...] = (0,)
+) -> Any:
+    """x -> linear -> relu -> ... -> linear (no relu after the last). Layer i's consts are named
+    ``op_{2i}_weight`` / ``op_{2i}_bias`` as a traced ``torch.nn.Sequential`` names them (the
+    fp16 conversion appends ``_to_fp16``); the layers in ``prezero`` hold 60% zeros."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        weight = torch_like_init(rng, (n_out, n_in), n_in)
+        layers.append((prezeroed(weight) if index in prezero else weight, torch_like_init(rng, (n_out,), n_in)))
+
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, sizes[0]))], opset_version=target)
+    def prog(x: Any) -> Any:
+        for index, (weight, bias) in enumerate(layers):
+            if index:
+                x = mb.relu(x=x, name=f"relu_{index}")
+            x = mb.linear(
+                x=x,
+                weight=mb.const(val=weight, name=f"op_{2 * index}_weight"),
+                bias=mb.const(val=bias, name=f"op_{2 * index}_bias"),
+                name=f"linear_{index}",
+            )
+        return x
+
+    return prog
+
+
+def mlp_model(target: Any, seed: int = 0, sizes: tuple[int, ...] = (64, 128, 32), prezero: tuple[int, ...] = (0,), **kwargs: Any) -> Any:
+    """:func:`mlp_program` converted to an ML Program (``kwargs`` go to ``ct.convert``)."""
+    return _convert(mlp_program(target, seed, sizes, prezero), target, **kwargs)
+
+
+def conv_model(target: Any, seed: int = 0) -> Any:
+    """x(1, 8, 8, 8) -> conv 8->32 3x3 (2304 weights, 60% zeros) -> relu -> conv 32->32 3x3
+    (9216) -> relu -> conv 32->4 1x1 (128: below the default weight_threshold)."""
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(seed)
+    shapes = [(32, 8, 3, 3), (32, 32, 3, 3), (4, 32, 1, 1)]
+    layers = []
+    for index, shape in enumerate(shapes):
+        fan_in = int(np.prod(shape[1:]))
+        weight = torch_like_init(rng, shape, fan_in)
+        layers.append((prezeroed(weight) if index == 0 else weight, torch_like_init(rng, shape[:1], fan_in)))
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, 8, 8))], opset_version=target)
+    def prog(x: Any) -> Any:
+        for index, (weight, bias) in enumerate(layers):
+            if index:
+                x = mb.relu(x=x, name=f"relu_{index}")
+            x = mb.conv(
+                x=x,
+                weight=mb.const(val=weight, name=f"op_{2 * index}_weight"),
+                bias=mb.const(val=bias, name=f"op_{2 * index}_bias"),
+                pad_type="valid",
+                name=f"conv_{index}",
+            )
+        return x
+
+    return _convert(prog, target)
+
+
+def lstm_model(target: Any, seed: int = 0) -> Any:
+    """z(5, 1, 32) -> LSTM 32->32 (weight_ih with 60% zeros, weight_hh: 128x32 each) -> linear
+    32->128 (128x32)."""
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(seed)
+    hidden = 32
+    weight_ih = prezeroed(torch_like_init(rng, (4 * hidden, 32), hidden))
+    weight_hh = torch_like_init(rng, (4 * hidden, hidden), hidden)
+    bias = torch_like_init(rng, (4 * hidden,), hidden) + torch_like_init(rng, (4 * hidden,), hidden)
+    fc_weight = torch_like_init(rng, (128, hidden), hidden)
+    fc_bias = torch_like_init(rng, (128,), hidden)
+    zeros = np.zeros((1, hidden), dtype=np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(5, 1, 32))], opset_version=target)
+    def prog(z: Any) -> Any:
+        out, _, _ = mb.lstm(
+            x=z,
+            initial_h=zeros,
+            initial_c=zeros,
+            weight_ih=mb.const(val=weight_ih, name="lstm_weight_ih"),
+            weight_hh=mb.const(val=weight_hh, name="lstm_weight_hh"),
+            bias=mb.const(val=bias, name="lstm_bias"),
+            direction="forward",
+            output_sequence=True,
+            recurrent_activation="sigmoid",
+            cell_activation="tanh",
+            activation="tanh",
+            name="lstm",
+        )
+        return mb.linear(
+            x=out, weight=mb.const(val=fc_weight, name="fc_weight"), bias=mb.const(val=fc_bias, name="fc_bias"), name="fc"
+        )
+
+    return _convert(prog, target)
+
+
+def neuralnetwork_mlp() -> Any:
+    """:func:`mlp_program` converted to a neuralnetwork model (not an ML Program)."""
+    return ct.convert(mlp_program(None), convert_to="neuralnetwork")
+
+
 def iter_ops(block: Any) -> Iterator[Any]:
     """Every op of ``block`` and of the blocks nested in its ops."""
     for op in block.operations:
@@ -135,7 +264,7 @@ def dense_value(var: Any) -> np.ndarray:
     """The value a weight Var stands for: a const's value or a sparse op's materialized value."""
     op = var.op
     if op.op_type == SPARSE_OP:
-        return np.asarray(op.materialized_val_inference())
+        return np.asarray(private.materialized_value(op))
     assert op.op_type == "const", f"weight produced by {op.op_type}"
     return np.asarray(op.outputs[0].val)
 
@@ -166,7 +295,7 @@ def check_sparse_form(op: Any, ios18: bool) -> None:
     assert nonzero.ndim == 1
     assert nonzero.size == set_bits
     assert np.count_nonzero(nonzero) == nonzero.size, "nonzero_data must not hold zeros"
-    dense = np.asarray(op.materialized_val_inference())
+    dense = np.asarray(private.materialized_value(op))
     assert dense.shape == shape
     assert dense.dtype == nonzero.dtype
 
@@ -209,66 +338,6 @@ def assert_bit_equal(actual: np.ndarray, expected: np.ndarray, what: str = "") -
         f"{what}: {int(differ.sum())} of {actual.size} elements differ, first at "
         f"{np.argwhere(differ)[0].tolist()}: {actual[differ][0]!r} != {expected[differ][0]!r}"
     )
-
-
-def positive_zeros(array: np.ndarray) -> np.ndarray:
-    """``-0.0`` -> ``+0.0`` (the sparse form has no signed zeros)."""
-    out = array.copy()
-    out[out == 0] = 0
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# reference pruning rules (slow and obvious on purpose)
-# --------------------------------------------------------------------------------------------
-def ref_threshold(weight: np.ndarray, threshold: float) -> np.ndarray:
-    """Zero every element whose exact value has |w| <= threshold (compared in float64)."""
-    pruned = np.abs(weight.astype(np.float64)) <= threshold
-    return positive_zeros(np.where(pruned, np.zeros_like(weight), weight))
-
-
-def ref_magnitude(weight: np.ndarray, target_sparsity: float) -> np.ndarray:
-    """Zero the round(s*N) smallest |w|; among equal magnitudes the lower flat index first."""
-    flat = weight.reshape(-1)
-    k = round(target_sparsity * flat.size)
-    order = np.lexsort((np.arange(flat.size), np.abs(flat.astype(np.float64))))
-    out = flat.copy()
-    out[order[:k]] = 0
-    return positive_zeros(out.reshape(weight.shape))
-
-
-def ref_n_m(weight: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
-    """In every group of m consecutive elements along ``dim`` zero the n smallest |w| (ties:
-    lower index first). A tail of t < m elements loses max(0, n - (m - t)) elements."""
-    moved = np.moveaxis(weight, dim, -1).copy()
-    rows = moved.reshape(-1, moved.shape[-1])
-    length = rows.shape[1]
-    for row in rows:
-        for start in range(0, length, m):
-            group = row[start : start + m]
-            count = max(0, n - (m - group.size))
-            order = np.argsort(np.abs(group.astype(np.float64)), kind="stable")
-            group[order[:count]] = 0
-    return positive_zeros(np.moveaxis(rows.reshape(moved.shape), -1, dim))
-
-
-def ref_block(weight: np.ndarray, target_sparsity: float, block_size: int, dim: int) -> np.ndarray:
-    """Zero the round(s*B) blocks (block_size consecutive elements along ``dim``) of lowest
-    L2 norm, computed in float64; ties: lower block in row-major block order first."""
-    moved = np.moveaxis(weight, dim, -1).copy()
-    length = moved.shape[-1]
-    assert length % block_size == 0, "reference handles whole blocks only"
-    blocks = moved.reshape(*moved.shape[:-1], length // block_size, block_size)
-    # row-major block order of the original layout: move the block axis back to ``dim``
-    norms = np.sqrt(np.sum(np.square(blocks.astype(np.float64)), axis=-1))
-    norms_in_order = np.moveaxis(norms, -1, dim).reshape(-1)
-    count = round(target_sparsity * norms_in_order.size)
-    order = np.lexsort((np.arange(norms_in_order.size), norms_in_order))
-    prune = np.zeros(norms_in_order.size, dtype=bool)
-    prune[order[:count]] = True
-    prune = np.moveaxis(prune.reshape(np.moveaxis(norms, -1, dim).shape), dim, -1)
-    blocks[prune] = 0
-    return positive_zeros(np.moveaxis(blocks.reshape(moved.shape), -1, dim))
 
 
 # --------------------------------------------------------------------------------------------

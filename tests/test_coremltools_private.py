@@ -134,6 +134,16 @@ def test_pass_registry() -> None:
     assert private.registered_pass(name) is None
 
 
+def test_prune_weights_pass_class() -> None:
+    cls = private.prune_weights_pass_class()
+    assert issubclass(cls, AbstractGraphPass)
+    weight = np.array([[0.5, -0.01], [0.02, -2.0]], dtype=np.float32)
+    params = cls.compress_by_threshold(weight, 0.1, 0.0)
+    kept = np.unpackbits(np.asarray(params.mask, np.uint8), count=4, bitorder="little")
+    np.testing.assert_array_equal(kept, [1, 0, 0, 1])
+    np.testing.assert_array_equal(params.nonzero_data, [0.5, -2.0])
+
+
 def test_unpack_sub_byte() -> None:
     values = np.array([3, 0, 1, 2, 3, 1, 0], dtype=np.uint8)  # 2-bit, LSB first
     bits = np.unpackbits(values[:, None], axis=1, bitorder="little")[:, :2].reshape(-1)

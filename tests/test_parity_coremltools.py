@@ -25,6 +25,7 @@ from coremltools.converters.mil.mil import types
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.selector import as_selector
+from _reference import ref_block, ref_magnitude, ref_n_m, ref_threshold
 from _models import (
     SPARSE_OP,
     assert_bit_equal,
@@ -32,10 +33,6 @@ from _models import (
     dense_value,
     distinct_magnitudes,
     iter_ops,
-    ref_block,
-    ref_magnitude,
-    ref_n_m,
-    ref_threshold,
     separated_blocks,
 )
 

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mil_sparsity as ms
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity import handlers
 
-from _mil_helpers import bits, ref_block, ref_magnitude, ref_n_m, ref_threshold, run_pass, snapshot, sparse_ops
+from _mil_helpers import bits, run_pass, snapshot, sparse_ops
+from _reference import ref_block, ref_magnitude, ref_n_m, ref_threshold
 
 SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-7, -1e-7, 6e-8, 1.0, -1.0, 0.5]
 
@@ -70,7 +72,7 @@ def check(prog: Any, weight: np.ndarray, pass_name: str, config: Any, expected: 
         assert "fewer than m" in record.reason  # the only skip these configs can produce
         return
     [op] = ops
-    dense = op.materialized_val_inference()
+    dense = private.materialized_value(op)
     assert dense.dtype == weight.dtype and dense.shape == weight.shape
     np.testing.assert_array_equal(bits(dense), bits(expected))  # NaN kept, -0.0 -> +0.0
     assert record.sparsity == pytest.approx(float((dense == 0).mean()))
@@ -113,7 +115,7 @@ def test_n_m_groups_hold_exactly_n_pruned() -> None:
     weight = np.random.default_rng(0).standard_normal((6, 21, 3)).astype(np.float16)
     prog = program_for(weight, ct.target.iOS18)
     run_pass(prog, ms.PRUNE_BY_MAGNITUDE, selector_for(ms.NMConfig(3, 4, dim=1, weight_threshold=0)))
-    dense = sparse_ops(prog)[0].materialized_val_inference()
+    dense = private.materialized_value(sparse_ops(prog)[0])
     groups = np.moveaxis(dense == 0, 1, -1)
     full = groups[..., :20].reshape(-1, 4)
     assert np.all(full.sum(axis=1) == 3)

@@ -11,6 +11,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 
 import mil_sparsity as ms
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity import _graph
 from mil_sparsity import rules
 
@@ -81,7 +82,7 @@ def test_linear_weight_materializes_to_reference(case: Any, dtype: Any, target: 
     prog = linear_program(weight, target)
     report = run_pass(prog, pass_name, config)
     [op] = sparse_ops(prog)
-    dense = op.materialized_val_inference()
+    dense = private.materialized_value(op)
     assert dense.dtype == dtype and dense.shape == weight.shape
     np.testing.assert_array_equal(bits(dense), bits(reference(weight)))
     assert weight_of(find_op(prog, "fc")) is not None
@@ -177,7 +178,7 @@ def test_sparse_pack_break_even(dtype: Any, break_even: float, target: Any) -> N
         assert record.packed is packs, record.reason
         if packs:
             [op] = sparse_ops(prog)
-            np.testing.assert_array_equal(op.materialized_val_inference(), weight)
+            np.testing.assert_array_equal(private.materialized_value(op), weight)
             assert record.packed_bytes < record.dense_bytes
 
 
@@ -212,7 +213,7 @@ def test_shared_const_same_config_gets_one_sparse_op() -> None:
     run_pass(prog, MAG, ms.NMConfig(2, 4))
     [op] = sparse_ops(prog)
     assert {child.name for child in op.outputs[0].child_ops} == {"lin_a", "mm_b"}
-    np.testing.assert_array_equal(op.materialized_val_inference(), ref_n_m(weight, 2, 4, 1))
+    np.testing.assert_array_equal(private.materialized_value(op), ref_n_m(weight, 2, 4, 1))
 
 
 def test_shared_const_conflict_raises_and_changes_nothing() -> None:
@@ -318,7 +319,7 @@ def test_structured_configs_default_scope() -> None:
     report = run_pass(prog, MAG, ms.NMConfig(2, 4))
     assert not sparse_ops(prog) and "select this const by name" in report.records[0].reason
     run_pass(prog, MAG, ms.OpSelector(op_name_configs={"bias_like": ms.NMConfig(2, 4)}))
-    np.testing.assert_array_equal(sparse_ops(prog)[0].materialized_val_inference(), ref_n_m(weight, 2, 4, 1))
+    np.testing.assert_array_equal(private.materialized_value(sparse_ops(prog)[0]), ref_n_m(weight, 2, 4, 1))
 
 
 def test_n_m_dim_shorter_than_m_is_skipped_with_reason() -> None:
@@ -488,4 +489,4 @@ def test_structured_configs_apply_to_conv_transpose_weights_by_default() -> None
 
     run_pass(prog, MAG, ms.NMConfig(2, 4, weight_threshold=0))
     [op] = sparse_ops(prog)
-    np.testing.assert_array_equal(op.materialized_val_inference(), ref_n_m(weight, 2, 4, 1))
+    np.testing.assert_array_equal(private.materialized_value(op), ref_n_m(weight, 2, 4, 1))

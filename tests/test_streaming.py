@@ -36,14 +36,20 @@ from mil_sparsity import _coremltools_private as private
 from mil_sparsity import _blob, posthoc, streaming
 from mil_sparsity.posthoc import load_program
 from mil_sparsity.streaming import compress_package
-from _models import SPARSE_OP, cond_linear_program, hash_tree, iter_ops, trace
+from _models import (
+    SPARSE_OP,
+    conv_model,
+    cond_linear_program,
+    hash_tree,
+    iter_ops,
+    lstm_model,
+    mlp_model,
+    neuralnetwork_mlp,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
-    pytest.mark.filterwarnings("ignore:Converting a tensor to a Python boolean"),  # tracing LSTM
 ]
-
-torch = pytest.importorskip("torch")
 
 TARGETS = {"iOS16": ct.target.iOS16, "iOS17": ct.target.iOS17, "iOS18": ct.target.iOS18}
 WEIGHT_DATA_TYPES = {"FLOAT16", "FLOAT32", "INT8", "UINT8"}
@@ -54,67 +60,8 @@ BIG = 2048  # the configs' default weight_threshold: only larger weights are con
 
 
 # =============================================================================================
-# source models: tiny torch modules and one MIL program with nested blocks
+# source models: MIL programs with torch-like weights (no torch needed), one with nested blocks
 # =============================================================================================
-def prezero(weight: Any, fraction: float = 0.6) -> None:
-    """Zero the ``fraction`` smallest-magnitude elements in place (a weight pruned in training)."""
-    with torch.no_grad():
-        k = int(fraction * weight.numel())
-        cut = weight.abs().flatten().kthvalue(k).values
-        weight[weight.abs() <= cut] = 0
-
-
-def conv_net(seed: int = 0) -> Any:
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(8, 32, 3),  # 2304 elements
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 32, 3),  # 9216
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 4, 1),  # 128: below weight_threshold
-    ).eval()
-    prezero(net[0].weight)
-    return net
-
-
-def mlp(seed: int = 0, sizes: tuple[int, ...] = (64, 128, 32)) -> Any:
-    torch.manual_seed(seed)
-    layers: list[Any] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
-    net = torch.nn.Sequential(*layers[:-1]).eval()
-    prezero(net[0].weight)
-    return net
-
-
-class LSTMNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = torch.nn.LSTM(32, 32)  # weight_ih, weight_hh: 128x32
-        self.fc = torch.nn.Linear(32, 128)  # 128x32
-
-    def forward(self, z: Any) -> Any:
-        out, _ = self.lstm(z)
-        return self.fc(out)
-
-
-def lstm_net(seed: int = 0) -> Any:
-    torch.manual_seed(seed)
-    net = LSTMNet().eval()
-    prezero(net.lstm.weight_ih_l0)
-    return net
-
-
-def convert_torch(net: Any, shape: tuple[int, ...], target: Any, **kwargs: Any) -> Any:
-    return ct.convert(
-        trace(net, [shape]),
-        inputs=[ct.TensorType(shape=shape, name="x")],
-        convert_to="mlprogram",
-        minimum_deployment_target=target,
-        **kwargs,
-    )
-
-
 def cond_program(target: Any) -> Any:
     """Weights inside both branches of a cond, and one after it."""
     rng = np.random.default_rng(0)
@@ -153,17 +100,14 @@ class Sources:
 
     def _build(self, model: str, target: Any, path: Path) -> None:
         if model == "conv":
-            convert_torch(conv_net(), (1, 8, 8, 8), target).save(str(path))
+            conv_model(target).save(str(path))
         elif model == "mlp":
-            convert_torch(mlp(), (1, 64), target).save(str(path))
+            mlp_model(target).save(str(path))
         elif model == "lstm":
-            convert_torch(lstm_net(), (5, 1, 32), target).save(str(path))
+            lstm_model(target).save(str(path))
         elif model == "classifier":
-            convert_torch(
-                mlp(sizes=(64, 128, 64, 3)),
-                (1, 64),
-                target,
-                classifier_config=ct.ClassifierConfig(["a", "b", "c"]),
+            mlp_model(
+                target, sizes=(64, 128, 64, 3), classifier_config=ct.ClassifierConfig(["a", "b", "c"])
             ).save(str(path))
         elif model == "cond":
             cond_program(target).save(str(path))
@@ -171,12 +115,12 @@ class Sources:
             parts = []
             for seed in (1, 2):
                 part = self.root / f"part{seed}-{path.name}"
-                convert_torch(mlp(seed=seed), (1, 64), target).save(str(part))
+                mlp_model(target, seed=seed).save(str(part))
                 parts.append(part)
             save_two_functions(parts[0], parts[1], path)
         elif model == "shared":  # one source model twice: every blob shared by f1 and f2
             part = self.root / f"part-{path.name}"
-            convert_torch(mlp(), (1, 64), target).save(str(part))
+            mlp_model(target).save(str(part))
             save_two_functions(part, part, path)
         elif model.startswith(("palettize", "int")):
             compressed_model(model, target).save(str(path))
@@ -674,9 +618,7 @@ def compressed_model(kind: str, target: Any) -> Any:
     weight stays an ordinary const."""
     import coremltools.optimize.coreml as cto
 
-    net = mlp()
-    prezero(net[2].weight)
-    mlmodel = convert_torch(net, (1, 64), target)
+    mlmodel = mlp_model(target, prezero=(0, 1))
     keep = {"op_2_weight_to_fp16": None}
     if kind.startswith("palettize"):
         nbits = int(kind.removeprefix("palettize"))
@@ -953,7 +895,7 @@ def test_missing_source(tmp_path):
 
 
 def neuralnetwork_model() -> Any:
-    return ct.convert(trace(mlp(), [(1, 64)]), inputs=[ct.TensorType(shape=(1, 64))], convert_to="neuralnetwork")
+    return neuralnetwork_mlp()
 
 
 def test_source_is_a_file(tmp_path):

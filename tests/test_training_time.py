@@ -17,6 +17,7 @@ import coremltools as ct  # noqa: E402
 import coremltools.optimize.coreml as cto  # noqa: E402
 
 import mil_sparsity as ms  # noqa: E402
+from mil_sparsity import _coremltools_private as private  # noqa: E402
 from mil_sparsity.posthoc import load_program  # noqa: E402
 
 from _mil_helpers import all_ops, bits, sparse_ops  # noqa: E402
@@ -43,7 +44,7 @@ def weights_by_consumer(prog: Any) -> dict[str, tuple[str, np.ndarray]]:
         if op.op_type in ("conv", "linear"):
             source = op.inputs["weight"].op
             if source.op_type == "constexpr_sparse_to_dense":
-                out[op.name] = ("sparse", source.materialized_val_inference())
+                out[op.name] = ("sparse", private.materialized_value(source))
             else:
                 out[op.name] = (source.op_type, op.inputs["weight"].val)
     return out
@@ -177,7 +178,7 @@ def joint_pipeline(report: ms.SparsityReport | None = None, joint: Any = True) -
 def decompressed(prog: Any) -> np.ndarray:
     [linear] = [op for op in all_ops(prog) if op.op_type == "linear"]
     source = linear.inputs["weight"].op
-    return source.materialized_val_inference()
+    return private.materialized_value(source)
 
 
 @pytest.mark.parametrize(
