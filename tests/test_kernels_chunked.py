@@ -48,7 +48,7 @@ def whole_prune_mask(w: np.ndarray, pattern: Pattern, ranked: np.ndarray) -> np.
     if isinstance(pattern, NM):
         return nm_prune_mask(ranked, pattern.n, pattern.m, pattern.dim)
     if isinstance(pattern, RowLowest):
-        return score_row_prune_mask(ranked, pattern.target_sparsity, 0)
+        return score_row_prune_mask(ranked, pattern.target_sparsity, pattern.output_axis)
     return None
 
 
@@ -164,11 +164,23 @@ def weight_and_scores(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
 
 
 @PROPERTY
-@given(ws=weight_and_scores(), s=sparsities, limit=max_elements)
-def test_scored_magnitude_and_rows_chunked(ws: tuple[np.ndarray, np.ndarray], s: float, limit: int) -> None:
+@given(ws=weight_and_scores(), s=sparsities, limit=max_elements, data=st.data())
+def test_scored_magnitude_and_rows_chunked(
+    ws: tuple[np.ndarray, np.ndarray], s: float, limit: int, data: st.DataObject
+) -> None:
     w, scores = ws
     check_identical(w, Magnitude(s), limit, scores)
+    # leading output axis: whole rows per chunk; any other: rows spread over the chunks
     check_identical(w, RowLowest(s), limit, scores)
+    check_identical(w, RowLowest(s, data.draw(st.integers(-w.ndim, w.ndim - 1))), limit, scores)
+
+
+@PROPERTY
+@given(w=weights(kinds=("any", "ties")), s=sparsities, limit=max_elements, data=st.data())
+def test_rows_chunked_on_hostile_weights(w: np.ndarray, s: float, limit: int, data: st.DataObject) -> None:
+    # the weights' own magnitudes as scores (fp16/fp32/fp64 keys: 2, 4 or 8 radix digits)
+    scores = np.ascontiguousarray(np.abs(w))
+    check_identical(w, RowLowest(s, data.draw(st.integers(0, w.ndim - 1))), limit, scores)
 
 
 @PROPERTY
@@ -201,6 +213,7 @@ def test_chunks_before_count_rejected() -> None:
         (NM(3, 2, 0), "n:m"),
         (NM(1, 2, 5), "dim=5"),
         (Threshold(float("nan")), "threshold"),
+        (RowLowest(0.5, 2), "output_axis=2"),
     ],
 )
 def test_bad_patterns_rejected(pattern: Pattern, message: str) -> None:
@@ -230,7 +243,10 @@ def test_chunk_bounds_layout(shape: tuple[int, ...], data: st.DataObject, limit:
     size = int(np.prod(shape))
     dim = data.draw(st.integers(0, len(shape) - 1))
     group = data.draw(st.integers(1, 6))
-    pattern = data.draw(st.sampled_from([Pack(), Magnitude(0.5), Block(0.5, group, dim), NM(1, group, dim), RowLowest(0.5)]))
+    pattern = data.draw(
+        st.sampled_from([Pack(), Magnitude(0.5), Block(0.5, group, dim), NM(1, group, dim), RowLowest(0.5)])
+        | st.just(RowLowest(0.5, dim)).filter(lambda _: dim > 0)
+    )
     bounds = chunk_bounds(shape, pattern, limit)
     starts = [start for start, _ in bounds]
     assert starts == sorted(starts)
@@ -238,13 +254,13 @@ def test_chunk_bounds_layout(shape: tuple[int, ...], data: st.DataObject, limit:
     assert (bounds[0][0], bounds[-1][1]) == (0, size) if size else bounds == []
     if isinstance(pattern, (Pack, Magnitude)):
         assert all(start % 8 == 0 and stop - start <= max(8, limit) for start, stop in bounds)
-    elif isinstance(pattern, RowLowest) and size:
+    elif isinstance(pattern, RowLowest) and pattern.output_axis == 0 and size:
         row = size // shape[0]
         assert all(start % row == 0 and stop - start <= max(row, limit) for start, stop in bounds)
     elif size:
         post = int(np.prod(shape[dim + 1 :]))
         slice_len = shape[dim] * post
-        unit = group * post
+        unit = (1 if isinstance(pattern, RowLowest) else group) * post
         for start, stop in bounds:
             inside = start % slice_len
             assert inside % unit == 0

@@ -3,6 +3,11 @@
 Nothing here imports MIL. Every kernel works on the whole tensor at once (no Python loop over
 elements, bytes or groups) and keeps its temporaries in the weight's own width or narrower
 (bool, uint8/uint16 keys), so a 2**24-element fp16 weight needs a few tens of MB, not hundreds.
+
+Modules: ``masks`` (threshold, magnitude, block, n:m masks), ``selection`` (the exact k-smallest
+selection they share: whole array, per row, over chunks), ``scores`` (the same patterns ranking
+activation scores instead of magnitudes), ``packing`` (bitmask + nonzero values) and
+``chunked`` (every pattern over row-major chunks in bounded memory, bit-identical).
 """
 
 from mil_sparsity.kernels.masks import (
@@ -15,6 +20,25 @@ from mil_sparsity.kernels.masks import (
     threshold_prune_mask,
 )
 from mil_sparsity.kernels.selection import KthKey, lowest_k_mask, row_lowest_k_mask
+from mil_sparsity.kernels.scores import (
+    activation_scores,
+    score_block_prune_mask,
+    score_nm_prune_mask,
+    score_row_prune_mask,
+)
+from mil_sparsity.kernels.chunked import (
+    NM,
+    Block,
+    ChunkedPruner,
+    Magnitude,
+    MaskBitPacker,
+    Pack,
+    RowLowest,
+    SparseChunk,
+    SparseCounts,
+    Threshold,
+    chunk_bounds,
+)
 from mil_sparsity.kernels.packing import (
     SparseWeight,
     dense_nbytes,
@@ -29,7 +53,24 @@ from mil_sparsity.kernels.packing import (
 )
 
 __all__ = [
+    "NM",
+    "Block",
+    "ChunkedPruner",
+    "KthKey",
+    "Magnitude",
+    "MaskBitPacker",
+    "Pack",
+    "RowLowest",
+    "SparseChunk",
+    "SparseCounts",
     "SparseWeight",
+    "Threshold",
+    "activation_scores",
+    "chunk_bounds",
+    "row_lowest_k_mask",
+    "score_block_prune_mask",
+    "score_nm_prune_mask",
+    "score_row_prune_mask",
     "block_prune_mask",
     "dense_nbytes",
     "nonzero_mask",

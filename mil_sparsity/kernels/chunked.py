@@ -53,9 +53,11 @@ from mil_sparsity.kernels.masks import (
 from mil_sparsity.kernels.packing import gather, nonzero_mask
 from mil_sparsity.kernels.selection import (
     KthKey,
+    RowTieCarry,
     TieCarry,
     radix_kth_key,
     row_lowest_k_mask,
+    spread_row_kth_keys,
     target_count,
 )
 
@@ -105,14 +107,17 @@ class Pack:
 
 @attrs.frozen
 class RowLowest:
-    """:func:`score_row_prune_mask` with ``output_axis=0``: exactly
-    ``round(target_sparsity * row_length)`` lowest scores per row of ``[shape[0], -1]``.
+    """:func:`score_row_prune_mask`: exactly ``round(target_sparsity * row_length)`` lowest
+    scores per output row.
 
-    Only a leading output axis keeps every row contiguous in row-major chunks; move the output
-    axis first (or use the whole-array kernel) for other layouts.
+    ``output_axis=0`` keeps every row contiguous: chunks hold whole rows and each is selected
+    alone. Another output axis spreads each row over many chunks: a per-row radix selection
+    (:func:`~mil_sparsity.kernels.selection.spread_row_kth_keys`) runs in the counting phase,
+    one pass per 8-bit digit, holding 2 KB per output row.
     """
 
     target_sparsity: float
+    output_axis: int = 0
 
 
 Pattern = Union[Threshold, Magnitude, Block, NM, Pack, RowLowest]
@@ -177,6 +182,16 @@ def _group_len(pattern: Pattern) -> int:
     return pattern.block_size if isinstance(pattern, Block) else pattern.m if isinstance(pattern, NM) else 1
 
 
+def _grouped_axis(shape: tuple[int, ...], pattern: Pattern) -> int | None:
+    """The axis whose slices a chunk must not split mid-group (None: cut anywhere / by rows)."""
+    if isinstance(pattern, (Block, NM)):
+        return normalize_dim(pattern.dim, len(shape))
+    if isinstance(pattern, RowLowest):
+        axis = normalize_dim(pattern.output_axis, len(shape))
+        return axis if axis else None
+    return None
+
+
 def check_pattern(shape: tuple[int, ...], pattern: Pattern) -> None:
     """Raise ValueError naming the field for a pattern the whole-array kernel would reject."""
     if isinstance(pattern, (Magnitude, Block, RowLowest)):
@@ -187,6 +202,8 @@ def check_pattern(shape: tuple[int, ...], pattern: Pattern) -> None:
         raise ValueError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {pattern.n}:{pattern.m}")
     if isinstance(pattern, (Block, NM)):
         normalize_dim(pattern.dim, len(shape))
+    if isinstance(pattern, RowLowest):
+        normalize_dim(pattern.output_axis, len(shape), "output_axis")
     if isinstance(pattern, Threshold) and np.isnan(pattern.threshold):
         raise ValueError("threshold must not be NaN")
 
@@ -195,9 +212,11 @@ def chunk_bounds(shape: tuple[int, ...], pattern: Pattern, max_elements: int) ->
     """Row-major ``(start, stop)`` element ranges covering the weight, aligned to the pattern.
 
     Elementwise and global patterns cut every ``max_elements`` rounded down to a multiple of 8
-    (byte-aligned mask bits). ``RowLowest`` cuts between rows. ``Block``/``NM`` cut between whole
-    (pre, length, post) slices along ``dim`` when one fits, else between groups inside a slice
-    (group starts counted from the slice start, so each chunk's groups are the whole kernel's).
+    (byte-aligned mask bits). ``RowLowest`` with ``output_axis=0`` cuts between rows.
+    ``Block``/``NM`` (along ``dim``) and ``RowLowest`` (along another output axis, groups of 1)
+    cut between whole (pre, length, post) slices when one fits, else between groups inside a
+    slice (group starts counted from the slice start, so each chunk's groups are the whole
+    kernel's).
     """
     if max_elements < 1:
         raise ValueError(f"max_elements must be >= 1, got {max_elements}")
@@ -205,14 +224,14 @@ def chunk_bounds(shape: tuple[int, ...], pattern: Pattern, max_elements: int) ->
     size = _size(shape)
     if size == 0:
         return []
-    if isinstance(pattern, RowLowest):
+    axis = _grouped_axis(shape, pattern)
+    if isinstance(pattern, RowLowest) and axis is None:
         row = size // shape[0]
         step = max(1, max_elements // row) * row
         return [(start, min(size, start + step)) for start in range(0, size, step)]
-    if not isinstance(pattern, (Block, NM)):
+    if axis is None:
         step = max(8, max_elements // 8 * 8)
         return [(start, min(size, start + step)) for start in range(0, size, step)]
-    axis = normalize_dim(pattern.dim, len(shape))
     pre, length, post = split_at(shape, axis)
     slice_len = length * post
     if slice_len <= max_elements:
@@ -228,7 +247,7 @@ def chunk_bounds(shape: tuple[int, ...], pattern: Pattern, max_elements: int) ->
 
 
 def _as_slices(shape: tuple[int, ...], axis: int, start: int, stop: int) -> tuple[int, int, int]:
-    """A :func:`chunk_bounds` range of a Block/NM pattern as a (pre, length, post) array shape."""
+    """A :func:`chunk_bounds` range of a grouped pattern as a (pre, length, post) array shape."""
     _, length, post = split_at(shape, axis)
     slice_len = length * post
     if start % slice_len == 0 and (stop - start) % slice_len == 0:
@@ -268,6 +287,7 @@ class ChunkedPruner:
         self.size = _size(self.shape)
         self.bounds = chunk_bounds(self.shape, pattern, max_elements)
         self._selection: Optional[KthKey] = None
+        self._row_selection: Optional[tuple[NDArray[np.unsignedinteger[Any]], NDArray[np.int64]]] = None
         self._counts: Optional[SparseCounts] = None
 
     # ---- phase 1 ----
@@ -314,9 +334,34 @@ class ChunkedPruner:
     def _ranked_dtype(self) -> np.dtype[Any]:
         return self.dtype if self.read_scores is None else self.scores_dtype
 
+    def _spread_chunk(self, axis: int, start: int, stop: int) -> tuple[int, NDArray[np.unsignedinteger[Any]]]:
+        """(first row, keys (pre, rows, post)) of a chunk of a RowLowest with a non-leading axis."""
+        post = split_at(self.shape, axis)[2]
+        first = start % (self.shape[axis] * post) // post
+        layout = _as_slices(self.shape, axis, start, stop)
+        return first, magnitude_keys(self._ranked(start, stop).reshape(layout))
+
+    def _select_rows(self) -> Optional[tuple[NDArray[np.unsignedinteger[Any]], NDArray[np.int64]]]:
+        """Per-row selection of a RowLowest whose rows are spread over chunks (else None)."""
+        pattern = self.pattern
+        if not isinstance(pattern, RowLowest) or self.size == 0:
+            return None
+        axis = _grouped_axis(self.shape, pattern)
+        if axis is None:
+            return None
+        rows = self.shape[axis]
+        k = target_count(pattern.target_sparsity, self.size // rows)
+        key_dtype = magnitude_keys(np.zeros(0, self._ranked_dtype())).dtype
+        if k <= 0:
+            return np.zeros(rows, key_dtype), np.zeros(rows, np.int64)
+        return spread_row_kth_keys(
+            lambda: (self._spread_chunk(axis, start, stop) for start, stop in self.bounds), rows, k, key_dtype
+        )
+
     def count(self) -> SparseCounts:
         """Counting passes: the global selection (if any), then the stored-value count."""
         self._selection = self._select()
+        self._row_selection = self._select_rows()
         nonzero = 0
         for chunk in self._masks():
             nonzero += int(np.count_nonzero(chunk[2]))
@@ -329,6 +374,7 @@ class ChunkedPruner:
         """(start, stop, stored-mask, weight chunk) per chunk, in order."""
         pattern = self.pattern
         carry = TieCarry(self._selection) if self._selection is not None else None
+        row_carry = RowTieCarry(*self._row_selection) if self._row_selection is not None else None
         for start, stop in self.bounds:
             weight = self.read(start, stop).reshape(-1)
             if isinstance(pattern, Pack):
@@ -339,7 +385,11 @@ class ChunkedPruner:
                 np.logical_not(keep, out=keep)
                 yield start, stop, keep & nonzero_mask(weight), weight
                 continue
-            pruned = self._pruned(pattern, carry, start, stop)
+            if row_carry is not None and isinstance(pattern, RowLowest):
+                first, keys = self._spread_chunk(normalize_dim(pattern.output_axis, len(self.shape)), start, stop)
+                pruned = row_carry.mask(first, keys).reshape(-1)
+            else:
+                pruned = self._pruned(pattern, carry, start, stop)
             stored = nonzero_mask(weight)
             np.greater(stored, pruned, out=stored)
             yield start, stop, stored, weight

@@ -271,3 +271,69 @@ def row_lowest_k_mask(keys: KeyArray, k: int) -> BoolArray:
         return np.ones(keys.shape, dtype=np.bool_)
     kth, take = row_kth_keys(keys, k)
     return row_select_with_ties(keys, kth, take)
+
+
+# ---- rows spread over chunks (output axis not leading) ---------------------------------------
+
+_ROW_DIGIT_BITS: Final = 8
+_ROW_DIGIT_BINS: Final = 1 << _ROW_DIGIT_BITS
+
+# (first row, keys shaped (pre, rows, post)): a chunk holding, for rows first..first+rows-1,
+# the positions pre-major then post (the row-major order of the weight with the row axis moved
+# first)
+RowChunk = tuple[int, KeyArray]
+
+
+def spread_row_kth_keys(
+    row_chunks: Callable[[], Iterable[RowChunk]], rows: int, k: int, key_dtype: np.dtype[Any] | type
+) -> tuple[KeyArray, NDArray[np.int64]]:
+    """Per row, the k-th smallest key and the ties to take, for rows spread over many chunks.
+
+    Radix selection with 8-bit digits, one pass over the chunks per digit (2 for fp16 keys, 4
+    for fp32): a (rows, 256) histogram of the next digit of the keys matching each row's prefix.
+    Memory: 2 KB per row plus one chunk's temporaries. Needs 1 <= k <= row length.
+    """
+    dtype = np.dtype(key_dtype)
+    bits = dtype.itemsize * 8
+    prefix = np.zeros(rows, dtype=dtype)
+    remaining = np.full(rows, k, dtype=np.int64)
+    bins = np.arange(_ROW_DIGIT_BINS, dtype=np.int64)
+    for level in range(bits // _ROW_DIGIT_BITS):
+        shift = dtype.type(bits - _ROW_DIGIT_BITS * (level + 1))
+        histogram = np.zeros((rows, _ROW_DIGIT_BINS), dtype=np.int64)
+        for first, keys in row_chunks():
+            count = keys.shape[1]
+            digits = ((keys >> shift) & dtype.type(_ROW_DIGIT_BINS - 1)).astype(np.intp)
+            digits += (np.arange(count, dtype=np.intp) * _ROW_DIGIT_BINS)[None, :, None]
+            if level:
+                above = dtype.type(shift + _ROW_DIGIT_BITS)
+                digits = digits[(keys >> above) == prefix[first : first + count][None, :, None]]
+            counts = np.bincount(digits.reshape(-1), minlength=count * _ROW_DIGIT_BINS)
+            histogram[first : first + count] += counts.reshape(count, _ROW_DIGIT_BINS)
+        cumulative = np.cumsum(histogram, axis=1)
+        digit = np.count_nonzero(cumulative < remaining[:, None], axis=1)
+        remaining -= np.take_along_axis(cumulative - histogram, digit[:, None], axis=1)[:, 0]
+        prefix = (prefix << dtype.type(_ROW_DIGIT_BITS)) | bins[digit].astype(dtype)
+    return prefix, remaining
+
+
+class RowTieCarry:
+    """Per-row :class:`TieCarry`: masks of rows spread over chunks, ties taken in row order."""
+
+    def __init__(self, kth: KeyArray, take: NDArray[np.int64]) -> None:
+        self.kth = kth
+        self.take = take
+        self.taken = np.zeros(kth.shape, dtype=np.int64)
+
+    def mask(self, first: int, keys: KeyArray) -> BoolArray:
+        """Mask of a (pre, rows, post) chunk holding rows first..first+rows-1."""
+        count = keys.shape[1]
+        kth = self.kth[first : first + count][None, :, None]
+        selected: BoolArray = keys < kth
+        ties = np.moveaxis(keys == kth, 1, 0).reshape(count, -1)
+        rank = np.cumsum(ties, axis=1, dtype=np.int64)
+        rank += self.taken[first : first + count, None]
+        picked = ties & (rank <= self.take[first : first + count, None])
+        self.taken[first : first + count] += np.count_nonzero(ties, axis=1)
+        selected |= np.moveaxis(picked.reshape(count, keys.shape[0], keys.shape[2]), 0, 1)
+        return selected
