@@ -26,6 +26,17 @@ def run_pass(prog: Any, pass_name: str, config: Any = None, report: Any = None) 
     return report
 
 
+def one_pass(pass_name: str, **options: Any) -> Any:
+    """A ``ct.PassPipeline`` of the one pass ``pass_name`` with ``options`` set."""
+    import coremltools as ct
+
+    pipeline = ct.PassPipeline.EMPTY
+    pipeline.append_pass(pass_name)
+    if options:
+        pipeline.set_options(pass_name, options)
+    return pipeline
+
+
 def all_ops(prog: Any) -> Iterator[Any]:
     def walk(block: Any) -> Iterator[Any]:
         for op in block.operations:

@@ -13,6 +13,7 @@ import coremltools as ct
 
 import mil_sparsity as ms
 from mil_sparsity.posthoc import load_program
+from _mil_helpers import one_pass
 from _models import (
     cond_linear_program,
     SPARSE_OP,
@@ -21,11 +22,10 @@ from _models import (
     dense_value,
     hash_tree,
     iter_ops,
-    make_mlp,
+    mlp_model,
     ref_magnitude,
     ref_threshold,
     save_and_load,
-    trace,
     weight_vars,
 )
 
@@ -39,26 +39,12 @@ TARGETS = [
 
 
 def magnitude_pipeline(target_sparsity: float = 0.5, **options: Any) -> Any:
-    pipeline = ct.PassPipeline.EMPTY
-    pipeline.append_pass(ms.PRUNE_BY_MAGNITUDE)
-    pipeline.set_options(
-        ms.PRUNE_BY_MAGNITUDE,
-        {"config": ms.MagnitudeConfig(target_sparsity=target_sparsity), **options},
-    )
-    return pipeline
+    return one_pass(ms.PRUNE_BY_MAGNITUDE, config=ms.MagnitudeConfig(target_sparsity=target_sparsity), **options)
 
 
-def convert_mlp(target: Any, seed: int = 0, **kwargs: Any) -> Any:
-    torch = pytest.importorskip("torch")
-    del torch
-    traced = trace(make_mlp(seed=seed, outputs=kwargs.pop("outputs", 32)), [(1, 64)])
-    return ct.convert(
-        traced,
-        inputs=[ct.TensorType(shape=(1, 64), name="x")],
-        convert_to="mlprogram",
-        minimum_deployment_target=target,
-        **kwargs,
-    )
+def convert_mlp(target: Any, seed: int = 0, outputs: int = 32, **kwargs: Any) -> Any:
+    """Linear(64, 128) -> ReLU -> Linear(128, outputs) as an ML Program (torch-free builder)."""
+    return mlp_model(target, seed=seed, sizes=(64, 128, outputs), prezero=(), **kwargs)
 
 
 def load(path: Path) -> Any:

@@ -20,7 +20,7 @@ import mil_sparsity as ms  # noqa: E402
 from mil_sparsity import _coremltools_private as private  # noqa: E402
 from mil_sparsity.posthoc import load_program  # noqa: E402
 
-from _mil_helpers import all_ops, bits, sparse_ops  # noqa: E402
+from _mil_helpers import all_ops, bits, one_pass, sparse_ops  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "training_time_pruning.py"
 
@@ -166,13 +166,10 @@ def quantized(model: Any) -> Any:
 
 
 def joint_pipeline(report: ms.SparsityReport | None = None, joint: Any = True) -> Any:
-    pipeline = ct.PassPipeline.EMPTY
-    pipeline.append_pass(ms.SPARSE_PACK)
     options: dict[str, Any] = {"joint_compression": joint}
     if report is not None:
         options["report"] = report
-    pipeline.set_options(ms.SPARSE_PACK, options)
-    return pipeline
+    return one_pass(ms.SPARSE_PACK, **options)
 
 
 def decompressed(prog: Any) -> np.ndarray:
