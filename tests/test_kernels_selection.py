@@ -32,9 +32,11 @@ KEY_DTYPES = [np.uint16, np.uint32, np.uint64]
 
 @contextlib.contextmanager
 def sampled_path(window: int | None = None) -> Iterator[None]:
-    """Route every array through the sampled selection (optionally with another window)."""
+    """Route every array through the sampled selection (optionally with another window), with
+    5-element tie-scan sub-chunks so the tie search crosses sub-chunks on small arrays."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(selection, "_SAMPLED_MIN", 1)
+        patch.setattr(selection, "_TIE_CHUNK", 5)
         if window is not None:
             patch.setattr(selection, "_WINDOW", window)
         yield

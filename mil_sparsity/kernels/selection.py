@@ -148,21 +148,6 @@ def chunk_counts(flags: BoolArray, chunk: int) -> NDArray[np.intp]:
     return np.array(counts, dtype=np.intp)
 
 
-def index_of_nth_true(flags: BoolArray, nth: int) -> int:
-    """Flat index of the ``nth`` (1-based) True in a 1-D bool array that has at least ``nth``.
-
-    Counts Trues per chunk, finds the chunk by cumulative count, then looks inside that single
-    chunk, so no index array of the full length is ever built.
-    """
-    counts = chunk_counts(flags, _TIE_CHUNK)
-    cumulative = np.cumsum(counts)
-    chunk = int(np.searchsorted(cumulative, nth))
-    before = int(cumulative[chunk] - counts[chunk])
-    start = chunk * _TIE_CHUNK
-    inside = np.flatnonzero(flags[start : start + _TIE_CHUNK])
-    return start + int(inside[nth - before - 1])
-
-
 class TieCarry:
     """Turns a :class:`KthKey` into masks over consecutive row-major chunks of the keys.
 
@@ -175,21 +160,37 @@ class TieCarry:
         self.ties_left = selection.take
 
     def mask(self, keys: KeyArray) -> BoolArray:
+        """One compare over the chunk plus a fix-up of the ties on the shorter side of the last
+        tie taken: ``< key`` then OR the ties before it, or ``<= key`` then clear the ties
+        after it. The last tie is found by scanning sub-chunks only as far as it lies."""
         flat = keys.reshape(-1)
         key = flat.dtype.type(self.key)
-        selected: BoolArray = flat < key
-        if self.ties_left > 0:
-            ties = flat == key
-            available = int(np.count_nonzero(ties))
-            if available <= self.ties_left:
-                selected |= ties
-                self.ties_left -= available
+        if self.ties_left == 0:
+            selected: BoolArray = flat < key
+        else:
+            end, found = _end_of_ties(flat, key, self.ties_left)
+            self.ties_left -= found
+            if 2 * end <= flat.size:
+                selected = flat < key
+                selected[:end] |= flat[:end] == key
             else:
-                last = index_of_nth_true(ties, self.ties_left)
-                selected[: last + 1] |= ties[: last + 1]
-                self.ties_left = 0
+                selected = flat <= key
+                selected[end:] &= flat[end:] != key
         result: BoolArray = selected.reshape(keys.shape)
         return result
+
+
+def _end_of_ties(flat: KeyArray, key: Any, wanted: int) -> tuple[int, int]:
+    """(index just past the ``wanted``-th key equal to ``key``, ties up to there), scanning
+    sub-chunks from the start; (size, all ties) when there are fewer than ``wanted``."""
+    seen = 0
+    for start in range(0, flat.size, _TIE_CHUNK):
+        ties = flat[start : start + _TIE_CHUNK] == key
+        count = int(np.count_nonzero(ties))
+        if seen + count >= wanted:
+            return start + int(np.flatnonzero(ties)[wanted - seen - 1]) + 1, wanted
+        seen += count
+    return flat.size, seen
 
 
 def select_with_ties(keys: KeyArray, selection: KthKey) -> BoolArray:
