@@ -127,34 +127,47 @@ def _convert(prog: Any, target: Any, **kwargs: Any) -> Any:
     return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target, **kwargs)
 
 
-def mlp_program(
-    target: Any, seed: int = 0, sizes: tuple[int, ...] = (64, 128, 32), prezero: tuple[int, ...] = (0,)
+def _layer_stack_program(
+    target: Any, input_shape: tuple[int, ...], weight_shapes: list[tuple[int, ...]], op_type: str,
+    seed: int, prezero: tuple[int, ...],
 ) -> Any:
-    """x -> linear -> relu -> ... -> linear (no relu after the last). Layer i's consts are named
+    """x -> op -> relu -> op -> ... -> op (no relu after the last), ``op`` a linear or a valid
+    conv with weights of ``weight_shapes`` and torch-like values. Layer i's consts are named
     ``op_{2i}_weight`` / ``op_{2i}_bias`` as a traced ``torch.nn.Sequential`` names them (the
     fp16 conversion appends ``_to_fp16``); the layers in ``prezero`` hold 60% zeros."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        weight = torch_like_init(rng, (n_out, n_in), n_in)
-        layers.append((prezeroed(weight) if index in prezero else weight, torch_like_init(rng, (n_out,), n_in)))
-
     from coremltools.converters.mil import Builder as mb
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, sizes[0]))], opset_version=target)
+    rng = np.random.default_rng(seed)
+    layers = []
+    for index, shape in enumerate(weight_shapes):
+        fan_in = int(np.prod(shape[1:]))
+        weight = torch_like_init(rng, shape, fan_in)
+        layers.append((prezeroed(weight) if index in prezero else weight, torch_like_init(rng, shape[:1], fan_in)))
+    extra = {"pad_type": "valid"} if op_type == "conv" else {}
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=input_shape)], opset_version=target)
     def prog(x: Any) -> Any:
         for index, (weight, bias) in enumerate(layers):
             if index:
                 x = mb.relu(x=x, name=f"relu_{index}")
-            x = mb.linear(
+            x = getattr(mb, op_type)(
                 x=x,
                 weight=mb.const(val=weight, name=f"op_{2 * index}_weight"),
                 bias=mb.const(val=bias, name=f"op_{2 * index}_bias"),
-                name=f"linear_{index}",
+                name=f"{op_type}_{index}",
+                **extra,
             )
         return x
 
     return prog
+
+
+def mlp_program(
+    target: Any, seed: int = 0, sizes: tuple[int, ...] = (64, 128, 32), prezero: tuple[int, ...] = (0,)
+) -> Any:
+    """x(1, sizes[0]) -> linear -> relu -> ... -> linear (see :func:`_layer_stack_program`)."""
+    shapes = [(n_out, n_in) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    return _layer_stack_program(target, (1, sizes[0]), shapes, "linear", seed, prezero)
 
 
 def mlp_model(target: Any, seed: int = 0, sizes: tuple[int, ...] = (64, 128, 32), prezero: tuple[int, ...] = (0,), **kwargs: Any) -> Any:
@@ -165,31 +178,8 @@ def mlp_model(target: Any, seed: int = 0, sizes: tuple[int, ...] = (64, 128, 32)
 def conv_model(target: Any, seed: int = 0) -> Any:
     """x(1, 8, 8, 8) -> conv 8->32 3x3 (2304 weights, 60% zeros) -> relu -> conv 32->32 3x3
     (9216) -> relu -> conv 32->4 1x1 (128: below the default weight_threshold)."""
-    from coremltools.converters.mil import Builder as mb
-
-    rng = np.random.default_rng(seed)
     shapes = [(32, 8, 3, 3), (32, 32, 3, 3), (4, 32, 1, 1)]
-    layers = []
-    for index, shape in enumerate(shapes):
-        fan_in = int(np.prod(shape[1:]))
-        weight = torch_like_init(rng, shape, fan_in)
-        layers.append((prezeroed(weight) if index == 0 else weight, torch_like_init(rng, shape[:1], fan_in)))
-
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, 8, 8))], opset_version=target)
-    def prog(x: Any) -> Any:
-        for index, (weight, bias) in enumerate(layers):
-            if index:
-                x = mb.relu(x=x, name=f"relu_{index}")
-            x = mb.conv(
-                x=x,
-                weight=mb.const(val=weight, name=f"op_{2 * index}_weight"),
-                bias=mb.const(val=bias, name=f"op_{2 * index}_bias"),
-                pad_type="valid",
-                name=f"conv_{index}",
-            )
-        return x
-
-    return _convert(prog, target)
+    return _convert(_layer_stack_program(target, (1, 8, 8, 8), shapes, "conv", seed, (0,)), target)
 
 
 def lstm_model(target: Any, seed: int = 0) -> Any:
