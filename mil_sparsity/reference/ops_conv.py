@@ -137,8 +137,9 @@ def _dilate_with_zeros(x: np.ndarray, strides: Sequence[int]) -> np.ndarray:
 @kernel("conv_transpose")
 def _conv_transpose(args: Args) -> np.ndarray:
     """Transposed convolution as a convolution: zeros between input elements (stride), the
-    kernel flipped and its in/out channels swapped per group, full padding d*(k-1) reduced by
-    the op's padding; ``output_shape`` crops or zero-extends the end."""
+    kernel flipped and its in/out channels swapped per group, full padding d*(k-1); the op's
+    padding then crops each side (``output_shape``, when given, fixes the size after the
+    leading crop; positions past the last contribution are zero)."""
     x, weight = array(args, "x"), array(args, "weight")
     spatial = x.ndim - 2
     strides, dilations, groups = _conv_params(args, spatial)
@@ -159,21 +160,20 @@ def _conv_transpose(args: Args) -> np.ndarray:
     swapped = weight.reshape((groups, in_channels // groups, out_per_group) + kernel_shape)
     swapped = np.swapaxes(swapped, 1, 2)[(Ellipsis,) + (slice(None, None, -1),) * spatial]
     swapped = np.ascontiguousarray(swapped).reshape((groups * out_per_group, in_channels // groups) + kernel_shape)
-    full = [(e - 1, e - 1) for e in effective]
-    conv_pads = [(f - b, f - a) for (f, _), (b, a) in zip(full, pads)]
-    dilated = _dilate_with_zeros(x, strides)
-    crop = [(max(-b, 0), max(-a, 0)) for b, a in conv_pads]
-    conv_pads = [(max(b, 0), max(a, 0)) for b, a in conv_pads]
-    out = convolve(dilated, swapped, [1] * spatial, dilations, conv_pads, groups)
-    if any(c != (0, 0) for c in crop):
-        out = out[(slice(None), slice(None)) + tuple(slice(b, out.shape[2 + i] - a) for i, (b, a) in enumerate(crop))]
+    # the full transposed convolution, (I - 1) * s + effective long, then the op's window on it
+    full_pads = [(e - 1, e - 1) for e in effective]
+    full = convolve(_dilate_with_zeros(x, strides), swapped, [1] * spatial, dilations, full_pads, groups)
     target = optional_array(args, "output_shape")
     if target is not None:
         sizes = [int(v) for v in target.reshape(-1)[-spatial:]]
-        out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in sizes)]
-        extra = [(0, max(s - have, 0)) for s, have in zip(sizes, out.shape[2:])]
-        if any(e for _, e in extra):
-            out = np.pad(out, [(0, 0), (0, 0)] + extra)
+    elif pad_type in ("same", "same_lower"):
+        sizes = [size * s for size, s in zip(x.shape[2:], strides)]
+    else:
+        sizes = [length - b - a for length, (b, a) in zip(full.shape[2:], pads)]
+    out = full[(slice(None), slice(None)) + tuple(slice(b, b + size) for (b, _), size in zip(pads, sizes))]
+    missing = [(0, max(size - have, 0)) for size, have in zip(sizes, out.shape[2:])]
+    if any(after for _, after in missing):  # output padding past the last contribution: zeros
+        out = np.pad(out, [(0, 0), (0, 0)] + missing)
     bias = optional_array(args, "bias")
     if bias is not None:
         out = out + bias.reshape((1, -1) + (1,) * spatial)
