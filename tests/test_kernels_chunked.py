@@ -281,3 +281,10 @@ def test_mask_bit_packer_any_split(mask: np.ndarray, data: st.DataObject) -> Non
     pieces = [packer.push(piece) for piece in np.split(mask, cuts)]
     packed = np.concatenate(pieces + [packer.finish()])
     assert np.array_equal(packed, pack_mask_bits(mask))
+
+
+@pytest.mark.parametrize("returned", [np.zeros(3, np.float16), np.zeros(4, np.float32)])
+def test_reader_returning_wrong_chunk_rejected(returned: np.ndarray) -> None:
+    pruner = ChunkedPruner((2, 2), np.float16, Pack(), lambda a, b: returned, 8)
+    with pytest.raises(ValueError, match=r"read\(0, 4\) returned"):
+        pruner.count()

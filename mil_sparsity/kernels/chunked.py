@@ -262,8 +262,8 @@ class ChunkedPruner:
     """Prune and pack one weight of ``shape``/``dtype`` chunk by chunk (see the module doc).
 
     ``read_scores``, for the score-based patterns, reads the float scores (non-negative, same
-    shape, dtype ``scores_dtype``) the same way ``read`` reads the weight; the selection then ranks scores, while the
-    nonzero test and the stored values use the weight.
+    shape, dtype ``scores_dtype``) the same way ``read`` reads the weight; the selection then
+    ranks scores, while the nonzero test and the stored values use the weight.
     """
 
     def __init__(
@@ -362,9 +362,17 @@ class ChunkedPruner:
         """Counting passes: the global selection (if any), then the stored-value count."""
         self._selection = self._select()
         self._row_selection = self._select_rows()
-        nonzero = 0
-        for chunk in self._masks():
-            nonzero += int(np.count_nonzero(chunk[2]))
+        pattern = self.pattern
+        if (
+            isinstance(pattern, Magnitude)
+            and self.read_scores is None
+            and self._selection is not None
+            and self._selection.key > 0
+        ):
+            # every zero has key 0 < the k-th key, so it is among the pruned: the rest is stored
+            nonzero = self.size - target_count(pattern.target_sparsity, self.size)
+        else:
+            nonzero = sum(int(np.count_nonzero(stored)) for _, _, stored, _ in self._masks())
         self._counts = SparseCounts(size=self.size, nonzero_count=nonzero)
         return self._counts
 
@@ -377,6 +385,11 @@ class ChunkedPruner:
         row_carry = RowTieCarry(*self._row_selection) if self._row_selection is not None else None
         for start, stop in self.bounds:
             weight = self.read(start, stop).reshape(-1)
+            if weight.size != stop - start or weight.dtype != self.dtype:
+                raise ValueError(
+                    f"read({start}, {stop}) returned {weight.size} {weight.dtype} elements; "
+                    f"expected {stop - start} {self.dtype}"
+                )
             if isinstance(pattern, Pack):
                 yield start, stop, nonzero_mask(weight), weight
                 continue
