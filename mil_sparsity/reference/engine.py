@@ -25,6 +25,7 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity import _coremltools_private as private
 from mil_sparsity.reference import ops_constexpr, ops_control
 from mil_sparsity.reference._registry import OP_TABLE
 from mil_sparsity.reference.inputs import InputSpec, compute_dtype, spec_from_placeholder
@@ -36,6 +37,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_gather,
     ops_image,
     ops_nn,
+    ops_quantize,
     ops_recurrent,
     ops_reduce,
     ops_tensor,
@@ -78,7 +80,7 @@ def _flat_inputs(op: Operation) -> list[Var]:
 def _compute_dtype(var: Var) -> Optional[np.dtype[Any]]:
     """float32 for float types, the declared dtype otherwise; None for non-tensor values."""
     try:
-        storage = np.dtype(types.nptype_from_builtin(var.dtype))
+        storage = private.numpy_dtype_of(var.dtype)
     except Exception:  # lists, strings, states: left as the kernel returns them
         return None
     if storage.kind not in "biuf":
