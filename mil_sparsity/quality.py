@@ -14,12 +14,17 @@ and summarises, per output:
   fraction of last-axis vectors whose argmax is the same in both; None otherwise.
 
 Statistics are accumulated sample by sample (float64 sums of float32 values), so memory holds one
-sample's outputs at a time.
+sample's outputs at a time. :class:`ReferenceOutputs` evaluates the reference model once on a
+fixed sample list and compares many candidates with it (what ``sweep(samples=...)`` does).
+
+The ``"reference"`` backend is :mod:`mil_sparsity.reference`: a numpy evaluator computing in
+float32, a reference for checking and calibrating, not a production runtime.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -73,8 +78,28 @@ class QualityReport:
             return 1.0
         return float(np.mean([o.cosine for o in self.outputs]))
 
+    def worst(self) -> dict[str, Optional[float]]:
+        """Each metric at its worst over the outputs: the largest ``relative_l2`` and
+        ``max_abs_error``, the lowest ``cosine``, ``snr_db`` and ``top1_agreement`` (None when
+        no output has top-1)."""
+        if not self.outputs:
+            return {"relative_l2": 0.0, "cosine": 1.0, "snr_db": math.inf,
+                    "max_abs_error": 0.0, "top1_agreement": None}
+        top1 = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        return {
+            "relative_l2": max(o.relative_l2 for o in self.outputs),
+            "cosine": min(o.cosine for o in self.outputs),
+            "snr_db": min(o.snr_db for o in self.outputs),
+            "max_abs_error": max(o.max_abs_error for o in self.outputs),
+            "top1_agreement": min(top1) if top1 else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "outputs": [o.to_dict() for o in self.outputs]}
+        return {
+            "samples": self.samples,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "worst": self.worst(),
+        }
 
     def format_table(self) -> str:
         header = ("output", "shape", "rel_l2", "cosine", "snr_db", "max_abs", "top1")
@@ -178,36 +203,77 @@ def row_cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
 Evaluator = Callable[[Sample], Mapping[str, np.ndarray]]
 
 
-def evaluator(model: Any, *, backend: str = "reference", function_name: str = "main") -> Evaluator:
+def check_backend(backend: str) -> None:
+    """ValueError for a name not in :data:`BACKENDS`; RuntimeError for ``"coreml"`` where the
+    Core ML runtime does not exist (anywhere but macOS)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "coreml" and sys.platform != "darwin":
+        raise RuntimeError(
+            f"backend='coreml' needs the Core ML runtime, which only exists on macOS (this is "
+            f"{sys.platform}); use backend='reference' (the numpy evaluator) instead"
+        )
+
+
+def evaluator(
+    model: Any,
+    *,
+    backend: str = "reference",
+    function_name: str = "main",
+    template: Any = None,
+) -> Evaluator:
     """A function ``inputs -> outputs`` for ``model`` on the chosen backend.
 
-    ``"reference"`` uses :func:`mil_sparsity.reference.run` (numpy, any platform). ``"coreml"``
-    uses ``MLModel.predict``, which needs the Core ML runtime (macOS); elsewhere it raises
-    RuntimeError saying so.
+    ``"reference"`` uses :class:`mil_sparsity.reference.ReferenceEvaluator` (numpy, float32, any
+    platform; ``model`` an MLModel, a package path or a PyMIL Program). ``"coreml"`` uses
+    ``MLModel.predict``, which needs the Core ML runtime (macOS; elsewhere RuntimeError): a PyMIL
+    Program is first exported with the description of ``template`` (the MLModel it came from)
+    and saved to a temporary package. Errors: :func:`check_backend`.
     """
+    check_backend(backend)
     if backend == "reference":
         from mil_sparsity.reference import ReferenceEvaluator
 
         loaded = ReferenceEvaluator(model, function_name=function_name)
         return lambda sample: loaded.run(sample)
-    if backend == "coreml":
-        return _coreml_evaluator(model, function_name)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _coreml_evaluator(model, function_name, template)
 
 
-def _coreml_evaluator(model: Any, function_name: str) -> Evaluator:
+@attrs.frozen
+class _CoreMLEvaluator:
+    """``MLModel.predict`` of a loaded model; holds the temporary package it was saved to."""
+
+    mlmodel: Any
+    workdir: Any = None  # a TemporaryDirectory, removed when the evaluator is dropped
+
+    def __call__(self, sample: Sample) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.mlmodel.predict(dict(sample)).items()}
+
+
+def _coreml_evaluator(model: Any, function_name: str, template: Any) -> Evaluator:
+    """``model`` loaded by the Core ML runtime with ``function_name`` (macOS only)."""
+    import tempfile
+
     import coremltools as ct
+    from coremltools.converters.mil.mil.program import Program
 
-    if sys.platform != "darwin":
-        raise RuntimeError(
-            f"backend='coreml' needs the Core ML runtime, which only exists on macOS (this is "
-            f"{sys.platform}); use backend='reference' (the numpy evaluator) instead"
-        )
-    if isinstance(model, ct.models.MLModel):
-        mlmodel = model
+    from mil_sparsity.posthoc import load_model, program_to_model
+
+    workdir = None
+    if isinstance(model, Program):
+        if template is None:
+            raise ValueError(
+                "template: backend='coreml' needs the MLModel a PyMIL Program came from, to "
+                "export the program with its description"
+            )
+        workdir = tempfile.TemporaryDirectory(prefix="mil_sparsity_coreml_")
+        path = os.path.join(workdir.name, "candidate.mlpackage")
+        program_to_model(model, load_model(template)).save(path)
+    elif isinstance(model, ct.models.MLModel):
+        path = str(model.package_path)
     else:
-        mlmodel = ct.models.MLModel(str(model), function_name=function_name)
-    return lambda sample: {k: np.asarray(v) for k, v in mlmodel.predict(dict(sample)).items()}
+        path = os.fspath(model)
+    return _CoreMLEvaluator(ct.models.MLModel(path, function_name=function_name), workdir)
 
 
 def compare(
@@ -229,20 +295,15 @@ def compare(
     return compare_evaluators(run_reference, run_candidate, samples, progress=progress)
 
 
-def compare_evaluators(
-    run_reference: Evaluator,
-    run_candidate: Evaluator,
-    samples: Iterable[Sample] | Sample,
-    *,
-    progress: Optional[bool] = None,
-) -> QualityReport:
-    """:func:`compare` for two ready evaluators (e.g. one reference reused across a sweep)."""
-    sample_list: Iterable[Sample] = [samples] if isinstance(samples, Mapping) else samples
+def _as_list(samples: Iterable[Sample] | Sample) -> Iterable[Sample]:
+    return [samples] if isinstance(samples, Mapping) else samples
+
+
+def _summarise(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> QualityReport:
+    """The report of (reference outputs, candidate outputs) pairs, one pair per sample."""
     accumulators: dict[str, _OutputAccumulator] = {}
     count = 0
-    for sample in progress_bar(sample_list, desc="compare", enabled=progress):
-        ref_out = run_reference(sample)
-        cand_out = run_candidate(sample)
+    for ref_out, cand_out in pairs:
         if set(ref_out) != set(cand_out):
             raise ValueError(
                 f"the models' outputs differ: reference has {sorted(ref_out)}, candidate has "
@@ -258,3 +319,72 @@ def compare_evaluators(
     return QualityReport(
         outputs=tuple(acc.result() for acc in accumulators.values()), samples=count
     )
+
+
+def compare_evaluators(
+    run_reference: Evaluator,
+    run_candidate: Evaluator,
+    samples: Iterable[Sample] | Sample,
+    *,
+    progress: Optional[bool] = None,
+) -> QualityReport:
+    """:func:`compare` for two ready evaluators; one sample's outputs in memory at a time."""
+    return _summarise(
+        (run_reference(sample), run_candidate(sample))
+        for sample in progress_bar(_as_list(samples), desc="compare", enabled=progress)
+    )
+
+
+@attrs.frozen(eq=False)
+class ReferenceOutputs:
+    """A reference model's outputs on a fixed list of samples, evaluated once and compared
+    with any number of candidates (e.g. every point of a sweep).
+
+    Build with :meth:`evaluate`; :meth:`compare` evaluates a candidate on the same samples and
+    returns the same :class:`QualityReport` as :func:`compare` would (the reference is not run
+    again). Memory holds every sample and every reference output.
+    """
+
+    samples: tuple[Sample, ...]
+    outputs: tuple[Mapping[str, np.ndarray], ...]
+    backend: str = "reference"
+    function_name: str = "main"
+    model: Any = None  # the reference model; the coreml backend exports programs with it
+
+    @classmethod
+    def evaluate(
+        cls,
+        model: Any,
+        samples: Iterable[Sample] | Sample,
+        *,
+        backend: str = "reference",
+        function_name: str = "main",
+        progress: Optional[bool] = None,
+    ) -> "ReferenceOutputs":
+        """Run ``model`` (as :func:`evaluator` accepts) once on every sample and keep both.
+
+        Raises ValueError for no samples, and what the evaluator raises for bad inputs.
+        """
+        run = evaluator(model, backend=backend, function_name=function_name)
+        kept: list[Sample] = []
+        outputs: list[Mapping[str, np.ndarray]] = []
+        for sample in progress_bar(_as_list(samples), desc="reference outputs", enabled=progress):
+            outputs.append(run(sample))
+            kept.append(sample)
+        if not kept:
+            raise ValueError("samples: need at least one input sample, got none")
+        return cls(tuple(kept), tuple(outputs), backend, function_name,
+                   model if backend == "coreml" else None)
+
+    def compare(self, candidate: Any, *, progress: Optional[bool] = None) -> QualityReport:
+        """The quality of ``candidate`` (an MLModel, a package path or a PyMIL Program, e.g. a
+        pruned program) against the kept reference outputs."""
+        run = evaluator(candidate, backend=self.backend, function_name=self.function_name,
+                        template=self.model)
+        pairs = zip(self.outputs, self.samples)
+        return _summarise(
+            (ref_out, run(sample))
+            for ref_out, sample in progress_bar(
+                pairs, desc="compare", total=len(self.samples), enabled=progress
+            )
+        )

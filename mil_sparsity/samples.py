@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import attrs
 import numpy as np
@@ -39,10 +39,34 @@ class InputSpec:
         return len(self.shape)
 
 
-def input_specs(mlmodel: Any) -> tuple[InputSpec, ...]:
-    """The multi-array inputs of an MLModel's description (its default shapes)."""
+def function_names(mlmodel: Any) -> tuple[str, ...]:
+    """The functions of an ML Program's description, the default one first (``("main",)`` for a
+    single-function model)."""
+    description = mlmodel.get_spec().description
+    if not description.functions:
+        return ("main",)
+    default = str(description.defaultFunctionName)
+    names = [str(function.name) for function in description.functions]
+    return tuple(sorted(names, key=lambda name: name != default))
+
+
+def input_specs(mlmodel: Any, function_name: Optional[str] = None) -> tuple[InputSpec, ...]:
+    """The multi-array inputs of an MLModel's description (their default shapes).
+
+    ``function_name`` picks a function of a multifunction model (None: its default function);
+    a single-function model has only ``"main"``. An unknown name raises ValueError.
+    """
+    description = mlmodel.get_spec().description
+    names = function_names(mlmodel)
+    name = names[0] if function_name is None else function_name
+    if name not in names:
+        raise ValueError(f"function_name: {name!r} is not in the model; it has {list(names)}")
+    features = description.input
+    for function in description.functions:
+        if function.name == name:
+            features = function.input
     specs = []
-    for feature in mlmodel.get_spec().description.input:
+    for feature in features:
         kind = feature.type.WhichOneof("Type")
         if kind != "multiArrayType":
             raise ValueError(
@@ -67,12 +91,26 @@ def random_samples(
     int_range: tuple[int, int] = (0, 100),
 ) -> list[Sample]:
     """``count`` samples at each input's default shape: floats ~ N(0, 1), integers uniform in
-    ``int_range`` (inclusive low, exclusive high), reproducible from ``seed``."""
+    ``int_range`` (inclusive low, exclusive high, like ``range``), reproducible from ``seed``.
+
+    Raises ValueError for ``count < 1``, a negative ``seed``, ``low >= high``, or a range that an
+    integer input's dtype cannot hold.
+    """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be an int >= 1, got {count!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     low, high = int_range
     if high <= low:
         raise ValueError(f"int_range must have low < high, got {int_range!r}")
+    for spec in specs:
+        if np.issubdtype(spec.dtype, np.integer):
+            info = np.iinfo(spec.dtype)
+            if low < info.min or high - 1 > info.max:
+                raise ValueError(
+                    f"int_range {low}..{high} does not fit input {spec.name!r} "
+                    f"({np.dtype(spec.dtype).name}: {info.min}..{int(info.max) + 1})"
+                )
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(count):
@@ -101,27 +139,52 @@ def load_samples(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> li
 def samples_from_arrays(
     arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *, where: str = "data"
 ) -> list[Sample]:
-    """Split named arrays into samples (layouts in the module docstring)."""
+    """Split named arrays into samples (layouts in the module docstring).
+
+    Every array must belong to an input (an unknown name is an error, not ignored) and every
+    input needs an array in every sample; ranks are checked against the inputs' ranks (shapes
+    within a flexible spec are the evaluator's check).
+    """
     names = [spec.name for spec in specs]
     if all(name in arrays for name in names):
+        _reject_unknown([key for key in arrays if key not in names], names, where)
         return list(_stacked_samples(arrays, specs, where))
     indexed: dict[int, Sample] = {}
+    unknown = []
     for key, value in arrays.items():
         match = _INDEXED.match(key)
         if match and match["name"] in names:
             indexed.setdefault(int(match["index"]), {})[match["name"]] = value
+        else:
+            unknown.append(key)
     if not indexed:
         raise ValueError(
             f"{where}: holds {sorted(arrays)}, but the model's inputs are {names} "
             f"(name arrays after the inputs, or name_0, name_1, ... per sample)"
         )
+    _reject_unknown(unknown, names, where)
     samples = []
+    ranks = {spec.name: spec.rank for spec in specs}
     for index in sorted(indexed):
         missing = sorted(set(names) - set(indexed[index]))
         if missing:
             raise ValueError(f"{where}: sample {index} has no array for input(s) {missing}")
+        for name, value in indexed[index].items():
+            if value.ndim != ranks[name]:
+                raise ValueError(
+                    f"{where}: {name}_{index} has shape {value.shape}, but the model's input "
+                    f"{name!r} has rank {ranks[name]}"
+                )
         samples.append(indexed[index])
     return samples
+
+
+def _reject_unknown(unknown: Sequence[str], names: Sequence[str], where: str) -> None:
+    if unknown:
+        raise ValueError(
+            f"{where}: array(s) {sorted(unknown)} name no input of the model; the model's inputs "
+            f"are {list(names)} (name arrays after the inputs, or name_0, name_1, ... per sample)"
+        )
 
 
 def _stacked_samples(

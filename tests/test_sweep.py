@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,11 +14,15 @@ import pytest
 import coremltools as ct
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
+from coremltools.converters.mil.mil.program import Program
 
 import mil_sparsity as ms
 from _cli_support import hash_tree
 from mil_sparsity.inspect_model import materialize, package_size, weight_sources
+from mil_sparsity import quality as quality_module
 from mil_sparsity.posthoc import load_program
+from mil_sparsity.quality import QualityReport, ReferenceOutputs, compare
+from mil_sparsity.samples import input_specs, random_samples
 from mil_sparsity.sweep import SweepArgumentError, SweepConfig, SweepPoint, sweep_points
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -210,3 +215,62 @@ def test_quality_gets_each_pruned_program(fp16_model: Any) -> None:
 def test_opsets_older_than_ios16_raise() -> None:
     with pytest.raises(ValueError, match="targets iOS15"):
         ms.sweep(build(target=ct.target.iOS15), [ms.MagnitudeConfig(target_sparsity=0.5)])
+
+
+# ----- output quality (samples=) --------------------------------------------------------------
+def pruned_model(mlmodel: Any, config: Any) -> Any:
+    """The MLModel ``prune`` writes for ``config`` (apply_pipeline, the library path)."""
+    pipeline = ct.PassPipeline.EMPTY
+    pipeline.append_pass(ms.PRUNE_BY_MAGNITUDE)
+    pipeline.set_options(ms.PRUNE_BY_MAGNITUDE, {"config": ms.OpSelector(global_config=config)})
+    return ms.apply_pipeline(mlmodel, pipeline)
+
+
+def test_samples_give_each_row_the_quality_compare_reports(
+    fp16_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samples = random_samples(input_specs(fp16_model), 3, seed=4)
+    configs: list[SweepConfig] = [ms.MagnitudeConfig(target_sparsity=0.5), ms.NMConfig(n=3, m=4)]
+    evaluated: list[Any] = []
+    real_evaluator = quality_module.evaluator
+
+    def counting(model: Any, **kwargs: Any) -> Any:
+        evaluated.append(model)
+        return real_evaluator(model, **kwargs)
+
+    monkeypatch.setattr(quality_module, "evaluator", counting)
+    result = ms.sweep(fp16_model, configs, samples=samples)
+    # the original once, then one pruned program per point
+    assert [isinstance(model, Program) for model in evaluated] == [False, True, True]
+    monkeypatch.undo()
+    for row, config in zip(result.rows, configs):
+        expected = compare(fp16_model, pruned_model(fp16_model, config), samples)
+        assert isinstance(row.quality, QualityReport) and row.output_quality is row.quality
+        assert row.quality == expected
+        assert row.to_dict()["quality"] == expected.to_dict()
+        assert 0 < expected.worst_relative_l2 < 1
+    table = result.format_table()
+    assert "out rel.L2" in table and "on 3 sample(s)" in table
+    line = next(line for line in table.splitlines() if line.startswith("n:m:3:4"))
+    assert f"{result.rows[1].quality.worst()['relative_l2']:.4f}" in line.split()
+    reused = ReferenceOutputs.evaluate(fp16_model, samples)
+    again = ms.sweep(fp16_model, configs[:1], samples=reused)
+    assert again.rows[0].quality == result.rows[0].quality
+
+
+def test_samples_errors(fp16_model: Any) -> None:
+    samples = random_samples(input_specs(fp16_model), 1)
+    point = [ms.MagnitudeConfig(target_sparsity=0.5)]
+    with pytest.raises(ValueError, match="samples and quality: give one"):
+        ms.sweep(fp16_model, point, samples=samples, quality=lambda prog: SparseOpCount(0))
+    with pytest.raises(ValueError, match="at least one input sample"):
+        ms.sweep(fp16_model, point, samples=[])
+    with pytest.raises(ValueError, match="input 'x'.*rank"):
+        ms.sweep(fp16_model, point, samples=[{"x": np.zeros((8, 6, 6), np.float16)}])
+    with pytest.raises(ValueError, match="function_name: 'nope'"):
+        ms.sweep(fp16_model, point, samples=samples, function_name="nope")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ms.sweep(fp16_model, point, samples=samples, backend="tpu")
+    if sys.platform != "darwin":
+        with pytest.raises(RuntimeError, match="only exists on macOS"):
+            ms.sweep(fp16_model, point, samples=samples, backend="coreml")

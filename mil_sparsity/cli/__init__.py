@@ -11,10 +11,17 @@ Subcommands (each has ``--help``), one module each::
     mil-sparsity pack   MODEL -o OUT [--min-sparsity P] [--weight-threshold N] [--force]
                         [--streaming] [--json]                            pack.py
     mil-sparsity sweep  MODEL [--sparsities 0.5,0.75,0.9] [--patterns unstructured,block:4,n:m:3:4]
-                        [--dim D] [--weight-threshold N] [--plot FILE.png] [--json]   sweep.py
+                        [--dim D] [--weight-threshold N] [--plot FILE.png] [--json]
+                        [SAMPLES] [--backend reference|coreml]            sweep.py
+    mil-sparsity compare A B SAMPLES [--backend reference|coreml] [--json]   compare.py
+    mil-sparsity calibrate MODEL -o STATS.npz SAMPLES [--force] [--json]  calibrate.py
+
+    SAMPLES: (--data FILE.npz | --random-inputs N [--seed S] [--int-range LOW..HIGH])
+             [--function NAME]                                             _inputs.py
 
 ``prune`` and ``pack`` share one rewrite path (``_rewrite.py``); errors, option types, the
-terminal and model loading are shared in ``_common.py``. A new command is a module with
+terminal and model loading are shared in ``_common.py``; input samples, the function and the
+evaluation backend in ``_inputs.py``. A new command is a module with
 ``register(commands)`` (adds its parser, ``set_defaults(run=...)``) listed in :data:`COMMANDS`.
 
 Everything that decides or computes goes through the library's public API: the configs validate
@@ -42,11 +49,11 @@ from types import ModuleType
 from typing import Optional
 
 from mil_sparsity import __version__
-from mil_sparsity.cli import pack, passes, prune, report, sweep
+from mil_sparsity.cli import calibrate, compare, pack, passes, prune, report, sweep
 from mil_sparsity.cli._common import PROG, CLIError, Parser, one_line, quiet_coremltools
 
 #: the command modules, in --help order
-COMMANDS: tuple[ModuleType, ...] = (passes, report, prune, pack, sweep)
+COMMANDS: tuple[ModuleType, ...] = (passes, report, prune, pack, sweep, compare, calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -211,6 +211,16 @@ def require_exists(path: str) -> None:
 
 def load(path: str) -> tuple[Any, Any]:
     """(MLModel, PyMIL program) of a saved ML Program, or a one-line CLIError."""
+    mlmodel = load_mlmodel(path)
+    try:
+        prog = load_program(mlmodel)
+    except Exception as error:
+        raise CLIError(f"cannot read model {path}: {type(error).__name__}: {one_line(error)}") from None
+    return mlmodel, prog
+
+
+def load_mlmodel(path: str) -> Any:
+    """The MLModel of a saved ML Program (its program not loaded yet), or a one-line CLIError."""
     require_exists(path)
     try:
         mlmodel = load_model(path)
@@ -228,11 +238,7 @@ def load(path: str) -> tuple[Any, Any]:
             'it with ct.convert(..., convert_to="mlprogram", '
             "minimum_deployment_target=ct.target.iOS16) or later"
         )
-    try:
-        prog = load_program(mlmodel)
-    except Exception as error:
-        raise CLIError(f"cannot read model {path}: {type(error).__name__}: {one_line(error)}") from None
-    return mlmodel, prog
+    return mlmodel
 
 
 def check_output(output: str, model: str, force: bool) -> str:

@@ -1,9 +1,12 @@
-"""``mil-sparsity sweep``: model size against weight error for several patterns and levels.
+"""``mil-sparsity sweep``: model size against weight error (and, with input samples, output
+error) for several patterns and levels.
 
 The options become :class:`~mil_sparsity.sweep.SweepPoint` s
-(:func:`mil_sparsity.sweep.sweep_points`), :func:`mil_sparsity.sweep` measures them, and this
-module only prints the :class:`~mil_sparsity.SweepResult` (table or JSON) and draws it
-(``--plot``, with matplotlib).
+(:func:`mil_sparsity.sweep.sweep_points`) and, with ``--data`` or ``--random-inputs``, the
+original model's outputs on those samples (:class:`mil_sparsity.quality.ReferenceOutputs`,
+evaluated once); :func:`mil_sparsity.sweep` measures every point, and this module only prints
+the :class:`~mil_sparsity.SweepResult` (table or JSON) and draws it (``--plot``, with
+matplotlib: size against output error when measured, weight error otherwise).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import mil_sparsity as ms
 from mil_sparsity.cli._common import (
@@ -29,7 +32,23 @@ from mil_sparsity.cli._common import (
     one_line,
     progress,
 )
-from mil_sparsity.sweep import DEFAULT_SPARSITIES, SweepArgumentError, SweepPoint, sweep_points
+from mil_sparsity.cli._inputs import (
+    add_sample_options,
+    check_sample_options,
+    describe_samples,
+    function_of,
+    has_samples,
+    read_samples,
+    samples_line,
+)
+from mil_sparsity.quality import ReferenceOutputs
+from mil_sparsity.sweep import (
+    DEFAULT_SPARSITIES,
+    SweepArgumentError,
+    SweepPoint,
+    SweepRow,
+    sweep_points,
+)
 
 PLOT_INSTALL_HINT = 'pip install "mil_sparsity[plot]"'
 
@@ -42,8 +61,10 @@ def register(commands: Commands) -> None:
         "on a freshly loaded copy of the program (nothing is written) and report the size "
         "of all weights as they would be stored and the weight error: the relative Frobenius "
         "error sqrt(sum ||W - W_pruned||^2) / sqrt(sum ||W||^2) over the pruned weights "
-        "(float64), and the worst single weight's. n:m patterns fix their own sparsity n/m "
-        "and run once.",
+        "(float64), and the worst single weight's. With --data or --random-inputs, also the "
+        "pruned model's output error against the original's on those samples (relative L2, "
+        "cosine, SNR dB, max abs, top-1; the original is evaluated once). n:m patterns fix "
+        "their own sparsity n/m and run once.",
     )
     parser.add_argument("model", metavar="MODEL", help="an ML Program .mlpackage (iOS16+)")
     parser.add_argument(
@@ -67,8 +88,10 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--plot",
         metavar="FILE.png",
-        help=f"draw size vs error, one curve per pattern (needs matplotlib: {PLOT_INSTALL_HINT})",
+        help="draw size vs error, one curve per pattern: output relative L2 error with "
+        f"--data/--random-inputs, weight error otherwise (needs matplotlib: {PLOT_INSTALL_HINT})",
     )
+    add_sample_options(parser, required=False)
     add_json(parser)
     parser.set_defaults(run=run)
 
@@ -102,24 +125,65 @@ def _with_bar(found: list[SweepPoint], quiet: bool) -> Iterator[SweepPoint]:
         bar.close()
 
 
+def _reference_outputs(args: argparse.Namespace, mlmodel: Any) -> Optional[ReferenceOutputs]:
+    """The original's outputs on the samples of --data/--random-inputs (None without)."""
+    if not has_samples(args):
+        return None
+    function = function_of(mlmodel, args.model, args, "sweep")
+    samples = read_samples(args, mlmodel, args.model, function)
+    bar = progress(samples, total=len(samples), desc="original outputs", quiet=args.json)
+    try:
+        return ReferenceOutputs.evaluate(
+            args.model if args.backend == "coreml" else mlmodel,
+            bar,
+            backend=args.backend,
+            function_name=function,
+            progress=False,
+        )
+    except (NotImplementedError, ValueError, TypeError) as error:
+        raise CLIError(f"{args.model}: {one_line(error)}") from None
+    finally:
+        bar.close()
+
+
 def run(args: argparse.Namespace) -> int:
+    check_sample_options(args, "sweep")
     found, notes = points(args)
     figure_module = _matplotlib() if args.plot else None
     if figure_module is not None:
         _check_plot_path(figure_module, args.plot)
     mlmodel, prog = load(args.model)
+    reference = _reference_outputs(args, mlmodel)
     try:
         result = ms.sweep(
-            mlmodel, _with_bar(found, quiet=args.json), program=prog, progress=False
+            mlmodel, _with_bar(found, quiet=args.json), samples=reference, program=prog,
+            progress=False,
         )
     except (ValueError, TypeError) as error:  # the pass's, e.g. an opset older than iOS16
         raise CLIError(f"{args.model}: {one_line(error)}") from None
     if figure_module is not None:
         _plot(figure_module, args.plot, args.model, result)
+    inputs = None if reference is None else describe_samples(args, len(reference.samples))
     if args.json:
-        emit_json({**result.to_dict(), "model": args.model, "notes": notes, "plot": args.plot})
+        emit_json(
+            {
+                **result.to_dict(),
+                "model": args.model,
+                "output_quality": None if reference is None else {
+                    "function": reference.function_name, "backend": reference.backend,
+                    "inputs": inputs,
+                },
+                "notes": notes,
+                "plot": args.plot,
+            }
+        )
         return 0
     lines = [result.format_table()]
+    if reference is not None:
+        lines.append(
+            f"outputs: function {reference.function_name}, backend {reference.backend}, "
+            f"{samples_line(args, len(reference.samples))}"
+        )
     lines.extend(f"note: {note}" for note in notes)
     if args.plot:
         lines.append(f"wrote {args.plot}")
@@ -154,17 +218,19 @@ def _check_plot_path(figure_module: Any, path: str) -> None:
 
 
 def _plot(figure_module: Any, path: str, model: str, result: ms.SweepResult) -> None:
-    """Weights as stored (KiB) against relative error: one curve per pattern, the original as a
-    black square; written atomically."""
+    """Weights as stored (KiB) against the worst output's relative L2 error when the rows have
+    output quality, else against the weight error: one curve per pattern, the original as a
+    black square at 0; written atomically."""
     figure = figure_module.Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
+    outputs = result.has_output_quality
     by_pattern: dict[str, list[Any]] = {}
     for row in result.rows:
         by_pattern.setdefault(row.pattern, []).append(row)
     for label, rows in by_pattern.items():
         rows = sorted(rows, key=lambda row: row.model_bytes)
         xs = [row.model_bytes / 1024 for row in rows]
-        ys = [row.relative_error for row in rows]
+        ys = [_plotted_error(row, outputs) for row in rows]
         axes.plot(xs, ys, marker="o", label=label)
         for row, x, y in zip(rows, xs, ys):
             axes.annotate(f"{row.sparsity:.2f}", (x, y), textcoords="offset points",
@@ -172,7 +238,10 @@ def _plot(figure_module: Any, path: str, model: str, result: ms.SweepResult) -> 
     axes.plot([result.original_bytes / 1024], [0.0], marker="s", color="black", linestyle="",
               label="original")
     axes.set_xlabel("weights as stored (KiB)")
-    axes.set_ylabel("relative Frobenius error")
+    axes.set_ylabel(
+        "output relative L2 error (worst output)" if outputs
+        else "weight error (relative Frobenius norm)"
+    )
     axes.set_title(f"mil-sparsity sweep: {os.path.basename(model.rstrip(os.sep))}")
     axes.grid(True, alpha=0.3)
     axes.legend()
@@ -181,3 +250,10 @@ def _plot(figure_module: Any, path: str, model: str, result: ms.SweepResult) -> 
             figure.savefig(staging)
     except Exception as error:
         raise CLIError(f"--plot: cannot write {path}: {one_line(error)}") from None
+
+
+def _plotted_error(row: SweepRow, outputs: bool) -> float:
+    report = row.output_quality
+    if outputs and report is not None:
+        return report.worst_relative_l2
+    return row.relative_error
