@@ -608,13 +608,32 @@ def test_every_folded_op_in_the_table_is_checked_here() -> None:
         "cumsum", "pad", "gather", "gather_along_axis", "scatter_along_axis", "argsort", "topk",
         "band_part", "range_1d", "fill", "fill_like", "reverse_sequence", "non_zero", "matmul",
         "linear", "einsum", "softmax", "layer_norm", "l2_norm", "scaled_dot_product_attention",
-        "slice_update", "abs",
+        "slice_update", "abs", "quantize",
     }
     folding: set[str] = set()
-    for opset in SSAOpRegistry.core_ops.values():
-        for name, cls in opset.items():
+    for name, versions in SSAOpRegistry.core_ops.items():  # op type -> {opset: class}
+        for cls in versions.values():
             if any("value_inference" in vars(k) for k in cls.__mro__ if k is not Operation):
                 folding.add(name)
+    assert {"add", "matmul", "gather"} <= folding  # the walk above reads the registry right
     in_table = folding & reference.supported_op_types() - {"const", "cond"}
     checked |= {"reverse_sequence"}  # its value_inference is a stub: checked against numpy above
     assert in_table - checked == set()
+
+
+@OPS
+@given(shape=shapes, seed=seeds, per_axis=st.booleans(), dtype=st.sampled_from(["int8", "uint8"]), data=st.data())
+def test_quantize(shape: tuple[int, ...], seed: int, per_axis: bool, dtype: str, data: Any) -> None:
+    x = values(seed, shape, -4, 4)
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1)) if per_axis else None
+    size = shape[axis] if axis is not None else None
+    scale = values(seed + 1, (size,) if size else (), 0.02, 0.1)
+    low, high = (-10, 10) if dtype == "int8" else (100, 150)
+    zero_point = values(seed + 2, (size,) if size else (), low, high, np.int8 if dtype == "int8" else np.uint8)
+    assert_matches(lambda: mb.quantize(input=x, scale=scale, zero_point=zero_point, axis=axis, output_dtype=dtype))
+    # dequantize does not fold: it inverts quantize to within half a step
+    (quantized,), _ = folded_and_evaluated(lambda: mb.quantize(input=x, scale=scale, zero_point=zero_point, axis=axis, output_dtype=dtype))
+    restored = evaluated_on_inputs(lambda q: mb.dequantize(input=q, scale=scale, zero_point=zero_point, axis=axis), quantized)
+    shaped_scale = scale if axis is None else scale.reshape([-1 if i == axis % len(shape) else 1 for i in range(len(shape))])
+    inside = (quantized > np.iinfo(quantized.dtype).min) & (quantized < np.iinfo(quantized.dtype).max)
+    assert np.all(np.abs(restored - x)[inside] <= (np.broadcast_to(shaped_scale, x.shape)[inside] * 0.5001))

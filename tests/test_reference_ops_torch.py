@@ -247,3 +247,27 @@ def test_space_and_depth(seed: int, block: int) -> None:
     c_out = c // (block * block)
     want = x.reshape(n, block, block, c_out, h, w).transpose(0, 3, 4, 1, 5, 2).reshape(n, c_out, h * block, w * block)
     np.testing.assert_array_equal(got, want)
+
+
+@OPS
+@given(steps=st.integers(1, 5), batch=st.integers(1, 3), hidden=st.integers(1, 5), output_sequence=st.booleans(), seed=seeds)
+def test_gru(steps: int, batch: int, hidden: int, output_sequence: bool, seed: int) -> None:
+    """torch's GRU ([r, z, n] blocks, reordered to MIL's [r, o, z]) with a zero hidden-side
+    bias, where MIL's single bias and torch's two biases mean the same thing."""
+    torch.manual_seed(seed)
+    gru = torch.nn.GRU(3, hidden)
+    with torch.no_grad():
+        gru.bias_hh_l0.zero_()
+    x, h0 = rand(seed, steps, batch, 3), rand(seed + 1, batch, hidden)
+
+    def roz(w: Any) -> np.ndarray:
+        r, z, n = np.split(w.detach().numpy(), 3)
+        return np.concatenate([r, n, z])
+
+    outputs, h = evaluate(lambda v: mb.gru(
+        x=v, initial_h=h0, weight_ih=roz(gru.weight_ih_l0), weight_hh=roz(gru.weight_hh_l0),
+        bias=roz(gru.bias_ih_l0), output_sequence=output_sequence), x)
+    with torch.no_grad():
+        want, want_h = gru(t(x), t(h0)[None])
+    np.testing.assert_allclose(h, want_h[0].numpy(), **TOL)
+    np.testing.assert_allclose(outputs, want.numpy() if output_sequence else want.numpy()[-1:], **TOL)

@@ -37,6 +37,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_gather,
     ops_image,
     ops_nn,
+    ops_quantize,
     ops_recurrent,
     ops_reduce,
     ops_tensor,

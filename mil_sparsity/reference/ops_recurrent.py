@@ -121,3 +121,33 @@ def _rnn(args: Args) -> tuple[np.ndarray, np.ndarray]:
     if not flag(args, "output_sequence"):
         states = h[None]
     return states, h
+
+
+@kernel("gru")
+def _gru(args: Args) -> tuple[np.ndarray, np.ndarray]:
+    """Gates in MIL's [reset, output (new), update] order: r, z = recurrent_activation(...),
+    o = activation(W_io x + b_io + r * (W_ho h)), h = (1 - z) o + z h."""
+    x = array(args, "x")
+    weight_ih, weight_hh = array(args, "weight_ih"), array(args, "weight_hh")
+    recurrent = ACTIVATIONS[text(args, "recurrent_activation", "sigmoid")]
+    activation = ACTIVATIONS[text(args, "activation", "tanh")]
+    steps, batch, _ = x.shape
+    hidden = weight_hh.shape[1]
+    projected = np.matmul(x.reshape(steps * batch, -1), weight_ih.T).reshape(steps, batch, -1)
+    bias = optional_array(args, "bias")
+    if bias is not None:
+        projected += bias
+    h = array(args, "initial_h")
+    states = np.empty((steps, batch, hidden), dtype=np.float32)
+    reverse = text(args, "direction", "forward") == "reverse"
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        recurrent_part = h @ weight_hh.T
+        step = projected[t]
+        reset = recurrent(step[:, :hidden] + recurrent_part[:, :hidden])
+        update = recurrent(step[:, 2 * hidden :] + recurrent_part[:, 2 * hidden :])
+        new = activation(step[:, hidden : 2 * hidden] + reset * recurrent_part[:, hidden : 2 * hidden])
+        h = (1.0 - update) * new + update * h
+        states[t] = h
+    if not flag(args, "output_sequence"):
+        states = h[None]
+    return states, h
