@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import attrs
 import numpy as np
-from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.block import Block, Function
 from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.program import Program
@@ -77,15 +76,19 @@ def _flat_inputs(op: Operation) -> list[Var]:
     return result
 
 
-def _compute_dtype(var: Var) -> Optional[np.dtype[Any]]:
-    """float32 for float types, the declared dtype otherwise; None for non-tensor values."""
+def _storage_dtype(var: Var) -> Optional[np.dtype[Any]]:
+    """The numpy dtype of a var's element type; None for lists, strings and states."""
     try:
         storage = private.numpy_dtype_of(var.dtype)
-    except Exception:  # lists, strings, states: left as the kernel returns them
+    except Exception:  # not a numeric element type: left as the kernel returns it
         return None
-    if storage.kind not in "biuf":
-        return None
-    return compute_dtype(storage)
+    return storage if storage.kind in "biuf" else None
+
+
+def _compute_dtype(var: Var) -> Optional[np.dtype[Any]]:
+    """float32 for float types, the declared dtype otherwise; None for non-tensor values."""
+    storage = _storage_dtype(var)
+    return None if storage is None else compute_dtype(storage)
 
 
 @attrs.frozen
@@ -149,7 +152,7 @@ def _plan_block(block: Block) -> _BlockPlan:
         _Step(
             op=op,
             outputs=tuple(
-                (id(v), _compute_dtype(v), v.dtype == types.fp16) for v in op.outputs
+                (id(v), _compute_dtype(v), _storage_dtype(v) == np.float16) for v in op.outputs
             ),
             free_after=tuple(free_after[index]),
         )
