@@ -82,7 +82,8 @@ def threshold_prune_mask(weight: NDArray[Any], threshold: float) -> BoolArray:
 
 
 def magnitude_prune_mask(weight: NDArray[Any], target_sparsity: float) -> BoolArray:
-    """Prune exactly ``round(target_sparsity * weight.size)`` smallest-magnitude elements."""
+    """Prune exactly ``round(target_sparsity * weight.size)`` smallest-magnitude elements, ties
+    by row-major position (the exact selection of :mod:`mil_sparsity.kernels.selection`)."""
     return lowest_k_mask(magnitude_keys(weight), target_count(target_sparsity, weight.size))
 
 

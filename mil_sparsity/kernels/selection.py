@@ -8,17 +8,24 @@ equal to it are taken (``take``, the first ones in row-major order). Every calle
 ``KthKey`` into a mask the same way (:func:`select_with_ties`, or chunk by chunk with
 :class:`TieCarry`), so whole-array, chunked and per-row selections agree bit for bit.
 
-Three ways to find the ``KthKey``:
+Ways to find the ``KthKey``:
 
 * :func:`kth_key` (one array in memory): a fixed-seed random sample bounds the k-th key between
-  two sample keys; one pass counts the keys below the lower bound and extracts the few keys
-  inside the bounds, and only those are partitioned (Floyd-Rivest style). Falls back to the
-  histogram selection when the bounds miss (never for sane data, but always exact).
+  two sample keys (Floyd-Rivest style), and two counting passes check the bounds. A narrow key
+  range between them (always for fp16 keys: ~100 key values) is then binary-searched by
+  counting probes, ``count(keys <= v)``, one compare + popcount pass each (~7 for fp16); a wide
+  range (fp32 keys) by extracting the ~3% of keys inside the bounds and partitioning them. No
+  partition or copy of the whole array. Falls back to the radix selection when the bounds miss
+  (probability ~1e-9 per call on any data; the result is exact either way).
 * :func:`radix_kth_key` (a re-readable sequence of chunks): most-significant-digit radix
   selection with 16-bit digits. Each level is one pass over the chunks that histograms the next
   digit of the keys matching the prefix found so far: one level for fp16 keys, two for fp32,
   four for fp64. Memory: one 65536-bin histogram plus one chunk's temporaries.
-* :func:`row_kth_keys` (a 2-D array, one selection per row): ``np.partition`` along the rows.
+* :func:`row_kth_keys` (a 2-D array, one selection per row): ``np.partition`` along the rows,
+  ties ranked by a narrow cumulative count (:func:`row_select_with_ties`).
+* :func:`spread_row_kth_keys` (rows spread over chunks, e.g. a ``[in, out]`` weight read in
+  row-major chunks with one selection per output column): per-row radix selection with 8-bit
+  digits, masks by :class:`RowTieCarry`.
 """
 
 from __future__ import annotations
