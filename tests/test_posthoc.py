@@ -14,6 +14,7 @@ import coremltools as ct
 import mil_sparsity as ms
 from mil_sparsity.posthoc import load_program
 from _mil_helpers import one_pass
+from _reference import ref_magnitude, ref_threshold
 from _models import (
     cond_linear_program,
     SPARSE_OP,
@@ -22,10 +23,10 @@ from _models import (
     dense_value,
     hash_tree,
     iter_ops,
+    make_mlp,
     mlp_model,
-    ref_magnitude,
-    ref_threshold,
     save_and_load,
+    trace,
     weight_vars,
 )
 
