@@ -25,6 +25,7 @@ from mil_sparsity.configs import (
 )
 from mil_sparsity.passes import register_passes
 from mil_sparsity.posthoc import apply_pipeline
+from mil_sparsity import reference
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.selector import OpSelector
 from mil_sparsity.sweep import SweepResult, sweep
@@ -56,5 +57,6 @@ __all__ = [
     "check_destination",
     "config_from_dict",
     "config_to_dict",
+    "reference",
     "sweep",
 ]
