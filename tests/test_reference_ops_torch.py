@@ -271,3 +271,35 @@ def test_gru(steps: int, batch: int, hidden: int, output_sequence: bool, seed: i
         want, want_h = gru(t(x), t(h0)[None])
     np.testing.assert_allclose(h, want_h[0].numpy(), **TOL)
     np.testing.assert_allclose(outputs, want.numpy() if output_sequence else want.numpy()[-1:], **TOL)
+
+
+@OPS
+@given(seed=seeds, block=st.tuples(st.integers(1, 3), st.integers(1, 3)), pad=st.integers(0, 1))
+def test_space_to_batch_and_back(seed: int, block: tuple[int, int], pad: int) -> None:
+    """space_to_batch then batch_to_space with the same padding as crops is the identity;
+    batch entry (i * block_w + j) * n + b holds pixels (i::block_h, j::block_w) of entry b."""
+    bh, bw = block
+    x = rand(seed, 2, 3, 2 * bh, 3 * bw)
+    paddings = np.array([[0, 0], [pad * bw, pad * bw]], np.int32)
+    (moved,) = evaluate(lambda v: mb.space_to_batch(x=v, block_shape=np.array(block, np.int32), paddings=paddings), x)
+    padded = np.pad(x, [(0, 0), (0, 0), (0, 0), (pad * bw, pad * bw)])
+    for i in range(bh):
+        for j in range(bw):
+            np.testing.assert_array_equal(moved[(i * bw + j) * 2 : (i * bw + j) * 2 + 2], padded[:, :, i::bh, j::bw])
+    (back,) = evaluate(lambda v: mb.batch_to_space(
+        x=mb.space_to_batch(x=v, block_shape=np.array(block, np.int32), paddings=paddings),
+        block_shape=np.array(block, np.int32), crops=paddings), x)
+    np.testing.assert_array_equal(back, x)
+
+
+@OPS
+@given(seed=seeds, length=st.integers(1, 8), size=st.integers(1, 4), stride=st.integers(1, 3), axis=st.integers(0, 2))
+def test_sliding_windows(seed: int, length: int, size: int, stride: int, axis: int) -> None:
+    assume(size <= length)
+    shape = [2, 3, 2]
+    shape[axis] = length
+    x = rand(seed, *shape)
+    (got,) = evaluate(lambda v: mb.sliding_windows(x=v, axis=axis, size=size, stride=stride), x)
+    starts = range(0, length - size + 1, stride)
+    want = np.stack([np.take(x, np.arange(s, s + size), axis=axis) for s in starts], axis=axis)
+    np.testing.assert_array_equal(got, want)

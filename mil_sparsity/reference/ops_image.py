@@ -137,3 +137,29 @@ def _crop(args: Args) -> np.ndarray:
     top, bottom = (int(v) for v in np.asarray(args["crop_height"]).reshape(-1))
     left, right = (int(v) for v in np.asarray(args["crop_width"]).reshape(-1))
     return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
+
+
+@kernel("space_to_batch")
+def _space_to_batch(args: Args) -> np.ndarray:
+    """Pad H, W by ``paddings``, then move each (i, j) offset of a block_shape block into the
+    batch axis: new batch index (i * block_w + j) * n + batch (TF order)."""
+    x = array(args, "x")
+    block_h, block_w = (int(v) for v in np.asarray(args["block_shape"]).reshape(-1))
+    pads = np.asarray(args["paddings"]).reshape(2, 2)
+    padded = np.pad(x, [(0, 0), (0, 0), (int(pads[0, 0]), int(pads[0, 1])), (int(pads[1, 0]), int(pads[1, 1]))])
+    n, c, h, w = padded.shape
+    blocks = padded.reshape(n, c, h // block_h, block_h, w // block_w, block_w)
+    return blocks.transpose(3, 5, 0, 1, 2, 4).reshape(block_h * block_w * n, c, h // block_h, w // block_w)
+
+
+@kernel("batch_to_space")
+def _batch_to_space(args: Args) -> np.ndarray:
+    """The inverse of space_to_batch, then ``crops`` removed from H and W."""
+    x = array(args, "x")
+    block_h, block_w = (int(v) for v in np.asarray(args["block_shape"]).reshape(-1))
+    crops = np.asarray(args["crops"]).reshape(2, 2)
+    batch, c, h, w = x.shape
+    n = batch // (block_h * block_w)
+    blocks = x.reshape(block_h, block_w, n, c, h, w).transpose(2, 3, 4, 0, 5, 1)
+    full = blocks.reshape(n, c, h * block_h, w * block_w)
+    return full[:, :, int(crops[0, 0]) : h * block_h - int(crops[0, 1]), int(crops[1, 0]) : w * block_w - int(crops[1, 1])]

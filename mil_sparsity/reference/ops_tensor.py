@@ -324,3 +324,18 @@ def _topk(args: Args) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(key, axis=axis, kind="stable")
     indices = np.take(order, np.arange(k), axis=axis)
     return np.take_along_axis(x, indices, axis=axis), indices.astype(np.int32)
+
+
+@kernel("sliding_windows")
+def _sliding_windows(args: Args) -> np.ndarray:
+    """Windows of ``size`` along ``axis`` every ``stride`` elements: shape [..., count, size,
+    ...] with count = (d - size) // stride + 1 (a strided view, copied once)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    x = array(args, "x")
+    axis = integer(args, "axis") % x.ndim
+    size, stride = integer(args, "size"), integer(args, "stride", 1)
+    view = sliding_window_view(x, size, axis=axis)  # window axis appended last
+    view = np.moveaxis(view, -1, axis + 1)
+    index = (slice(None),) * axis + (slice(None, None, stride),)
+    return np.ascontiguousarray(view[index])
