@@ -132,7 +132,9 @@ def load_samples(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> li
         with np.load(os.fspath(path), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"data: cannot read {os.fspath(path)!r} as a .npz file: {error}") from error
+        raise ValueError(
+            f"data: cannot read {os.fspath(path)!r} as a .npz file: {error}"
+        ) from error
     return samples_from_arrays(arrays, specs, where=os.fspath(path))
 
 

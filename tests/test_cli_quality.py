@@ -350,6 +350,27 @@ def test_sweep_quality_rows_equal_compare_on_what_prune_writes(
     assert "outputs: function main, backend reference, 2 random sample(s) (seed 9" in out
 
 
+def test_sweep_function_of_a_multifunction_package(
+    run_main: Main, packages: Packages, work: Path
+) -> None:
+    """Both functions are pruned; --function picks whose outputs are compared."""
+    samples = random_samples(specs(packages.multi), 2, seed=1)
+    worst = {}
+    for function in ("dense", "palettized"):
+        code, out, err = run_main("sweep", packages.multi, "--sparsities", "0.5",
+                                  "--random-inputs", 2, "--seed", 1, "--function", function,
+                                  "--json")
+        assert code == 0, err
+        data = json.loads(out)
+        assert data["output_quality"]["function"] == function
+        worst[function] = data["runs"][0]["quality"]["worst"]["relative_l2"]
+    # the dense function's weights are pruned at 50%; the palettized one's are not magnitude-pruned
+    assert worst["dense"] == pytest.approx(
+        compare(str(packages.ios18), str(work / "half.mlpackage"),
+                samples).worst_relative_l2, rel=1e-6)
+    assert worst["palettized"] < worst["dense"]
+
+
 def test_sweep_data_and_plot_of_output_error(
     run_main: Main, packages: Packages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from mil_sparsity.quality import BACKENDS, Evaluator, check_backend, evaluator
 from mil_sparsity.samples import Sample, function_names, input_specs, load_samples, random_samples
 
 DEFAULT_INT_RANGE = (0, 100)
+Inputs = Mapping[str, np.ndarray]  # one sample, as read or as kept by ReferenceOutputs
 _INT_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 
 
@@ -153,19 +154,23 @@ def read_samples(args: argparse.Namespace, mlmodel: Any, path: str, function: st
         raise UsageError(f"--random-inputs: {one_line(error)}") from None
 
 
-def describe_samples(args: argparse.Namespace, count: int) -> dict[str, Any]:
-    """Where the samples came from, for the output."""
+def describe_samples(args: argparse.Namespace, samples: Sequence[Inputs]) -> dict[str, Any]:
+    """Where the samples came from, for --json."""
     if args.data is not None:
-        return {"data": args.data, "samples": count}
+        return {"data": args.data, "samples": len(samples)}
     low, high = DEFAULT_INT_RANGE if args.int_range is None else args.int_range
-    return {"random_inputs": count, "seed": args.seed or 0, "int_range": [low, high]}
+    return {"random_inputs": len(samples), "seed": args.seed or 0, "int_range": [low, high]}
 
 
-def samples_line(args: argparse.Namespace, count: int) -> str:
+def samples_line(args: argparse.Namespace, samples: Sequence[Inputs]) -> str:
+    """Where the samples came from, for the text output (the integer range only when the
+    model has integer inputs)."""
     if args.data is not None:
-        return f"{count} sample(s) from {args.data}"
+        return f"{len(samples)} sample(s) from {args.data}"
     low, high = DEFAULT_INT_RANGE if args.int_range is None else args.int_range
-    return f"{count} random sample(s) (seed {args.seed or 0}, integers uniform in [{low}, {high}))"
+    integers = any(np.issubdtype(value.dtype, np.integer) for value in samples[0].values())
+    ints = f", integers uniform in [{low}, {high})" if integers else ""
+    return f"{len(samples)} random sample(s) (seed {args.seed or 0}{ints})"
 
 
 def make_evaluator(mlmodel: Any, path: str, backend: str, function: str) -> Evaluator:

@@ -35,6 +35,7 @@ from mil_sparsity.cli._inputs import (
     samples_line,
 )
 from mil_sparsity.inspect_model import format_rows
+from mil_sparsity.samples import Sample
 
 
 def register(commands: Commands) -> None:
@@ -87,11 +88,13 @@ def run(args: argparse.Namespace) -> int:
             stats.save(staging)
     except Exception as error:
         raise CLIError(f"cannot write {args.output}: {one_line(error)}") from None
-    _print(args, function, len(samples), stats)
+    _print(args, function, samples, stats)
     return 0
 
 
-def _print(args: argparse.Namespace, function: str, count: int, stats: ActivationStats) -> None:
+def _print(
+    args: argparse.Namespace, function: str, samples: list[Sample], stats: ActivationStats
+) -> None:
     entries = sorted(stats.entries.items())
     if args.json:
         emit_json(
@@ -99,7 +102,7 @@ def _print(args: argparse.Namespace, function: str, count: int, stats: Activatio
                 "model": args.model,
                 "output": args.output,
                 "function": function,
-                "inputs": describe_samples(args, count),
+                "inputs": describe_samples(args, samples),
                 "weights": [
                     {"function": key[0], "name": key[1], "channels": entry.channels,
                      "rows": entry.rows}
@@ -116,7 +119,7 @@ def _print(args: argparse.Namespace, function: str, count: int, stats: Activatio
     lines += [
         "",
         f"{len(entries)} weight(s) of function {function} calibrated on "
-        f"{samples_line(args, count)}; rms: the mean over channels of sqrt(mean x^2)",
+        f"{samples_line(args, samples)}; rms: the mean over channels of sqrt(mean x^2)",
         f"wrote {args.output}",
     ]
     emit("\n".join(lines).lstrip("\n"))

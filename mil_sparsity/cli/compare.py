@@ -79,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
                 "candidate": args.candidate,
                 "function": function,
                 "backend": args.backend,
-                "inputs": describe_samples(args, len(samples)),
+                "inputs": describe_samples(args, samples),
                 **report.to_dict(),
             }
         )
         return 0
     emit(
         f"reference: {args.reference}\ncandidate: {args.candidate}\n"
-        f"function {function}, backend {args.backend}, {samples_line(args, len(samples))}\n\n"
+        f"function {function}, backend {args.backend}, {samples_line(args, samples)}\n\n"
         f"{report.format_table()}"
     )
     return 0

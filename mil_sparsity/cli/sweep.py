@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.model}: {one_line(error)}") from None
     if figure_module is not None:
         _plot(figure_module, args.plot, args.model, result)
-    inputs = None if reference is None else describe_samples(args, len(reference.samples))
+    inputs = None if reference is None else describe_samples(args, reference.samples)
     if args.json:
         emit_json(
             {
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if reference is not None:
         lines.append(
             f"outputs: function {reference.function_name}, backend {reference.backend}, "
-            f"{samples_line(args, len(reference.samples))}"
+            f"{samples_line(args, reference.samples)}"
         )
     lines.extend(f"note: {note}" for note in notes)
     if args.plot:
