@@ -31,7 +31,7 @@ def _erf_into(scaled: np.ndarray, sign_source: np.ndarray) -> np.ndarray:
     del t
     poly *= gaussian
     np.subtract(1.0, poly, out=poly)
-    return np.copysign(poly, sign_source, out=poly)
+    return np.asarray(np.copysign(poly, sign_source, out=poly))
 
 
 def erf(x: np.ndarray) -> np.ndarray:
