@@ -66,6 +66,17 @@ def build_embedding(seed: int) -> Any:
                       compute_precision=ct.precision.FLOAT32)
 
 
+def build_pooling() -> Any:
+    """The shared packages' input (x: fp16 1x8x6x6) -> mean over H, W, an output named pooled."""
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, 6, 6), dtype=types.fp16)],
+                opset_version=ct.target.iOS18)
+    def prog(x: Any) -> Any:
+        return mb.reduce_mean(x=x, axes=[2, 3], name="pooled")
+
+    return ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18)
+
+
 @pytest.fixture(scope="module")
 def work(packages: Packages) -> Path:
     """Pruned and embedding packages next to the shared ones, built once for this module."""
@@ -77,6 +88,7 @@ def work(packages: Packages) -> Path:
                              *config, "--json"])
             assert code == 0
         build_embedding(0).save(str(root / "emb_a.mlpackage"))
+        build_pooling().save(str(root / "pooled.mlpackage"))
         build_embedding(1).save(str(root / "emb_b.mlpackage"))
     return root
 
@@ -231,6 +243,8 @@ def bad_inputs(
         (["compare", A, packages.corrupt, *rand], 1, "cannot read model"),
         (["compare", A, work / "emb_a.mlpackage", *rand], 1, "emb_a.mlpackage: inputs: missing ['ids']; "
          "unknown ['x']"),
+        (["compare", A, work / "pooled.mlpackage", *rand], 1, "the models' outputs differ: "
+         "reference has ['fc2'], candidate has ['pooled']"),
         (["calibrate", A, "-o", out / "s.npz"], 2, "one of the arguments --data"),
         (["calibrate", A, "-o", out / "s.txt", *rand], 2, "-o/--output must end with .npz"),
         (["calibrate", A, "-o", out / "no" / "s.npz", *rand], 1, "output directory does not"),
