@@ -7,6 +7,7 @@ window, to force the fallback) so hypothesis' small hostile arrays go through it
 from __future__ import annotations
 
 import contextlib
+import tracemalloc
 from typing import Any, Iterator
 
 import numpy as np
@@ -157,3 +158,20 @@ def test_row_lowest_k_mask_long_rows() -> None:
 def test_kth_key_rejects_out_of_range_k() -> None:
     with pytest.raises(ValueError, match="k must be in"):
         kth_key(np.zeros(3, np.uint16), 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("s", [0.25, 0.5, 0.5000001, 0.75])
+def test_sampled_selection_half_zeros_exact_and_without_big_copies(dtype: Any, s: float) -> None:
+    # half the weights are zeros: the k-th key sits in (or next to) one huge tie run
+    w = np.random.default_rng(5).standard_normal((512, 1024)).astype(dtype)
+    w[:, ::2] = 0
+    keys = ref_keys(w)
+    k = round(s * w.size)
+    tracemalloc.start()
+    found = selection._sampled_kth(keys.ravel(), k)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert found == ref_kth(keys, k)
+    assert peak <= keys.nbytes // 2 + (1 << 20)  # bool temporaries and a small sample, no key copy
+    assert np.array_equal(magnitude_prune_mask(w, s), ref_lowest_k(keys, k))

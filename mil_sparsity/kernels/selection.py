@@ -14,8 +14,9 @@ Ways to find the ``KthKey``:
   two sample keys (Floyd-Rivest style), and two counting passes check the bounds. A narrow key
   range between them (always for fp16 keys: ~100 key values) is then binary-searched by
   counting probes, ``count(keys <= v)``, one compare + popcount pass each (~7 for fp16); a wide
-  range (fp32 keys) by extracting the ~3% of keys inside the bounds and partitioning them. No
-  partition or copy of the whole array. Falls back to the radix selection when the bounds miss
+  range (fp32 keys) by extracting the ~3% of keys inside the bounds and partitioning them (or by
+  probes again when a long tie run puts over 1/8 of the keys inside). No partition or copy of
+  the whole array. Falls back to the radix selection when the bounds miss
   (probability ~1e-9 per call on any data; the result is exact either way).
 * :func:`radix_kth_key` (a re-readable sequence of chunks): most-significant-digit radix
   selection with 16-bit digits. Each level is one pass over the chunks that histograms the next
@@ -44,9 +45,11 @@ KeyArray = NDArray[np.unsignedinteger[Any]]
 # window of +-6 sigma misses with probability ~1e-9; the keys inside it are ~3.3% of the array.
 _SAMPLE: Final = 1 << 15
 _WINDOW: Final = 544
-# Key ranges narrower than this are searched by counting probes (at most 12), wider ones by
-# extracting and partitioning the keys inside them.
+# 16-bit keys, and wider key ranges narrower than this, are searched by counting probes (at
+# most 16, resp. 12); other ranges by extracting and partitioning the keys inside them, unless
+# more than 1/_CANDIDATES_MAX_SHARE of the keys are inside (then probes again: no big copy).
 _PROBE_RANGE: Final = 1 << 12
+_CANDIDATES_MAX_SHARE: Final = 8
 # Below this many keys a plain partition of a copy beats sampling.
 _SAMPLED_MIN: Final = 1 << 18
 # Fixed seed: the sample only affects speed, never the result.
@@ -77,9 +80,10 @@ def target_count(target_sparsity: float, total: int) -> int:
 # ---- whole array ---------------------------------------------------------------------------
 
 
-def _partition_kth(flat: KeyArray, k: int, below: int = 0) -> KthKey:
-    """The ``k``-th smallest of ``flat`` (1-based) by one partition of a copy."""
-    scratch = flat.copy()
+def _partition_kth(flat: KeyArray, k: int, below: int = 0, in_place: bool = False) -> KthKey:
+    """The ``k``-th smallest of ``flat`` (1-based) by one partition (of a copy unless
+    ``in_place``), plus ``below`` smaller keys not in ``flat``."""
+    scratch = flat if in_place else flat.copy()
     scratch.partition(k - 1)
     key = scratch[k - 1]
     smaller = below + int(np.count_nonzero(scratch[: k - 1] < key))
@@ -120,16 +124,17 @@ def _sampled_kth(flat: KeyArray, k: int) -> KthKey | None:
     below_low = int(np.count_nonzero(flat < low)) if low > 0 else 0
     if below_low >= k or (high_index < _SAMPLE and int(np.count_nonzero(flat <= high)) < k):
         return None
-    if high - low < _PROBE_RANGE:
+    if flat.dtype.itemsize <= 2 or high - low < _PROBE_RANGE:
         return _count_search(flat, k, low, high, below_low)
-    # keys in [low, high] as one unsigned compare of the offsets (wrap-around puts keys below
-    # low above high - low)
-    offsets = np.subtract(flat, flat.dtype.type(low), dtype=flat.dtype)
-    inside: BoolArray = np.less_equal(offsets, high - low)
-    del offsets
+    inside: BoolArray = np.greater_equal(flat, low)
+    inside &= np.less_equal(flat, high)
+    if int(np.count_nonzero(inside)) > flat.size // _CANDIDATES_MAX_SHARE:
+        # a long run of equal keys inside the bounds (e.g. many zeros): probes need no copy
+        del inside
+        return _count_search(flat, k, low, high, below_low)
     candidates = np.compress(inside, flat)
     del inside
-    return _partition_kth(candidates, k - below_low, below_low)
+    return _partition_kth(candidates, k - below_low, below_low, in_place=True)
 
 
 def kth_key(keys: KeyArray, k: int) -> KthKey:
