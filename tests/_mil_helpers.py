@@ -8,10 +8,11 @@ import numpy as np
 from coremltools.converters.mil.mil.passes.graph_pass import PassOption
 
 import mil_sparsity as ms
-
-# the reference rules live in _reference.py; re-exported for tests that import them from here
-from _reference import ref_block, ref_magnitude, ref_n_m, ref_threshold  # noqa: E402,F401
 from mil_sparsity import _coremltools_private as private
+
+from _models import iter_ops
+# the reference rules live in _reference.py; re-exported for tests that import them from here
+from _reference import ref_block, ref_magnitude, ref_n_m, ref_threshold  # noqa: F401
 
 
 def run_pass(prog: Any, pass_name: str, config: Any = None, report: Any = None) -> ms.SparsityReport:
@@ -38,14 +39,9 @@ def one_pass(pass_name: str, **options: Any) -> Any:
 
 
 def all_ops(prog: Any) -> Iterator[Any]:
-    def walk(block: Any) -> Iterator[Any]:
-        for op in block.operations:
-            yield op
-            for inner in op.blocks:
-                yield from walk(inner)
-
+    """Every op of every function of ``prog``, nested blocks included."""
     for function in prog.functions.values():
-        yield from walk(function)
+        yield from iter_ops(function)
 
 
 def sparse_ops(prog: Any) -> list[Any]:
