@@ -30,7 +30,7 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph
+from mil_sparsity import _graph, sparse_format
 from mil_sparsity.configs import PackConfig, config_to_dict
 from mil_sparsity.handlers import Skip, pack_skip
 from mil_sparsity.kernels import nonzero_mask
@@ -72,8 +72,9 @@ def _builder(op: Operation, mask: np.ndarray) -> Callable[[], Var]:
                 name=f"{op.name}_sparse_shift_scale",
                 **extra,
             )
+        inputs = {sparse_format.NONZERO_DATA: nonzero, sparse_format.MASK: sparse_mask}
         new_var: Var = mb.constexpr_sparse_to_dense(
-            nonzero_data=nonzero, mask=sparse_mask, before_op=op, name=f"{op.name}_sparse"
+            **inputs, before_op=op, name=sparse_format.replacement_name(str(op.name))
         )
         return new_var
 
