@@ -23,9 +23,11 @@ from mil_sparsity.configs import (
     config_from_dict,
     config_to_dict,
 )
+from mil_sparsity.calibration import ActivationStats, collect_activation_stats
 from mil_sparsity.passes import register_passes
 from mil_sparsity.posthoc import apply_pipeline
 from mil_sparsity import reference
+from mil_sparsity.quality import QualityReport, ReferenceOutputs, compare
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.selector import OpSelector
 from mil_sparsity.sweep import SweepResult, sweep
@@ -39,6 +41,7 @@ SPARSE_PACK = "mil_sparsity::sparse_pack"
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStats",
     "BlockConfig",
     "MagnitudeConfig",
     "NMConfig",
@@ -46,6 +49,8 @@ __all__ = [
     "PRUNE_BY_MAGNITUDE",
     "PRUNE_BY_THRESHOLD",
     "PackConfig",
+    "QualityReport",
+    "ReferenceOutputs",
     "SPARSE_PACK",
     "SparsityConfig",
     "SparsityReport",
@@ -55,6 +60,8 @@ __all__ = [
     "apply_pipeline",
     "atomic_output",
     "check_destination",
+    "collect_activation_stats",
+    "compare",
     "config_from_dict",
     "config_to_dict",
     "reference",
