@@ -10,14 +10,20 @@ torchvision-style CNN written with ``torch.nn``; a two-layer LSTM. All have fixe
     mlmodel = converted("bert", ct.target.iOS16, ct.precision.FLOAT32)   # cached per session
     mlmodel = zoo.convert(ct.target.iOS18, pass_pipeline=pipeline)      # not cached
 
+``bert(layers=..., hidden=..., batch=..., sequence=...)`` builds a BERT of other sizes (not
+cached; benchmarks/bench_reference.py uses BERT-base sizes).
+
 Input and output names of the converted model are the ones in ``zoo.input_specs`` and
 ``zoo.output_names``; integer inputs are int32 in the converted model (torch sees int64).
 
-transformers 5 cannot be traced as-is for coremltools 9 (its mask helpers use ``torch.diff``
-and ``Tensor.new_ones``, which coremltools has no converter for, and ``int()`` of a traced shape,
-which it cannot fold); so GPT-2 and BERT are wrapped to receive a prepared 4D additive
-attention mask (-1e4 where masked, as transformers 4 built it) and explicit position ids, which
-transformers passes through unchanged. Attention is "eager" (plain matmul/softmax).
+transformers 5 GPT-2 and BERT do not convert as-is with coremltools 9 (torch.jit.trace and
+torch.export alike): without an attention mask, masking_utils' packed-sequence check uses
+``torch.diff``; with a 2D mask, its mask builder uses ``Tensor.new_ones``; coremltools has no
+converter for either. BERT's default position ids slice a buffer by a traced length, which
+coremltools' ``int`` conversion rejects ("only 0-dimensional arrays can be converted").
+So both are wrapped to receive a prepared 4D additive attention mask (-1e4 where masked, as
+transformers 4 built it; a 4D mask is passed through unchanged) and explicit position ids.
+ViT converts as-is. Attention is "eager" (plain matmul/softmax).
 """
 
 from __future__ import annotations
@@ -124,8 +130,9 @@ def _default_inputs(zoo: ZooModel, rng: np.random.Generator) -> dict[str, np.nda
 def _bert_inputs(zoo: ZooModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Token ids and a padding mask: row i keeps a random prefix of at least half the tokens."""
     inputs = _default_inputs(zoo, rng)
-    lengths = rng.integers(SEQUENCE // 2, SEQUENCE + 1, size=BATCH)
-    inputs["attention_mask"] = (np.arange(SEQUENCE)[None, :] < lengths[:, None]).astype(np.int32)
+    batch, sequence = inputs["input_ids"].shape
+    lengths = rng.integers(sequence // 2, sequence + 1, size=batch)
+    inputs["attention_mask"] = (np.arange(sequence)[None, :] < lengths[:, None]).astype(np.int32)
     return inputs
 
 
@@ -163,13 +170,18 @@ def _gpt2() -> ZooModel:
     )
 
 
-def _bert() -> ZooModel:
+def bert(
+    layers: int = LAYERS, hidden: int = HIDDEN, heads: int = HEADS, intermediate: int = INTERMEDIATE,
+    batch: int = BATCH, sequence: int = SEQUENCE, vocab: int = VOCAB,
+) -> ZooModel:
+    """A BertModel of the given sizes (random init from the current torch seed, not cached):
+    ``build("bert")`` is ``bert()`` at the small defaults; the benchmark uses BERT-base sizes."""
     import torch
     import transformers
 
     config = transformers.BertConfig(
-        num_hidden_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS,
-        intermediate_size=INTERMEDIATE, vocab_size=VOCAB, max_position_embeddings=64,
+        num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+        intermediate_size=intermediate, vocab_size=vocab, max_position_embeddings=max(64, sequence),
         attn_implementation="eager",
     )
     model = transformers.BertModel(config).eval()
@@ -180,8 +192,8 @@ def _bert() -> ZooModel:
         def __init__(self) -> None:
             super().__init__()
             self.model = model
-            self.register_buffer("positions", torch.arange(SEQUENCE)[None])
-            self.register_buffer("token_types", torch.zeros(BATCH, SEQUENCE, dtype=torch.long))
+            self.register_buffer("positions", torch.arange(sequence)[None])
+            self.register_buffer("token_types", torch.zeros(batch, sequence, dtype=torch.long))
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             additive = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * MASKED
@@ -194,8 +206,8 @@ def _bert() -> ZooModel:
     return ZooModel(
         "bert", Encoder().eval(),
         (
-            InputSpec("input_ids", (BATCH, SEQUENCE), np.int32, VOCAB),
-            InputSpec("attention_mask", (BATCH, SEQUENCE), np.int32, 2),
+            InputSpec("input_ids", (batch, sequence), np.int32, vocab),
+            InputSpec("attention_mask", (batch, sequence), np.int32, 2),
         ),
         ("last_hidden_state", "pooler_output"), _bert_inputs,
     )
@@ -291,7 +303,7 @@ def _lstm() -> ZooModel:
 
 
 _BUILDERS: dict[str, Callable[[], ZooModel]] = {
-    "gpt2": _gpt2, "bert": _bert, "vit": _vit, "cnn": _cnn, "lstm": _lstm,
+    "gpt2": _gpt2, "bert": bert, "vit": _vit, "cnn": _cnn, "lstm": _lstm,
 }
 
 
