@@ -496,11 +496,13 @@ def test_linear(batch: tuple[int, ...], n: int, k: int, bias: bool, seed: int) -
 
 
 @OPS
-@given(seed=seeds, sizes=st.tuples(*(st.integers(1, 4) for _ in range(5))), batched=st.booleans())
-def test_einsum(seed: int, sizes: tuple[int, ...], batched: bool) -> None:
+@given(seed=seeds, sizes=st.tuples(*(st.integers(1, 4) for _ in range(5))), batched=st.booleans(), broadcast=st.booleans())
+def test_einsum(seed: int, sizes: tuple[int, ...], batched: bool, broadcast: bool) -> None:
+    """The two equation forms MIL einsum has (coremltools emits no other), any letters, batch
+    axes broadcast."""
     n, c, h, w, u = sizes
     if batched:
-        equation, a, b = "nchw,nwhu->nchu", values(seed, (n, c, h, w)), values(seed + 1, (n, w, h, u))
+        equation, a, b = "abcd,adce->abce", values(seed, (1 if broadcast else n, c, h, w)), values(seed + 1, (n, w, h, u))
     else:
         equation, a, b = "chw,whr->chr", values(seed, (c, h, w)), values(seed + 1, (w, h, u))
     assert_matches(lambda: mb.einsum(values=(a, b), equation=equation), TRANSCENDENTAL_TOL)
