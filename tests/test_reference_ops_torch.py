@@ -303,3 +303,62 @@ def test_sliding_windows(seed: int, length: int, size: int, stride: int, axis: i
     starts = range(0, length - size + 1, stride)
     want = np.stack([np.take(x, np.arange(s, s + size), axis=axis) for s in starts], axis=axis)
     np.testing.assert_array_equal(got, want)
+
+
+@OPS
+@given(seed=seeds, size=st.sampled_from([1, 3, 5]), channels=st.integers(1, 6))
+def test_local_response_norm(seed: int, size: int, channels: int) -> None:
+    """Odd window sizes (centred windows, where torch's and MIL's conventions agree)."""
+    x = rand(seed, 2, channels, 3, 2)
+    (got,) = evaluate(lambda v: mb.local_response_norm(x=v, size=size, alpha=1e-2, beta=0.75, k=1.5), x)
+    np.testing.assert_allclose(got, F.local_response_norm(t(x), size, alpha=1e-2, beta=0.75, k=1.5).numpy(), **TOL)
+
+
+@OPS
+@given(steps=st.integers(1, 5), batch=st.integers(1, 3), hidden=st.integers(1, 5), output_sequence=st.booleans(), seed=seeds)
+def test_rnn(steps: int, batch: int, hidden: int, output_sequence: bool, seed: int) -> None:
+    torch.manual_seed(seed)
+    rnn = torch.nn.RNN(3, hidden)
+    x, h0 = rand(seed, steps, batch, 3), rand(seed + 1, batch, hidden)
+    outputs, h = evaluate(lambda v: mb.rnn(
+        x=v, initial_h=h0, weight_ih=rnn.weight_ih_l0.detach().numpy(), weight_hh=rnn.weight_hh_l0.detach().numpy(),
+        bias=(rnn.bias_ih_l0 + rnn.bias_hh_l0).detach().numpy(), output_sequence=output_sequence), x)
+    with torch.no_grad():
+        want, want_h = rnn(t(x), t(h0)[None])
+    np.testing.assert_allclose(h, want_h[0].numpy(), **TOL)
+    np.testing.assert_allclose(outputs, want.numpy() if output_sequence else want.numpy()[-1:], **TOL)
+
+
+@OPS
+@given(seed=seeds, height=st.integers(1, 6), width=st.integers(1, 6), out_h=st.integers(1, 9), out_w=st.integers(1, 9))
+def test_resize_nearest_neighbor_and_crop(seed: int, height: int, width: int, out_h: int, out_w: int) -> None:
+    x = rand(seed, 1, 2, height, width)
+    (got,) = evaluate(lambda v: mb.resize_nearest_neighbor(x=v, target_size_height=out_h, target_size_width=out_w), x)
+    np.testing.assert_array_equal(got, F.interpolate(t(x), size=(out_h, out_w), mode="nearest").numpy())
+    top, left = height // 3, width // 3
+    (got,) = evaluate(lambda v: mb.crop(x=v, crop_height=[top, height // 4], crop_width=[left, 0]), x)
+    np.testing.assert_array_equal(got, x[..., top : height - height // 4, left:])
+
+
+@OPS
+@given(seed=seeds, axis=st.integers(0, 2), mode=st.sampled_from(["update", "add", "mul", "max", "min"]))
+def test_scatter_and_reshape_like(seed: int, axis: int, mode: str) -> None:
+    data = rand(seed, 4, 5, 3)
+    count = 2
+    indices = np.random.default_rng(seed).permutation(data.shape[axis])[:count].astype(np.int32)
+    update_shape = list(data.shape)
+    update_shape[axis] = count
+    updates = rand(seed + 1, *update_shape)
+    (got,) = evaluate(lambda v: mb.scatter(data=v, indices=indices, updates=updates, axis=axis, mode=mode), data)
+    want = data.copy()
+    combine = {"update": lambda a, b: b, "add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[mode]
+    for i, index in enumerate(indices):  # distinct indices: one update per slice
+        target = [slice(None)] * 3
+        target[axis] = index
+        source = [slice(None)] * 3
+        source[axis] = i
+        want[tuple(target)] = combine(data[tuple(target)], updates[tuple(source)])
+    np.testing.assert_allclose(got, want, **TOL)
+    ref = np.zeros((2, 6, 5), np.float32)
+    (got,) = evaluate(lambda v: mb.reshape_like(x=v, ref_tensors=(ref, ref), begins=[0, 2], ends=[2, 3], end_masks=[False, True]), data.reshape(-1)[:60].copy())
+    np.testing.assert_array_equal(got, data.reshape(2, 6, 5))
