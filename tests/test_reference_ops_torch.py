@@ -362,3 +362,25 @@ def test_scatter_and_reshape_like(seed: int, axis: int, mode: str) -> None:
     ref = np.zeros((2, 6, 5), np.float32)
     (got,) = evaluate(lambda v: mb.reshape_like(x=v, ref_tensors=(ref, ref), begins=[0, 2], ends=[2, 3], end_masks=[False, True]), data.reshape(-1)[:60].copy())
     np.testing.assert_array_equal(got, data.reshape(2, 6, 5))
+
+
+@pytest.mark.parametrize(
+    "mode, size, grid",
+    [
+        ("UNALIGN_CORNERS", 5, [0.0, 0.1, 0.5, 0.9, 1.0]),
+        ("STRICT_ALIGN_CORNERS", 5, [0.0, 0.25, 0.5, 0.75, 1.0]),
+        ("ALIGN_CORNERS", 5, [0.0, 0.25, 0.5, 0.75, 1.0]),
+        ("DEFAULT", 5, [0.0, 0.4, 0.8, 1.0, 1.0]),
+        ("OFFSET_CORNERS", 5, [0.1, 0.3, 0.5, 0.7, 0.9]),
+        ("UNALIGN_CORNERS", 6, [0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0]),
+        ("ALIGN_CORNERS", 6, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        ("DEFAULT", 6, [0.0, 1 / 3, 2 / 3, 1.0, 1.0, 1.0]),
+        ("OFFSET_CORNERS", 6, [1 / 12, 0.25, 5 / 12, 7 / 12, 0.75, 11 / 12]),
+    ],
+)
+def test_resize_bilinear_sampling_modes(mode: str, size: int, grid: list[float]) -> None:
+    """The grid points the MIL documentation lists for an input interval [0, 1] (Xin = 2):
+    resizing the ramp [0, 1] returns them."""
+    ramp = np.array([0.0, 1.0], np.float32).reshape(1, 1, 1, 2)
+    (got,) = evaluate(lambda v: mb.resize_bilinear(x=v, target_size_height=1, target_size_width=size, sampling_mode=mode), ramp)
+    np.testing.assert_allclose(got.reshape(-1), grid, atol=1e-6)
