@@ -567,34 +567,6 @@ def test_slice_update(case: dict[str, Any], seed: int) -> None:
     assert_matches(lambda: mb.slice_update(x=x, update=update, **params), None, IOS18)
 
 
-@OPS
-@given(shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=5), seed=seeds, data=st.data())
-def test_reverse_sequence(shape: tuple[int, ...], seed: int, data: Any) -> None:
-    """coremltools' reverse_sequence.value_inference is a stub; check each batch entry against
-    numpy's flip of its first ``length`` steps."""
-    x = values(seed, shape)
-    seq_axis, batch_axis = data.draw(st.permutations(range(len(shape))))[:2]
-    lengths = values(seed + 1, (shape[batch_axis],), 0, shape[seq_axis], np.int32)
-    got = evaluated_on_inputs(
-        lambda v: mb.reverse_sequence(x=v, lengths=lengths, seq_axis=seq_axis, batch_axis=batch_axis), x
-    )
-    for b, length in enumerate(lengths):
-        entry = np.take(x, b, axis=batch_axis)
-        axis = seq_axis - (seq_axis > batch_axis)
-        head = np.flip(np.take(entry, np.arange(length), axis=axis), axis=axis)
-        tail = np.take(entry, np.arange(length, entry.shape[axis]), axis=axis)
-        np.testing.assert_array_equal(np.take(got, b, axis=batch_axis), np.concatenate([head, tail], axis=axis))
-
-
-def test_concat_interleave_as_documented() -> None:
-    """coremltools' concat.value_inference ignores interleave: the MIL docs' example instead."""
-    a, b = np.array([[1, 2], [3, 4]], np.float32), np.array([[5, 6], [7, 8]], np.float32)
-    _, (got,) = folded_and_evaluated(lambda: mb.concat(values=(a, b), axis=0, interleave=True))
-    np.testing.assert_array_equal(got, [[1, 2], [5, 6], [3, 4], [7, 8]])
-    _, (got,) = folded_and_evaluated(lambda: mb.concat(values=(a, b), axis=1, interleave=True))
-    np.testing.assert_array_equal(got, [[1, 5, 2, 6], [3, 7, 4, 8]])
-
-
 def test_every_folded_op_in_the_table_is_checked_here() -> None:
     """The op types above cover every op of the table whose MIL class folds constants."""
     from coremltools.converters.mil.mil.operation import Operation
@@ -619,7 +591,7 @@ def test_every_folded_op_in_the_table_is_checked_here() -> None:
                 folding.add(name)
     assert {"add", "matmul", "gather"} <= folding  # the walk above reads the registry right
     in_table = folding & reference.supported_op_types() - {"const", "cond"}
-    checked |= {"reverse_sequence"}  # its value_inference is a stub: checked against numpy above
+    checked |= {"reverse_sequence"}  # a stub value_inference: tests/test_reference_ops_torch.py
     assert in_table - checked == set()
 
 

@@ -1,5 +1,6 @@
-"""Ops coremltools cannot fold (no ``value_inference``): the evaluator against torch's
-functional ops on random inputs, parameters drawn with hypothesis.
+"""Ops coremltools cannot fold (no ``value_inference``, a stub, or one that ignores an option):
+the evaluator against torch's functional ops on random inputs, parameters drawn with
+hypothesis; where torch has no equivalent, against numpy or the MIL documentation's examples.
 
 Tolerance: float32 throughout, rtol 1e-4 / atol 1e-5 (different summation orders in the
 convolution and matmul kernels), exact for index ops.
@@ -384,3 +385,29 @@ def test_resize_bilinear_sampling_modes(mode: str, size: int, grid: list[float])
     ramp = np.array([0.0, 1.0], np.float32).reshape(1, 1, 1, 2)
     (got,) = evaluate(lambda v: mb.resize_bilinear(x=v, target_size_height=1, target_size_width=size, sampling_mode=mode), ramp)
     np.testing.assert_allclose(got.reshape(-1), grid, atol=1e-6)
+
+
+@OPS
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=3).map(tuple), seed=seeds, data=st.data())
+def test_reverse_sequence(shape: tuple[int, ...], seed: int, data: Any) -> None:
+    """coremltools' reverse_sequence.value_inference is a stub: each batch entry against a
+    flip of its first ``length`` steps."""
+    x = rand(seed, *shape)
+    seq_axis, batch_axis = data.draw(st.permutations(range(len(shape))))[:2]
+    lengths = np.random.default_rng(seed).integers(0, shape[seq_axis] + 1, shape[batch_axis]).astype(np.int32)
+    (got,) = evaluate(lambda v: mb.reverse_sequence(x=v, lengths=lengths, seq_axis=seq_axis, batch_axis=batch_axis), x)
+    for b, length in enumerate(lengths):
+        entry = np.take(x, b, axis=batch_axis)
+        axis = seq_axis - (seq_axis > batch_axis)
+        head = np.flip(np.take(entry, np.arange(length), axis=axis), axis=axis)
+        tail = np.take(entry, np.arange(length, entry.shape[axis]), axis=axis)
+        np.testing.assert_array_equal(np.take(got, b, axis=batch_axis), np.concatenate([head, tail], axis=axis))
+
+
+def test_concat_interleave_as_documented() -> None:
+    """coremltools' concat.value_inference ignores interleave: the MIL docs' example instead."""
+    a, b = np.array([[1, 2], [3, 4]], np.float32), np.array([[5, 6], [7, 8]], np.float32)
+    (got,) = evaluate(lambda v: mb.concat(values=(v, b), axis=0, interleave=True), a)
+    np.testing.assert_array_equal(got, [[1, 2], [5, 6], [3, 4], [7, 8]])
+    (got,) = evaluate(lambda v: mb.concat(values=(v, b), axis=1, interleave=True), a)
+    np.testing.assert_array_equal(got, [[1, 5, 2, 6], [3, 7, 4, 8]])
