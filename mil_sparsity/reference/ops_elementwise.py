@@ -3,9 +3,11 @@ logical ops and activations. Floats arrive as float32 and stay float32."""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
-from mil_sparsity.reference._registry import Args, array, floating, kernel, text
+from mil_sparsity.reference._registry import Args, Kernel, array, floating, kernel, text
 
 # -- erf -----------------------------------------------------------------------------------
 # numpy has no erf. Abramowitz & Stegun 7.1.26: erf(|x|) = 1 - t*P(t)*exp(-x^2) with
@@ -42,7 +44,7 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 # -- unary ---------------------------------------------------------------------------------
 
-_UNARY = {
+_UNARY: dict[str, Callable[[np.ndarray], Any]] = {
     "abs": np.abs,
     "acos": np.arccos,
     "asin": np.arcsin,
@@ -67,12 +69,12 @@ _UNARY = {
 }
 
 
-def _unary(function: object) -> object:
-    return lambda args: function(array(args, "x"))  # type: ignore[operator]
+def _unary(function: Callable[[np.ndarray], Any]) -> Kernel:
+    return lambda args: np.asarray(function(array(args, "x")))
 
 
 for _name, _function in _UNARY.items():
-    kernel(_name)(_unary(_function))  # type: ignore[arg-type]
+    kernel(_name)(_unary(_function))
 
 
 @kernel("erf")
@@ -134,7 +136,7 @@ def _cast(args: Args) -> np.ndarray:
 
 # -- binary --------------------------------------------------------------------------------
 
-_BINARY = {
+_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
     "add": np.add,
     "sub": np.subtract,
     "mul": np.multiply,
@@ -155,12 +157,12 @@ _BINARY = {
 }
 
 
-def _binary(function: object) -> object:
-    return lambda args: function(array(args, "x"), array(args, "y"))  # type: ignore[operator]
+def _binary(function: Callable[[np.ndarray, np.ndarray], Any]) -> Kernel:
+    return lambda args: np.asarray(function(array(args, "x"), array(args, "y")))
 
 
-for _name, _function in _BINARY.items():
-    kernel(_name)(_binary(_function))  # type: ignore[arg-type]
+for _name, _binary_function in _BINARY.items():
+    kernel(_name)(_binary(_binary_function))
 
 
 @kernel("real_div")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mil_sparsity.reference._registry import Args, array, integer, kernel, text
@@ -79,7 +81,7 @@ _SCATTER_MODES = {
 }
 
 
-def _scatter_into(data: np.ndarray, index: tuple[np.ndarray, ...], updates: np.ndarray, mode: str) -> np.ndarray:
+def _scatter_into(data: np.ndarray, index: tuple[Any, ...], updates: np.ndarray, mode: str) -> np.ndarray:
     result = data.copy()
     operation = _SCATTER_MODES[mode]
     if operation is None:
@@ -96,10 +98,8 @@ def _scatter(args: Args) -> np.ndarray:
     axis = integer(args, "axis", 0) % data.ndim
     indices = array(args, "indices").reshape(-1)
     index = (slice(None),) * axis + (indices,)
-    updates = array(args, "updates")
-    moved = data
-    # advanced index with leading slices keeps the updated axis in place
-    return _scatter_into(moved, index, updates, text(args, "mode", "add"))  # type: ignore[arg-type]
+    # an index array after leading slices keeps the updated axis in place
+    return _scatter_into(data, index, array(args, "updates"), text(args, "mode", "add"))
 
 
 @kernel("scatter_along_axis")

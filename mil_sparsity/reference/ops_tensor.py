@@ -3,6 +3,7 @@ padding, tiling, fills and ranges, sorting and selection."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,7 @@ def _squeeze(args: Args) -> np.ndarray:
 def _flatten2d(args: Args) -> np.ndarray:
     x = array(args, "x")
     axis = integer(args, "axis", 1) % (x.ndim + 1) if x.ndim else 0
-    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+    return x.reshape(math.prod(x.shape[:axis]), -1)
 
 
 def _slices(args: Args, shape: tuple[int, ...]) -> tuple[tuple[Any, ...], list[int]]:
@@ -180,9 +181,6 @@ def _tile(args: Args) -> np.ndarray:
     return np.tile(array(args, "x"), integers(args, "reps"))
 
 
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
-
-
 @kernel("pad")
 def _pad(args: Args) -> np.ndarray:
     """``pad`` lists (before, after) for the last len(pad)/2 axes; modes constant (with
@@ -197,7 +195,9 @@ def _pad(args: Args) -> np.ndarray:
     if mode == "constant":
         value = floating(args, "constant_val", 0.0)
         return np.pad(x, widths, mode="constant", constant_values=np.asarray(value, x.dtype))
-    return np.asarray(np.pad(x, widths, mode=_PAD_MODES[mode]))  # type: ignore[call-overload]
+    if mode == "reflect":
+        return np.pad(x, widths, mode="reflect")
+    return np.pad(x, widths, mode="edge")  # replicate
 
 
 @kernel("shape")
