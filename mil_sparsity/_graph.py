@@ -13,6 +13,7 @@ from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import sparse_format
+from mil_sparsity.products import NotAProduct, ProductRole, product_role
 from mil_sparsity.rules import Consumer, WeightSite
 from mil_sparsity.sparse_format import SparseForm, SparseReplacement
 
@@ -41,8 +42,37 @@ def weight_consts(block: Block) -> Iterator[Operation]:
             yield op
 
 
+def _is_constant(var: Var) -> bool:
+    """A const, or a constexpr op's output (a weight stored compressed)."""
+    op = var.op
+    return op is not None and (op.op_type == "const" or str(op.op_type).startswith("constexpr_"))
+
+
+def _scalar(op: Operation, name: str) -> Any:
+    """The value of ``op``'s constant input ``name`` (None if absent or not constant)."""
+    var = op.inputs.get(name)
+    return None if var is None or var.val is None else np.asarray(var.val).item()
+
+
+def input_role(op: Operation, param: str, var: Var) -> ProductRole | NotAProduct:
+    """The product role of ``var`` as ``op``'s input ``param`` (flags read from the op)."""
+    other = op.inputs.get("y" if param == "x" else "x") if op.op_type == "matmul" else None
+    groups = _scalar(op, "groups")
+    return product_role(
+        str(op.op_type),
+        param,
+        int(var.rank),
+        transpose_x=bool(_scalar(op, "transpose_x")),
+        transpose_y=bool(_scalar(op, "transpose_y")),
+        other_rank=None if other is None else int(other.rank),
+        other_is_const=other is not None and _is_constant(other),
+        groups=1 if groups is None else int(groups),
+    )
+
+
 def consumers(var: Var) -> tuple[Consumer, ...]:
-    """Each op reading ``var`` once, with the input names under which it reads it."""
+    """Each op reading ``var`` once, with the input names under which it reads it and the
+    product role of each."""
     seen: dict[int, Consumer] = {}
     for child in var.child_ops:
         if id(child) in seen:
@@ -52,7 +82,8 @@ def consumers(var: Var) -> tuple[Consumer, ...]:
             values = value if isinstance(value, (list, tuple)) else (value,)
             if any(item is var for item in values):
                 names.append(input_name)
-        seen[id(child)] = Consumer(str(child.name), str(child.op_type), tuple(names))
+        roles = tuple(input_role(child, name, var) for name in names)
+        seen[id(child)] = Consumer(str(child.name), str(child.op_type), tuple(names), roles)
     return tuple(seen.values())
 
 

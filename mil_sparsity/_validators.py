@@ -67,3 +67,22 @@ def int_at_least(minimum: int) -> Validator:
 def any_int(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     """An int (negative allowed; bool rejected)."""
     _require_int(instance, attribute, value)
+
+
+def optional_int(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    """None or an int (negative allowed; bool rejected)."""
+    if value is not None:
+        _require_int(instance, attribute, value)
+
+
+def one_of(*allowed: str) -> Validator:
+    """One of the strings ``allowed``."""
+
+    def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(
+                f"{_where(instance, attribute)} must be one of {list(allowed)}, got {value!r}"
+            )
+
+    check.__name__ = "one_of_" + "_".join(allowed)
+    return check

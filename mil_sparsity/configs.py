@@ -9,19 +9,25 @@ uses them for whole selections and writes :data:`FORMAT_VERSION` at the top of i
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, cast
+from typing import Any, ClassVar, Mapping, Optional, cast
 
 import attrs
 
 from mil_sparsity._validators import (
-    any_int,
     fraction,
     int_at_least,
     non_negative_number,
+    one_of,
     optional_fraction,
+    optional_int,
 )
 
 DEFAULT_WEIGHT_THRESHOLD = 2048
+
+MAGNITUDE_SCORING = "magnitude"
+ACTIVATION_SCORING = "activation"
+#: how prune_by_magnitude ranks elements: ``|w|``, or ``|w| * rms(input channel)`` (Wanda)
+SCORINGS = (MAGNITUDE_SCORING, ACTIVATION_SCORING)
 
 #: version of the dict/JSON form; written by ``OpSelector.to_dict``, checked by every from_dict
 FORMAT_VERSION = 1
@@ -43,6 +49,18 @@ def check_format_version(data: Mapping[str, Any], where: str) -> None:
 def _weight_threshold() -> Any:
     """Considered only if the weight has strictly more elements than this."""
     return attrs.field(default=DEFAULT_WEIGHT_THRESHOLD, validator=int_at_least(0))
+
+
+def _scoring() -> Any:
+    """Keyword-only (so positional construction is unchanged): "magnitude" ranks ``|w|``;
+    "activation" ranks ``|w| * sqrt(mean x_j^2)`` of the input channel j that multiplies it
+    (needs the pass option ``calibration``)."""
+    return attrs.field(default=MAGNITUDE_SCORING, validator=one_of(*SCORINGS), kw_only=True)
+
+
+def _reduction_dim() -> Any:
+    """None: the reduction axis of the op that reads the weight; an int: that axis."""
+    return attrs.field(default=None, validator=optional_int)
 
 
 class SparsityConfig:
@@ -78,13 +96,18 @@ class ThresholdConfig(SparsityConfig):
 
 @attrs.frozen
 class MagnitudeConfig(SparsityConfig):
-    """Zero exactly ``round(target_sparsity * N)`` smallest-magnitude elements (ties by position)."""
+    """Zero exactly ``round(target_sparsity * N)`` smallest-magnitude elements (ties by position).
+
+    ``scoring="activation"`` (Wanda): zero exactly ``round(target_sparsity * row_length)``
+    lowest ``|w| * channel scale`` in every output row of a linear/conv/matmul weight instead.
+    """
 
     kind: ClassVar[str] = "magnitude"
     structured: ClassVar[bool] = False
 
     target_sparsity: float = attrs.field(validator=fraction)
     weight_threshold: int = _weight_threshold()
+    scoring: str = _scoring()
 
 
 @attrs.frozen
@@ -92,8 +115,11 @@ class BlockConfig(SparsityConfig):
     """Zero the ``round(target_sparsity * blocks)`` blocks of lowest L2 norm.
 
     A block is ``block_size`` consecutive elements along ``dim`` (a last, shorter block is
-    allowed). By default applies only to conv/conv_transpose/linear weights and constant
-    matmul operands; other consts are pruned only when selected by name.
+    allowed); ``dim=None`` (default) is the reduction axis of the op reading the weight
+    (linear and conv: 1, conv_transpose: 0, matmul: the const's contracted axis). By default
+    applies only to conv/conv_transpose/linear weights and constant matmul operands; other
+    consts are pruned only when selected by name. ``scoring="activation"`` ranks blocks by the
+    sum of squared activation scores.
     """
 
     kind: ClassVar[str] = "block"
@@ -101,8 +127,9 @@ class BlockConfig(SparsityConfig):
 
     target_sparsity: float = attrs.field(validator=fraction)
     block_size: int = attrs.field(validator=int_at_least(2))
-    dim: int = attrs.field(default=0, validator=any_int)
+    dim: Optional[int] = _reduction_dim()
     weight_threshold: int = _weight_threshold()
+    scoring: str = _scoring()
 
 
 @attrs.frozen
@@ -111,7 +138,9 @@ class NMConfig(SparsityConfig):
 
     The seeds' convention: 3:4 zeroes 3 of every 4 (75% sparse). A tail group of t < m elements
     is treated as padded with m - t zeros that count toward the n. A weight whose ``dim`` is
-    shorter than ``m`` is skipped. Same default op scope as :class:`BlockConfig`.
+    shorter than ``m`` is skipped. ``dim=None`` (default): the reduction axis, as for
+    :class:`BlockConfig`. Same default op scope as :class:`BlockConfig`.
+    ``scoring="activation"`` zeroes the n lowest activation scores of every group.
     """
 
     kind: ClassVar[str] = "n_m"
@@ -119,8 +148,9 @@ class NMConfig(SparsityConfig):
 
     n: int = attrs.field(validator=int_at_least(1))
     m: int = attrs.field(validator=int_at_least(1))
-    dim: int = attrs.field(default=1, validator=any_int)
+    dim: Optional[int] = _reduction_dim()
     weight_threshold: int = _weight_threshold()
+    scoring: str = _scoring()
 
     @m.validator
     def _n_at_most_m(self, attribute: "attrs.Attribute[int]", value: int) -> None:

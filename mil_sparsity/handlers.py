@@ -3,6 +3,11 @@
 Handlers are pure numpy (they call the kernels) and never touch the program, so the passes can
 compute every replacement before rewriting anything. Add a new sparsity scheme by adding a
 config class and registering a handler for it here.
+
+A handler gets an optional :class:`~mil_sparsity.scoring.ScoreContext` resolved by the selection
+from the ops that read the weight: the axis of a block / n:m config with ``dim=None``, and for
+``scoring="activation"`` the channel scale: the handler then ranks
+``activation_scores(weight, scale)`` instead of ``|w|`` (unstructured: per output row).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity.configs import (
+    ACTIVATION_SCORING,
     BlockConfig,
     MagnitudeConfig,
     NMConfig,
@@ -23,14 +29,18 @@ from mil_sparsity.configs import (
 )
 from mil_sparsity.kernels import (
     SparseWeight,
+    activation_scores,
     block_prune_mask,
     magnitude_prune_mask,
     nm_prune_mask,
     normalize_dim,
     pack_kept,
     pack_sparse,
+    score_block_prune_mask,
+    score_nm_prune_mask,
     threshold_prune_mask,
 )
+from mil_sparsity.scoring import RowLayout, ScoreContext, row_prune_mask
 
 
 @attrs.frozen
@@ -42,31 +52,60 @@ class Skip:
 
 
 Outcome = Union[SparseWeight, Skip]
-Handler = Callable[[NDArray[Any], Any], Outcome]
+Handler = Callable[[NDArray[Any], Any, Optional[ScoreContext]], Outcome]
 C = TypeVar("C")
+TypedHandler = Callable[[NDArray[Any], C, Optional[ScoreContext]], Outcome]
 
 HANDLERS: dict[type, Handler] = {}
 
 
-def register_handler(config_type: type[C]) -> Callable[[Callable[[NDArray[Any], C], Outcome]], Callable[[NDArray[Any], C], Outcome]]:
-    def register(handler: Callable[[NDArray[Any], C], Outcome]) -> Callable[[NDArray[Any], C], Outcome]:
+def register_handler(config_type: type[C]) -> Callable[[TypedHandler[C]], TypedHandler[C]]:
+    def register(handler: TypedHandler[C]) -> TypedHandler[C]:
         HANDLERS[config_type] = handler
         return handler
 
     return register
 
 
-def run_handler(weight: NDArray[Any], config: SparsityConfig) -> Outcome:
+def run_handler(weight: NDArray[Any], config: SparsityConfig, context: Optional[ScoreContext] = None) -> Outcome:
     """Dispatch on the config's type."""
     try:
         handler = HANDLERS[type(config)]
     except KeyError:
         raise TypeError(f"no handler registered for {type(config).__name__}") from None
-    return handler(weight, config)
+    return handler(weight, config, context)
+
+
+def _resolved_dim(config: Union[BlockConfig, NMConfig], context: Optional[ScoreContext]) -> int:
+    """The config's dim, or for ``dim=None`` the reduction axis the selection resolved."""
+    if config.dim is not None:
+        return config.dim
+    if context is None or context.axis is None:
+        raise ValueError(
+            f"{type(config).__name__}.dim=None means the reduction axis of the op reading the "
+            "weight, which only a pass knows: run the config through a pass, or set dim"
+        )
+    return context.axis
+
+
+def _activation_scores(
+    weight: NDArray[Any], config: SparsityConfig, context: Optional[ScoreContext]
+) -> tuple[NDArray[Any], RowLayout]:
+    """Wanda scores ``|w| * scale`` from the selection's context, and the output rows."""
+    if context is None or context.scale is None or context.rows is None:
+        raise ValueError(
+            f"{type(config).__name__}(scoring='activation') needs calibration statistics: run it "
+            "through prune_by_magnitude with the pass option 'calibration'"
+        )
+    return activation_scores(weight, context.scale, context.scale_axis), context.rows
+
+
+def _is_activation(config: Union[MagnitudeConfig, BlockConfig, NMConfig]) -> bool:
+    return config.scoring == ACTIVATION_SCORING
 
 
 @register_handler(ThresholdConfig)
-def _threshold(weight: NDArray[Any], config: ThresholdConfig) -> Outcome:
+def _threshold(weight: NDArray[Any], config: ThresholdConfig, context: Optional[ScoreContext] = None) -> Outcome:
     # threshold >= 0 (validated), so every zero is pruned and "not pruned" is exactly the
     # sparse mask: invert in place and pack without a second nonzero test
     keep = threshold_prune_mask(weight, config.threshold)
@@ -82,25 +121,35 @@ def _threshold(weight: NDArray[Any], config: ThresholdConfig) -> Outcome:
 
 
 @register_handler(MagnitudeConfig)
-def _magnitude(weight: NDArray[Any], config: MagnitudeConfig) -> Outcome:
-    return pack_sparse(weight, magnitude_prune_mask(weight, config.target_sparsity))
+def _magnitude(weight: NDArray[Any], config: MagnitudeConfig, context: Optional[ScoreContext] = None) -> Outcome:
+    if not _is_activation(config):
+        return pack_sparse(weight, magnitude_prune_mask(weight, config.target_sparsity))
+    scores, rows = _activation_scores(weight, config, context)
+    return pack_sparse(weight, row_prune_mask(scores, rows, config.target_sparsity))
 
 
 @register_handler(BlockConfig)
-def _block(weight: NDArray[Any], config: BlockConfig) -> Outcome:
-    normalize_dim(config.dim, weight.ndim, "BlockConfig.dim")
-    mask = block_prune_mask(weight, config.target_sparsity, config.block_size, config.dim)
+def _block(weight: NDArray[Any], config: BlockConfig, context: Optional[ScoreContext] = None) -> Outcome:
+    dim = _resolved_dim(config, context)
+    normalize_dim(dim, weight.ndim, "BlockConfig.dim")
+    if not _is_activation(config):
+        mask = block_prune_mask(weight, config.target_sparsity, config.block_size, dim)
+    else:
+        scores, _ = _activation_scores(weight, config, context)
+        mask = score_block_prune_mask(scores, config.target_sparsity, config.block_size, dim)
     return pack_sparse(weight, mask)
 
 
 @register_handler(NMConfig)
-def _n_m(weight: NDArray[Any], config: NMConfig) -> Outcome:
-    axis = normalize_dim(config.dim, weight.ndim, "NMConfig.dim")
+def _n_m(weight: NDArray[Any], config: NMConfig, context: Optional[ScoreContext] = None) -> Outcome:
+    dim = _resolved_dim(config, context)
+    axis = normalize_dim(dim, weight.ndim, "NMConfig.dim")
     if weight.shape[axis] < config.m:
-        return Skip(
-            f"dim {config.dim} has {weight.shape[axis]} elements, fewer than m={config.m}"
-        )
-    return pack_sparse(weight, nm_prune_mask(weight, config.n, config.m, config.dim))
+        return Skip(f"dim {dim} has {weight.shape[axis]} elements, fewer than m={config.m}")
+    if not _is_activation(config):
+        return pack_sparse(weight, nm_prune_mask(weight, config.n, config.m, dim))
+    scores, _ = _activation_scores(weight, config, context)
+    return pack_sparse(weight, score_nm_prune_mask(scores, config.n, config.m, dim))
 
 
 def pack_skip(
@@ -128,7 +177,7 @@ def pack_skip(
 
 
 @register_handler(PackConfig)
-def _pack(weight: NDArray[Any], config: PackConfig) -> Outcome:
+def _pack(weight: NDArray[Any], config: PackConfig, context: Optional[ScoreContext] = None) -> Outcome:
     sparse = pack_sparse(weight)
     skip = pack_skip(config, sparse.sparsity, sparse.packed_nbytes, sparse.dense_nbytes, str(weight.dtype))
     return sparse if skip is None else skip

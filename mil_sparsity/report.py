@@ -31,6 +31,11 @@ class WeightRecord:
     sparsity: Optional[float]  # achieved (packed) or what it would have been / already is
     dense_bytes: int
     packed_bytes: Optional[int]
+    # prune_by_magnitude: the block / n:m axis (dim, or the reduction axis for dim=None), or the
+    # axis activation scores were scaled along; and the scoring that ran ("magnitude" /
+    # "activation"; None when no ranking handler ran)
+    axis: Optional[int] = None
+    scoring: Optional[str] = None
 
     @property
     def packed(self) -> bool:
@@ -45,9 +50,12 @@ class WeightRecord:
 
 @attrs.define
 class SparsityReport:
-    """Records appended by every mil_sparsity pass that ran with this report."""
+    """Records appended by every mil_sparsity pass that ran with this report, and ``notes``:
+    facts about the whole run (a post-hoc run that raised the model's deployment target says
+    so here; see :mod:`mil_sparsity.targets`)."""
 
     records: list[WeightRecord] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
 
     def __iter__(self) -> Iterator[WeightRecord]:
         return iter(self.records)
@@ -85,6 +93,7 @@ class SparsityReport:
         return {
             "records": [record.to_dict() for record in self.records],
             "totals": self.totals(),
+            "notes": list(self.notes),
         }
 
     def to_json(self) -> str:
@@ -92,7 +101,7 @@ class SparsityReport:
 
     def format_table(self, include_skipped: bool = True) -> str:
         """A plain-text table, one row per weight."""
-        header = ("pass", "weight", "shape", "dtype", "ops", "decision", "sparsity", "bytes", "note")
+        header = ("pass", "weight", "shape", "dtype", "ops", "decision", "sparsity", "scoring", "axis", "bytes", "note")
         rows = [header]
         for record in self.records:
             if not include_skipped and not record.packed:
@@ -107,6 +116,8 @@ class SparsityReport:
                     ",".join(sorted(set(record.consumer_types))) or "-",
                     record.decision,
                     "-" if record.sparsity is None else f"{record.sparsity:.3f}",
+                    record.scoring or "-",
+                    "-" if record.axis is None else str(record.axis),
                     f"{record.dense_bytes}->{after}",
                     record.reason,
                 )
@@ -118,4 +129,5 @@ class SparsityReport:
             f"total: {totals['packed']}/{totals['weights']} weights packed, "
             f"{totals['dense_bytes']} -> {totals['bytes_after']} bytes"
         )
+        lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)

@@ -9,17 +9,21 @@ only when a handler needs it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import attrs
 import numpy as np
 from numpy.typing import NDArray
 
-from mil_sparsity.configs import SparsityConfig, config_to_dict
+from mil_sparsity.calibration.stats import ActivationStats
+from mil_sparsity.configs import BlockConfig, NMConfig, SparsityConfig, config_to_dict
 from mil_sparsity.handlers import Skip, run_handler
 from mil_sparsity.kernels import SparseWeight, zero_fraction
+from mil_sparsity.products import NotAProduct, ProductRole
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
+from mil_sparsity.scoring import ScoreContext
 from mil_sparsity.selector import OpSelector
+from mil_sparsity.weight_roles import score_context, scoring_of
 
 # (consumer op type, input names) that structured sparsity applies to by default
 STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
@@ -37,11 +41,13 @@ ValueLoader = Callable[[], NDArray[Any]]
 
 @attrs.frozen
 class Consumer:
-    """One op reading a const, and the input names under which it reads it."""
+    """One op reading a const, the input names under which it reads it, and for each of those
+    inputs its product role (:func:`mil_sparsity.products.product_role`; None: not read)."""
 
     name: str
     op_type: str
     input_names: tuple[str, ...]
+    roles: tuple[Union[ProductRole, NotAProduct, None], ...] = ()
 
 
 @attrs.frozen
@@ -88,6 +94,8 @@ class Decision:
     outcome: SparseWeight | Skip
     config: Optional[SparsityConfig] = None
     source: str = ""
+    axis: Optional[int] = None  # the block / n:m axis, or the axis activation scores scale
+    scoring: Optional[str] = None  # the scoring the handler ran with (None: no handler ran)
 
 
 def check_selector(selector: OpSelector, rules: PassRules) -> OpSelector:
@@ -146,12 +154,29 @@ class Selected:
 
     config: SparsityConfig
     source: str
+    context: Optional[ScoreContext] = None
+
+    @property
+    def axis(self) -> Optional[int]:
+        """The axis the report shows: the block / n:m axis, else the activation scale's axis."""
+        config, context = self.config, self.context
+        if isinstance(config, (BlockConfig, NMConfig)):
+            return config.dim if config.dim is not None else (None if context is None else context.axis)
+        return None if context is None or context.scale is None else context.scale_axis
 
 
-def select(site: WeightSite, selector: OpSelector, rules: PassRules) -> Decision | Selected:
+def select(
+    site: WeightSite,
+    selector: OpSelector,
+    rules: PassRules,
+    calibration: Optional[ActivationStats] = None,
+) -> Decision | Selected:
     """Every check that needs no weight value, cheapest first: a skip, or the config to run.
 
-    Raises ValueError for a config conflict between consumers.
+    Last, for ``dim=None`` and activation scoring, the consumers' reduction axis and the
+    calibration statistics (:func:`mil_sparsity.weight_roles.score_context`). Raises ValueError
+    for a config conflict between consumers, a const read along different reduction axes, and
+    an activation-scored weight without statistics (or with the wrong channel count).
     """
     if site.feeds_block_output:
         return Decision(Skip("feeds a block output directly"))
@@ -181,17 +206,28 @@ def select(site: WeightSite, selector: OpSelector, rules: PassRules) -> Decision
             config,
             source,
         )
-    return Selected(config, source)
+    context = score_context(site, config, source, rules.pass_name, calibration)
+    if isinstance(context, str):
+        return Decision(Skip(context), config, source)
+    return Selected(config, source, context)
 
 
 def run_selected(selected: Selected, value: NDArray[Any]) -> Decision:
-    """Run the selected config's handler on the weight's value."""
-    return Decision(run_handler(value, selected.config), selected.config, selected.source)
+    """Run the selected config's handler on the weight's value (with its score context, if any)."""
+    config = selected.config
+    outcome = run_handler(value, config) if selected.context is None else run_handler(value, config, selected.context)
+    return Decision(outcome, config, selected.source, selected.axis, scoring_of(config))
 
 
-def decide(site: WeightSite, selector: OpSelector, rules: PassRules, load: ValueLoader) -> Decision:
+def decide(
+    site: WeightSite,
+    selector: OpSelector,
+    rules: PassRules,
+    load: ValueLoader,
+    calibration: Optional[ActivationStats] = None,
+) -> Decision:
     """:func:`select`, then the handler on the loaded value if the weight was selected."""
-    chosen = select(site, selector, rules)
+    chosen = select(site, selector, rules, calibration)
     return chosen if isinstance(chosen, Decision) else run_selected(chosen, load())
 
 
@@ -207,6 +243,8 @@ def record(site: WeightSite, decision: Decision, rules: PassRules, load: ValueLo
         consumer_types=site.consumer_types,
         config=None if decision.config is None else config_to_dict(decision.config),
         dense_bytes=site.nbytes,
+        axis=None if decision.axis is None else decision.axis % max(site.rank, 1),
+        scoring=decision.scoring,
     )
     if isinstance(outcome, SparseWeight):
         return WeightRecord(

@@ -199,13 +199,13 @@ def sparse_tensors(sparse: SparseWeight, form: SparseForm) -> tuple[SparseTensor
 # ---- what streaming can run -------------------------------------------------------------------
 
 NAMESPACE: Final = "mil_sparsity"
-STREAMING_OPTIONS: Final = ("config", "report")
+STREAMING_OPTIONS: Final = ("config", "report", "calibration")
 
 
 def streaming_obstacle(pass_names: Iterable[str], options: Mapping[str, Iterable[str]]) -> Optional[str]:
     """Why the streaming rewriter cannot run these passes (None if it can): it runs only
-    mil_sparsity passes with no option but ``config`` and ``report``. ``options``: pass name ->
-    its option names."""
+    mil_sparsity passes with no option but ``config``, ``report`` and ``calibration`` (the
+    statistics are small: loaded up front). ``options``: pass name -> its option names."""
     for name in pass_names:
         if not name.startswith(f"{NAMESPACE}::"):
             return (
@@ -216,7 +216,7 @@ def streaming_obstacle(pass_names: Iterable[str], options: Mapping[str, Iterable
             if option not in STREAMING_OPTIONS:
                 return (
                     f"{name}: option {option!r} is not supported when streaming "
-                    f"(only {' and '.join(STREAMING_OPTIONS)}); use apply_pipeline(..., streaming=False)"
+                    f"(only {', '.join(STREAMING_OPTIONS)}); use apply_pipeline(..., streaming=False)"
                 )
     return None
 

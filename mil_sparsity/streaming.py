@@ -39,11 +39,14 @@ import numpy as np
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import sparse_format
 from mil_sparsity._atomic import atomic_output
+from mil_sparsity._spec_roles import op_name as _op_name, readers as _readers
 from mil_sparsity._blob import BlobFileError, BlobInfo, BlobReader, BlobWriter
+from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.rules import Consumer, Decision, Selected, WeightSite, check_selector, record, run_selected, select
+from mil_sparsity.weight_roles import check_calibration
 from mil_sparsity.selector import OpSelector, as_selector
 from mil_sparsity.sparse_format import BY_NAME, BY_SPEC_NAME, SparseForm, SparseTensor
 
@@ -69,11 +72,13 @@ PipelineLike = Union[Any, OpSelector, SparsityConfig, dict[str, Any], str]
 
 @attrs.frozen
 class PlannedPass:
-    """One pass to run: its class, its checked selector, and its own ``report`` option."""
+    """One pass to run: its class, its checked selector, its own ``report`` option and its
+    ``calibration`` statistics (loaded once, up front)."""
 
     cls: Any
     selector: OpSelector
     report: Optional[SparsityReport] = None
+    calibration: Optional[ActivationStats] = None
 
 
 def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
@@ -98,12 +103,15 @@ def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
             for option in config_or_pipeline.get_options(name) or []:
                 setattr(graph_pass, option.option_name, option.option_val)
             selector = graph_pass.config if graph_pass.config is not None else graph_pass.default_selector()
-            planned.append(PlannedPass(classes[name], selector, graph_pass.report))
+            calibration = getattr(graph_pass, "calibration", None)
+            check_calibration(selector, calibration, name)
+            planned.append(PlannedPass(classes[name], selector, graph_pass.report, calibration))
         return planned
     from mil_sparsity.passes import pass_for_selector
 
     selector = as_selector(config_or_pipeline)
     cls = classes[pass_for_selector(selector)]
+    check_calibration(selector, None, cls.pass_name)
     return [PlannedPass(cls, check_selector(selector, cls.rules()))]
 
 
@@ -114,13 +122,6 @@ def _iter_blocks(block: Any) -> Iterator[Any]:
     for op in block.operations:
         for inner in op.blocks:
             yield from _iter_blocks(inner)
-
-
-def _op_name(op: Any) -> str:
-    name = op.attributes.get("name") if "name" in op.attributes else None
-    if name is not None and name.immediateValue.tensor.strings.values:
-        return str(name.immediateValue.tensor.strings.values[0])
-    return str(op.outputs[0].name) if op.outputs else ""
 
 
 def _tensor_type(value: Any) -> tuple[str, tuple[int, ...]]:
@@ -145,20 +146,10 @@ def _sites(spec: Any) -> list[_Site]:
     for function_name, function in spec.mlProgram.functions.items():
         form = _function_form(function_name, function)
         blocks = list(_iter_blocks(_function_block(function)))
-        readers: dict[str, list[Consumer]] = {}
+        readers = _readers(function, blocks)
         block_outputs: set[str] = set()
         for block in blocks:
             block_outputs.update(block.outputs)
-            for op in block.operations:
-                names: dict[str, list[str]] = {}
-                for input_name, argument in op.inputs.items():
-                    for binding in argument.arguments:
-                        if binding.WhichOneof("binding") == "name":
-                            names.setdefault(binding.name, []).append(input_name)
-                for var_name, input_names in names.items():
-                    readers.setdefault(var_name, []).append(
-                        Consumer(_op_name(op), str(op.type), tuple(input_names))
-                    )
         for block in blocks:
             for op in block.operations:
                 if op.type.startswith("constexpr_"):
@@ -366,7 +357,7 @@ def compress_package(
     sites = _sites(spec)
     for site in sites:  # phase 1: every check that needs no value, up to the selecting pass
         for planned in passes:
-            chosen = select(site.weight, planned.selector, planned.cls.rules())
+            chosen = select(site.weight, planned.selector, planned.cls.rules(), planned.calibration)
             site.chosen.append((planned.cls, chosen))
             if isinstance(chosen, Selected):
                 break
@@ -505,15 +496,15 @@ def _process_site(
         chosen = (
             site.chosen[index][1]
             if index < len(site.chosen)
-            else select(site.weight, planned.selector, rules)
+            else select(site.weight, planned.selector, rules, planned.calibration)
         )
         if isinstance(chosen, Decision):
             records.append(record(site.weight, chosen, rules, load))
             continue
-        key = (cls.pass_name, chosen.config, site.form)
+        key = (cls.pass_name, chosen.config, site.form, chosen.context)
         if key not in cache:
             cache[key] = run_selected(chosen, load())
-        decision = Decision(cache[key].outcome, chosen.config, chosen.source)
+        decision = attrs.evolve(cache[key], source=chosen.source)  # same key: same config
         records.append(record(site.weight, decision, rules, load))
         if isinstance(decision.outcome, SparseWeight):
             if key not in result.packed:

@@ -29,7 +29,7 @@ INVALID: dict[str, list[tuple[Any, type[Exception]]]] = {
     "target_sparsity": [(-0.01, ValueError), (1.01, ValueError), (math.nan, ValueError), (-math.inf, ValueError), ("0.5", TypeError), (None, TypeError)],
     "weight_threshold": [(-1, ValueError), (2.5, TypeError), ("2048", TypeError), (None, TypeError), (False, TypeError)],
     "block_size": [(1, ValueError), (0, ValueError), (-4, ValueError), (4.0, TypeError), ("4", TypeError)],
-    "dim": [(1.0, TypeError), ("0", TypeError), (None, TypeError)],
+    "dim": [(1.0, TypeError), ("0", TypeError), (True, TypeError)],  # None: the reduction axis
     "n": [(0, ValueError), (-1, ValueError), (2.0, TypeError)],
     "m": [(0, ValueError), (-4, ValueError), (4.0, TypeError)],
 }
@@ -195,7 +195,7 @@ def test_configs_are_hashable_dict_keys() -> None:
     seen = {config: index for index, config in enumerate(configs)}
     assert seen[ms.MagnitudeConfig(0.5)] == configs.index(ms.MagnitudeConfig(0.5))
     assert len(seen) == len(configs)
-    assert hash(ms.NMConfig(2, 4)) == hash(ms.NMConfig(2, 4, dim=1))
+    assert hash(ms.NMConfig(2, 4)) == hash(ms.NMConfig(2, 4, dim=None))
 
 
 def test_format_version_is_written_and_checked() -> None:

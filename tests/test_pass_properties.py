@@ -153,8 +153,8 @@ def test_palettized_and_quantized_consts_are_left_alone(pass_name: str, config: 
 MEMORY_CASES = [
     ms.ThresholdConfig(0.5, 0.0),
     ms.MagnitudeConfig(0.5),
-    ms.BlockConfig(0.5, 4),
-    ms.NMConfig(2, 4),
+    ms.BlockConfig(0.5, 4, dim=0),
+    ms.NMConfig(2, 4, dim=1),
     ms.PackConfig(minimum_sparsity_percentile=0.0),
 ]
 

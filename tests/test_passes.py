@@ -318,7 +318,7 @@ def test_structured_configs_default_scope() -> None:
 
     report = run_pass(prog, MAG, ms.NMConfig(2, 4))
     assert not sparse_ops(prog) and "select this const by name" in report.records[0].reason
-    run_pass(prog, MAG, ms.OpSelector(op_name_configs={"bias_like": ms.NMConfig(2, 4)}))
+    run_pass(prog, MAG, ms.OpSelector(op_name_configs={"bias_like": ms.NMConfig(2, 4, dim=1)}))
     np.testing.assert_array_equal(private.materialized_value(sparse_ops(prog)[0]), ref_n_m(weight, 2, 4, 1))
 
 
@@ -426,7 +426,7 @@ def test_report_to_dict_has_every_field() -> None:
     record = data["records"][0]
     for key in ["name", "shape", "dtype", "consumer_types", "config", "sparsity", "dense_bytes", "packed_bytes", "decision", "reason", "function", "pass_name"]:
         assert key in record
-    assert record["config"] == {"kind": "magnitude", "target_sparsity": 0.5, "weight_threshold": 2048}
+    assert record["config"] == {"kind": "magnitude", "target_sparsity": 0.5, "weight_threshold": 2048, "scoring": "magnitude"}
     assert data["totals"]["packed"] == 4
     assert materialized(prog)
 
@@ -487,6 +487,6 @@ def test_structured_configs_apply_to_conv_transpose_weights_by_default() -> None
     def prog(x: Any) -> Any:
         return mb.conv_transpose(x=x, weight=mb.const(val=weight, name="deconv_w"), name="deconv")
 
-    run_pass(prog, MAG, ms.NMConfig(2, 4, weight_threshold=0))
+    run_pass(prog, MAG, ms.NMConfig(2, 4, dim=1, weight_threshold=0))
     [op] = sparse_ops(prog)
     np.testing.assert_array_equal(private.materialized_value(op), ref_n_m(weight, 2, 4, 1))

@@ -6,9 +6,10 @@ Contract of every pass:
   constexpr_sparse_to_dense -> op`` for every selected weight, in every function and nested
   block; the old const is removed. The materialized value equals the pruned weight bit for bit
   (``-0.0`` becomes ``+0.0``).
-* Phase 1 (select + plan) reads the program only: it resolves each const's config, checks it,
-  and computes every replacement with the numpy kernels. Config conflicts, out-of-range dims
-  and kernel errors all surface here, while the program is untouched.
+* Phase 1 (select, then plan) reads the program only: it first resolves every const's config
+  and checks it (config conflicts, conflicting reduction axes, missing calibration statistics
+  surface before any weight is pruned), then computes every replacement with the numpy
+  kernels (out-of-range dims and kernel errors surface here). The program is untouched.
 * Phase 2 (commit) creates all new ops, then rewires all uses, then removes the old consts. If
   anything fails, what was done is undone and the error is re-raised: the program is unchanged.
 * Every const considered gets a :class:`~mil_sparsity.report.WeightRecord` with its decision.
@@ -26,11 +27,13 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _graph, sparse_format
+from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
-from mil_sparsity.rules import PassRules, check_selector, decide, record
+from mil_sparsity.rules import Decision, PassRules, WeightSite, check_selector, record, run_selected, select
 from mil_sparsity.selector import OpSelector, as_selector
+from mil_sparsity.weight_roles import check_calibration
 
 
 @attrs.frozen
@@ -59,6 +62,8 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         super().__init__()
         self._selector: Optional[OpSelector] = None
         self._report: Optional[SparsityReport] = None
+        # activation statistics for scoring="activation" (prune_by_magnitude's option)
+        self._calibration: Optional[ActivationStats] = None
 
     @property
     def report(self) -> Optional[SparsityReport]:
@@ -98,6 +103,7 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
             raise TypeError(f"{self.pass_name} applies to a PyMIL Program, got {type(prog).__name__}")
         selector = self._selector if self._selector is not None else self.default_selector()
         _graph.check_opsets(prog, self.pass_name)
+        check_calibration(selector, self._calibration, self.pass_name)
         planned, records = self._plan(prog, selector)
         _commit(planned)
         if self.report is not None:
@@ -109,21 +115,27 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         rules = self.rules()
         planned: list[Planned] = []
         records: list[WeightRecord] = []
-        for function_name, function in prog.functions.items():
-            form = _graph.function_form(function_name, function)
+        chosen_by_block: list[tuple[str, Block, list[tuple[Operation, WeightSite, Any]]]] = []
+        for function_name, function in prog.functions.items():  # select every const first
             for block in _graph.iter_blocks(function):
+                chosen: list[tuple[Operation, WeightSite, Any]] = []
                 for op in _graph.weight_consts(block):
                     site = _graph.weight_site(function_name, op)
-                    value = op.outputs[0].val
-                    decision = decide(site, selector, rules, lambda: value)
-                    records.append(record(site, decision, rules, lambda: value))
-                    if isinstance(decision.outcome, SparseWeight):
-                        replacement = sparse_format.replacement(str(op.name), decision.outcome, form)
-                        planned.append(Planned(block, op, _graph.sparse_op_builder(op, replacement)))
-                for item, row in self._plan_more(function_name, block, selector):
-                    records.append(row)
-                    if item is not None:
-                        planned.append(item)
+                    chosen.append((op, site, select(site, selector, rules, self._calibration)))
+                chosen_by_block.append((function_name, block, chosen))
+        for function_name, block, chosen in chosen_by_block:
+            form = _graph.function_form(function_name, prog.functions[function_name])
+            for op, site, selected in chosen:
+                value = op.outputs[0].val
+                decision = selected if isinstance(selected, Decision) else run_selected(selected, value)
+                records.append(record(site, decision, rules, lambda: value))
+                if isinstance(decision.outcome, SparseWeight):
+                    replacement = sparse_format.replacement(str(op.name), decision.outcome, form)
+                    planned.append(Planned(block, op, _graph.sparse_op_builder(op, replacement)))
+            for item, row in self._plan_more(function_name, block, selector):
+                records.append(row)
+                if item is not None:
+                    planned.append(item)
         return planned, records
 
     def _plan_more(

@@ -6,12 +6,21 @@ Configs: :class:`~mil_sparsity.MagnitudeConfig` (exactly round(s*N) smallest ele
 :class:`~mil_sparsity.NMConfig` (n smallest of every m along ``dim``). Block and n:m apply by
 default only to conv/conv_transpose/linear weights and constant matmul operands. There is no
 default: running the pass without a config raises ValueError.
+
+Option ``calibration`` (an :class:`~mil_sparsity.ActivationStats` or the path of one, loaded
+once when the option is set): the statistics for configs with ``scoring="activation"`` (Wanda:
+rank ``|w| * sqrt(mean x_j^2)`` of the input channel j; unstructured prunes per output row).
+Every activation-scored weight must have statistics under its const name and function.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
+from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig
 from mil_sparsity.passes._base import SparsityPass
+from mil_sparsity.scoring import load_calibration
 from mil_sparsity.selector import OpSelector
 
 
@@ -19,6 +28,15 @@ class PruneByMagnitude(SparsityPass):
     pass_name = "mil_sparsity::prune_by_magnitude"
     description = "Zero the smallest-magnitude weights (unstructured, block or n:m) and pack them."
     accepted_configs = (MagnitudeConfig, BlockConfig, NMConfig)
+
+    @property
+    def calibration(self) -> Optional[ActivationStats]:
+        """Activation statistics for ``scoring="activation"`` configs (None: not set)."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value: object) -> None:
+        self._calibration = load_calibration(value, f"{self.pass_name}: option calibration")
 
     def default_selector(self) -> OpSelector:
         raise ValueError(

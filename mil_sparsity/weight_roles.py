@@ -1,0 +1,179 @@
+"""How the ops that read a weight use it, for ``dim=None`` and ``scoring="activation"``.
+
+Graph-independent: works on a :class:`~mil_sparsity.rules.WeightSite` whose consumers carry
+their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (PyMIL:
+``_graph.consumers``; streaming: ``_spec_roles``). Called by the selection
+(:func:`mil_sparsity.rules.select`) after every other check, before any value is read:
+
+* :func:`product_use`: the one way the product consumers read the const (reduction axis,
+  output axis, groups); ValueError if two ops read it along different axes; a reason if no op
+  reads it as a linear/conv/conv_transpose/matmul operand;
+* :func:`score_context`: the :class:`~mil_sparsity.scoring.ScoreContext` for a selected config
+  (the reduction axis for ``dim=None``; the statistics' channel scale, laid out on the weight,
+  and the output rows for activation scoring), a skip reason, or ValueError (no statistics for
+  the weight, or a channel count that does not match);
+* :func:`check_calibration`: ValueError when a selector asks for activation scoring and the
+  pass has no ``calibration`` option.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Union
+
+import attrs
+import numpy as np
+
+from mil_sparsity.calibration.stats import ActivationStats
+from mil_sparsity.configs import ACTIVATION_SCORING, BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig
+from mil_sparsity.products import NotAProduct, ProductRole
+from mil_sparsity.scoring import ScoreContext, grouped_conv_scale, row_layout
+from mil_sparsity.selector import OpSelector
+
+if TYPE_CHECKING:
+    from mil_sparsity.rules import WeightSite
+
+CALIBRATION_OPTION = "calibration"
+
+
+@attrs.frozen
+class ProductUse:
+    """What every product consumer of a const agrees on."""
+
+    op_type: str
+    weight_axis: int  # the reduction axis
+    output_axis: Optional[int]
+    groups: int
+
+
+def _scoring(config: SparsityConfig) -> Optional[str]:
+    return getattr(config, "scoring", None)
+
+
+def needs_roles(config: SparsityConfig) -> bool:
+    """True if the config needs the consumers' roles: block / n:m with ``dim=None``, or
+    activation scoring."""
+    if isinstance(config, (BlockConfig, NMConfig)) and config.dim is None:
+        return True
+    return _scoring(config) == ACTIVATION_SCORING
+
+
+def product_use(site: "WeightSite", pass_name: str) -> Union[ProductUse, NotAProduct]:
+    """The one product use of ``site`` by its consumers, or why there is none.
+
+    Raises ValueError naming the ops if two of them read the const with different reduction
+    axes (or output axes, or conv groups).
+    """
+    uses: list[tuple[str, ProductRole]] = []
+    reasons: list[str] = []
+    for consumer in site.consumers:
+        for input_name, role in zip(consumer.input_names, consumer.roles):
+            if isinstance(role, ProductRole):
+                uses.append((consumer.name, role))
+            elif isinstance(role, NotAProduct):
+                reasons.append(f"{consumer.name!r}: {role.reason}")
+            else:
+                reasons.append(f"{consumer.name!r}: {consumer.op_type}.{input_name} has no known role")
+    if not uses:
+        return NotAProduct("; ".join(reasons) or "no op reads it")
+    distinct = {(role.weight_axis, role.output_axis, _channel_groups(role)) for _, role in uses}
+    if len(distinct) > 1:
+        readers = ", ".join(f"{name!r} ({role.description})" for name, role in uses)
+        raise ValueError(
+            f"{pass_name}: const {site.name!r} (function {site.function!r}) is read along "
+            f"different reduction axes by {readers}; dim=None and scoring='activation' need one. "
+            f"Give it its own config with an explicit dim and scoring='magnitude' through "
+            f"op_name_configs[{site.name!r}]."
+        )
+    first = uses[0][1]
+    return ProductUse(first.op_type, first.weight_axis, first.output_axis, _channel_groups(first))
+
+
+def _channel_groups(role: ProductRole) -> int:
+    """Groups that change which activation channels a weight element meets (conv only: a
+    grouped conv_transpose's row i meets channel i whatever the groups)."""
+    return role.groups if role.op_type in ("conv", "conv_transpose") else 1
+
+
+def score_context(
+    site: "WeightSite",
+    config: SparsityConfig,
+    source: str,
+    pass_name: str,
+    calibration: Optional[ActivationStats],
+) -> Union[ScoreContext, str, None]:
+    """The context a selected config runs with, a skip reason (str), or None (none needed)."""
+    if not needs_roles(config):
+        return None
+    use = product_use(site, pass_name)
+    activation = _scoring(config) == ACTIVATION_SCORING
+    if isinstance(use, NotAProduct):
+        if activation:
+            return (
+                f"scoring='activation' needs a weight read as a linear/conv/conv_transpose/matmul "
+                f"operand ({use.reason}); give it its own magnitude config through the selector "
+                f"(op_name_configs[{site.name!r}])"
+            )
+        return (
+            f"dim=None is the reduction axis of the op reading the weight, but no op reads it as "
+            f"a linear/conv/conv_transpose/matmul operand ({use.reason}); set dim through the "
+            f"selector (op_name_configs[{site.name!r}])"
+        )
+    dim = getattr(config, "dim", None)
+    axis = use.weight_axis if dim is None and isinstance(config, (BlockConfig, NMConfig)) else None
+    if not activation:
+        return ScoreContext(axis=axis)
+    if calibration is None:  # the pass checks this up front; kept for direct callers
+        raise ValueError(f"{pass_name}: scoring='activation' needs the pass option {CALIBRATION_OPTION!r}")
+    stats = calibration.get(site.name, site.function)
+    if stats is None:
+        raise ValueError(
+            f"{pass_name}: const {site.name!r} (function {site.function!r}) is selected with "
+            f"scoring='activation' ({source}) but the calibration statistics have no entry for "
+            f"it; collect them on a model with the same const names, or give it a magnitude "
+            f"config through op_name_configs[{site.name!r}]"
+        )
+    scale = stats.channel_scale()
+    shape = site.shape
+    grouped = use.op_type == "conv" and use.groups > 1
+    expected = use.groups * shape[1] if grouped else shape[use.weight_axis]
+    if stats.channels != expected or (grouped and shape[0] % use.groups):
+        detail = (
+            f"conv groups {use.groups} x weight.shape[1] {shape[1]}"
+            if grouped
+            else f"weight.shape[{use.weight_axis}]"
+        )
+        raise ValueError(
+            f"{pass_name}: const {site.name!r} (function {site.function!r}): the calibration "
+            f"statistics have {stats.channels} channels, expected {expected} ({detail} of "
+            f"shape {list(shape)})"
+        )
+    if grouped:
+        scale = grouped_conv_scale(scale, shape, use.groups)
+    output_axis = use.output_axis if use.output_axis is not None else 0
+    return ScoreContext(
+        axis=axis,
+        scale=scale.astype(np.float32, copy=False),
+        scale_axis=use.weight_axis,
+        rows=row_layout(use.op_type, shape, output_axis, use.groups),
+        source=f"{site.function}/{site.name}",
+    )
+
+
+def check_calibration(selector: OpSelector, calibration: Optional[ActivationStats], pass_name: str) -> None:
+    """ValueError if a config of ``selector`` has scoring='activation' and there are no stats."""
+    if calibration is not None:
+        return
+    for where, config in selector.entries():
+        if config is not None and _scoring(config) == ACTIVATION_SCORING:
+            raise ValueError(
+                f"{pass_name}: {where} has scoring='activation', which needs the pass option "
+                f"{CALIBRATION_OPTION!r} (an ActivationStats, or the path of one written by "
+                "ActivationStats.save or `mil-sparsity calibrate`); it is not set"
+            )
+
+
+def scoring_of(config: Optional[SparsityConfig]) -> Optional[str]:
+    """The scoring a config ranks by (None for configs that do not rank: threshold, pack)."""
+    if isinstance(config, (MagnitudeConfig, BlockConfig, NMConfig)):
+        return config.scoring
+    return None
