@@ -79,11 +79,11 @@ def materialized_value(op: Any) -> NDArray[Any]:
 
 # ---- loading, exporting and running pipelines ------------------------------------------------
 
-def program_from_spec(spec: Any, weights_dir: str) -> Any:
-    """The PyMIL Program of an ML Program model spec (every function)."""
-    return _milproto.load(
-        spec, specification_version=spec.specificationVersion, file_weights_dir=weights_dir
-    )
+def program_from_spec(spec: Any, weights_dir: str, specification_version: Optional[int] = None) -> Any:
+    """The PyMIL Program of an ML Program model spec (every function), its functions at the
+    opset of ``specification_version`` (default: the spec's own; never lower than it)."""
+    version = spec.specificationVersion if specification_version is None else specification_version
+    return _milproto.load(spec, specification_version=version, file_weights_dir=weights_dir)
 
 
 def mlmodel_from_program(prog: Any, *, specification_version: int, compute_units: Any, model_description: Any) -> Any:
@@ -142,7 +142,10 @@ def prune_weights_pass_class() -> Any:
 
 def unpack_sub_byte(packed: NDArray[np.uint8], bits: int, count: int, signed: bool) -> NDArray[Any]:
     """``count`` elements of ``bits`` bits each from LSB-first packed bytes (int8 if signed)."""
-    from coremltools.optimize._utils import restore_elements_from_packed_bits
+    try:
+        from coremltools.optimize._utils import restore_elements_from_packed_bits
+    except ImportError:  # coremltools 8.1 keeps it in optimize.coreml._utils
+        from coremltools.optimize.coreml._utils import restore_elements_from_packed_bits
 
     unpacked: NDArray[Any] = restore_elements_from_packed_bits(packed, bits, count, signed)
     return unpacked
