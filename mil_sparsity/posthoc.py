@@ -1,9 +1,11 @@
 """Run a pass pipeline on a saved or in-memory ML Program model, without the Core ML runtime.
 
-``apply_pipeline(model, pipeline)``: model spec -> PyMIL program (all functions) -> the
-pipeline's passes -> a new MLModel. The input model and its files are never modified. Works
-for classifiers (the model description is carried over) and multifunction packages (every
-function is loaded, rewritten and exported with the same default function).
+``apply_pipeline(model, pipeline)``: model spec -> PyMIL program (all functions, at the run's
+deployment target: :mod:`mil_sparsity.targets`) -> the pipeline's passes -> a new MLModel; or,
+for package paths, the streaming rewriter (:mod:`mil_sparsity.streaming`). The input model and
+its files are never modified. Works for classifiers (the model description is carried over)
+and multifunction packages (every function is loaded, rewritten and exported with the same
+default function).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from coremltools import PassPipeline
 from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import sparse_format
+from mil_sparsity import sparse_format, targets
 from mil_sparsity.report import SparsityReport
 
 ModelLike = Union["ct.models.MLModel", str, "os.PathLike[str]"]
@@ -34,22 +36,29 @@ def load_model(model: ModelLike) -> Any:
     raise TypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
 
 
-def load_program(mlmodel: Any) -> Program:
-    """The model's PyMIL program, every function included. Raises for non-mlprogram models."""
+def ml_program_spec(mlmodel: Any) -> Any:
+    """The model's spec; TypeError for models that are not ML Programs."""
     spec = mlmodel.get_spec()
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
         raise TypeError(
             f"mil_sparsity works on ML Program models, but this model is a {kind!r}. Re-convert it "
-            'with ct.convert(..., convert_to="mlprogram", '
-            "minimum_deployment_target=ct.target.iOS16)."
+            'with ct.convert(..., convert_to="mlprogram").'
         )
-    prog: Program = private.program_from_spec(spec, mlmodel.weights_dir)
+    return spec
+
+
+def load_program(mlmodel: Any, specification_version: Optional[int] = None) -> Program:
+    """The model's PyMIL program, every function included, at the opset of
+    ``specification_version`` (default: the model's). Raises for non-mlprogram models."""
+    spec = ml_program_spec(mlmodel)
+    prog: Program = private.program_from_spec(spec, mlmodel.weights_dir, specification_version)
     return prog
 
 
-def program_to_model(prog: Program, mlmodel: Any) -> Any:
-    """Export ``prog`` as an MLModel with ``mlmodel``'s description and spec version."""
+def program_to_model(prog: Program, mlmodel: Any, specification_version: Optional[int] = None) -> Any:
+    """Export ``prog`` as an MLModel with ``mlmodel``'s description and compute unit, at
+    ``specification_version`` (default: ``mlmodel``'s)."""
     spec = mlmodel.get_spec()
     description = spec.description
     if len(description.functions) > 0:
@@ -59,7 +68,7 @@ def program_to_model(prog: Program, mlmodel: Any) -> Any:
     prog.skip_all_passes = True
     return private.mlmodel_from_program(
         prog,
-        specification_version=spec.specificationVersion,
+        specification_version=spec.specificationVersion if specification_version is None else specification_version,
         compute_units=mlmodel.compute_unit,
         model_description=description,
     )
@@ -77,6 +86,16 @@ def with_report(pipeline: PassPipeline, report: SparsityReport) -> PassPipeline:
     return copy
 
 
+def option_reports(pipeline: PassPipeline) -> list[SparsityReport]:
+    """The reports the pipeline's passes got as their own ``report`` option."""
+    return [
+        option.option_val
+        for name in pipeline.passes
+        for option in pipeline.get_options(name) or []
+        if option.option_name == "report" and isinstance(option.option_val, SparsityReport)
+    ]
+
+
 def _streamable(pipeline: PassPipeline) -> bool:
     """Only mil_sparsity passes, with no option but ``config`` and ``report``."""
     options = sparse_format.pipeline_options(pipeline)
@@ -89,20 +108,37 @@ def apply_pipeline(
     *,
     report: Optional[SparsityReport] = None,
     streaming: Optional[bool] = None,
+    minimum_deployment_target: Any = None,
 ) -> Any:
     """Apply ``pipeline`` to a saved model post hoc and return the new ``MLModel``.
 
-    ``model`` is an MLModel or a path to a .mlpackage; it is not modified. When ``report`` is
-    given, every mil_sparsity pass in the pipeline that has no ``report`` option fills it.
+    ``model`` is an ML Program MLModel or a path to a .mlpackage; it is not modified. When
+    ``report`` is given, every mil_sparsity pass in the pipeline that has no ``report`` option
+    fills it.
+
+    Deployment target (:mod:`mil_sparsity.targets`): a pipeline with a mil_sparsity pass raises a
+    model below iOS16 to iOS16, as coremltools' post-hoc compression does, whether or not a
+    weight ends up packed; ``minimum_deployment_target`` (a ``ct.target`` member) raises it
+    further (iOS18 gives the uint1 mask form) and may not be below the model's own target.
+    A raise adds a note to the report(s) and logs one WARNING on the ``"mil_sparsity"`` logger.
 
     ``streaming`` (default: automatic) rewrites the package file by file with
     :func:`mil_sparsity.streaming.compress_package`, one weight in memory at a time, instead of
     loading the whole program into PyMIL. It is used automatically when ``model`` is a path to a
-    .mlpackage directory and
-    every pass of the pipeline is a mil_sparsity pass with no option but ``config`` and
-    ``report`` (``joint_compression`` needs PyMIL); the result is the same (same ops,
-    bit-identical weights), except that consts stored inline in the spec (fewer than 10
-    elements) are never packed. ``streaming=False`` forces the PyMIL path.
+    .mlpackage directory and every pass of the pipeline is a mil_sparsity pass with no option but
+    ``config`` and ``report`` (``joint_compression`` needs PyMIL); the result is the same (same
+    spec version, opsets and ops, bit-identical weights), except that consts stored inline in
+    the spec (fewer than 10 elements) are never packed. ``streaming=False`` forces the PyMIL path.
+
+    The result is the same kind of object whichever path ran: what
+    ``ct.models.MLModel(package, skip_model_load=True, is_temp_package=True)`` gives for a
+    temporary .mlpackage holding the new model. So a caller can rely on ``get_spec()``,
+    ``weights_dir``, ``package_path`` (removed by coremltools when the interpreter exits;
+    ``save(path)`` copies it), ``is_package`` and ``is_temp_package`` (both True), the input's
+    description (inputs, outputs, classifier labels, functions, metadata, user-defined metadata)
+    and ``compute_unit`` (the input MLModel's; ``ALL`` for a path). It is not compiled (save it
+    and load it to predict), and ``_mil_program`` is None as for any model loaded from disk:
+    :func:`load_program` gives its program.
     """
     if not isinstance(pipeline, PassPipeline):
         raise TypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
@@ -113,16 +149,48 @@ def apply_pipeline(
             and _streamable(pipeline)
         )
     if streaming:
-        return _apply_streaming(model, pipeline, report)
+        return _apply_streaming(model, pipeline, report, minimum_deployment_target)
     mlmodel = load_model(model)
-    prog = load_program(mlmodel)
+    version = int(ml_program_spec(mlmodel).specificationVersion)
+    change = targets.plan(version, minimum_deployment_target, pipeline.passes)
+    if change is not None:
+        version = change.new
+    prog = load_program(mlmodel, version)
+    reports = [report, *option_reports(pipeline)]
     if report is not None:
         pipeline = with_report(pipeline, report)
     private.run_pipeline(prog, pipeline)
-    return program_to_model(prog, mlmodel)
+    exported = program_to_model(prog, mlmodel, version)
+    _keep_program_attributes(exported, mlmodel.get_spec())
+    result = _temporary_model(exported.package_path, mlmodel.compute_unit)
+    targets.announce(change, reports)
+    return result
 
 
-def _apply_streaming(model: ModelLike, pipeline: PassPipeline, report: Optional[SparsityReport]) -> Any:
+def _keep_program_attributes(exported: Any, source_spec: Any) -> None:
+    """Give the exported package the source program's attributes (coremltools' ``buildInfo``),
+    which the PyMIL round trip drops and streaming keeps: both paths write the same spec."""
+    spec = exported.get_spec()
+    source = source_spec.mlProgram.attributes
+    if spec.mlProgram.attributes == source:
+        return
+    spec.mlProgram.attributes.clear()
+    for key, value in source.items():
+        spec.mlProgram.attributes[key].CopyFrom(value)
+    spec_path = private.model_package_class()(exported.package_path).getRootModel().path()
+    with open(spec_path, "wb") as handle:
+        handle.write(spec.SerializeToString())
+
+
+def _temporary_model(package: str, compute_units: Any = None) -> Any:
+    """The MLModel of a temporary package (deleted at interpreter exit), not compiled."""
+    units = ct.ComputeUnit.ALL if compute_units is None else compute_units
+    return ct.models.MLModel(package, skip_model_load=True, is_temp_package=True, compute_units=units)
+
+
+def _apply_streaming(
+    model: ModelLike, pipeline: PassPipeline, report: Optional[SparsityReport], minimum_deployment_target: Any
+) -> Any:
     """Stream into a temporary package owned by the returned MLModel (``is_temp_package``:
     coremltools deletes it when the interpreter exits; ``save`` copies it where you want it)."""
     import shutil
@@ -137,8 +205,10 @@ def _apply_streaming(model: ModelLike, pipeline: PassPipeline, report: Optional[
         raise FileNotFoundError(f"model: no such file or package: {os.fspath(model)}")
     package = os.path.join(tempfile.gettempdir(), f"mil_sparsity-{uuid.uuid4().hex}.mlpackage")
     try:
-        compress_package(model, package, pipeline, report=report)
-        return ct.models.MLModel(package, skip_model_load=True, is_temp_package=True)
+        compress_package(
+            model, package, pipeline, report=report, minimum_deployment_target=minimum_deployment_target
+        )
+        return _temporary_model(package)
     except BaseException:
         shutil.rmtree(package, ignore_errors=True)
         raise

@@ -37,7 +37,7 @@ import attrs
 import numpy as np
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import sparse_format
+from mil_sparsity import sparse_format, targets
 from mil_sparsity._atomic import atomic_output
 from mil_sparsity._spec_roles import op_name as _op_name, readers as _readers
 from mil_sparsity._blob import BlobFileError, BlobInfo, BlobReader, BlobWriter
@@ -341,6 +341,7 @@ def compress_package(
     *,
     report: Optional[SparsityReport] = None,
     overwrite: bool = False,
+    minimum_deployment_target: Any = None,
 ) -> SparsityReport:
     """Prune and/or pack the weights of a saved .mlpackage into ``dst``, streaming.
 
@@ -348,12 +349,19 @@ def compress_package(
     OpSelector / selector dict / JSON text (the pass is chosen from the config kinds). Holds
     about one weight in memory at a time. Records go to a pass's own ``report`` option if the
     pipeline set one, else to ``report``; returns ``report`` (a new one if not given).
+    The deployment target is raised as :func:`mil_sparsity.apply_pipeline` raises it
+    (:mod:`mil_sparsity.targets`: to iOS16 at least, or ``minimum_deployment_target``).
     """
     src, dst = os.fspath(src), os.fspath(dst)
     report = SparsityReport() if report is None else report
     passes = plan_passes(config_or_pipeline)
     spec_path, weights_dir = _package_paths(src)
     spec = _load_spec(spec_path)
+    change = targets.plan(
+        int(spec.specificationVersion), minimum_deployment_target, [p.cls.pass_name for p in passes]
+    )
+    if change is not None:
+        targets.raise_spec(spec, change.new)
     sites = _sites(spec)
     for site in sites:  # phase 1: every check that needs no value, up to the selecting pass
         for planned in passes:
@@ -379,6 +387,7 @@ def compress_package(
     for row in records:
         target = own_reports.get(row.pass_name)
         (target if target is not None else report).records.append(row)
+    targets.announce(change, [report, *own_reports.values()])
     return report
 
 

@@ -302,15 +302,7 @@ def test_sparse_pack_keeps_values_of_a_pruned_torch_model(target, tmp_path):
     assert [r.shape for r in report.packed] == [(128, 64)]
 
 
-@pytest.mark.parametrize("as_model", [False, True], ids=["path", "mlmodel"])
-def test_ios15_model_is_rejected_and_untouched(as_model, tmp_path):
-    source = tmp_path / "ios15.mlpackage"
-    convert_mlp(ct.target.iOS15).save(str(source))
-    digests = hash_tree(source)
-    model = load(source) if as_model else source
-    with pytest.raises(ValueError, match="minimum_deployment_target"):
-        ms.apply_pipeline(model, magnitude_pipeline())
-    assert hash_tree(source) == digests
+# iOS15 models are raised to iOS16 post hoc: tests/test_posthoc_targets.py
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,9 +23,11 @@ from typing import Any, Callable, Iterator, NoReturn, Optional, TypeAlias, TypeV
 
 import mil_sparsity as ms
 from mil_sparsity.posthoc import load_model, load_program
+from mil_sparsity.targets import posthoc_target_names
 
 PROG = "mil-sparsity"
-TARGETS = ("iOS16", "iOS17", "iOS18")
+#: --min-deployment-target values: iOS16 (the sparse op's first target) to the newest
+TARGETS = posthoc_target_names()
 
 T = TypeVar("T")
 

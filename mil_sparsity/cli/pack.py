@@ -10,7 +10,7 @@ import argparse
 
 import mil_sparsity as ms
 from mil_sparsity.cli._common import Commands, add_weight_threshold, make_config, number
-from mil_sparsity.cli._rewrite import add_model_output, add_write_options, rewrite
+from mil_sparsity.cli._rewrite import add_model_output, add_target_option, add_write_options, rewrite
 
 
 def register(commands: Commands) -> None:
@@ -29,6 +29,7 @@ def register(commands: Commands) -> None:
         "sparse form is smaller)",
     )
     add_weight_threshold(parser)
+    add_target_option(parser)
     add_write_options(parser)
     parser.set_defaults(run=run)
 
