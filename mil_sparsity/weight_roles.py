@@ -18,6 +18,7 @@ their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (Py
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Optional, Union
 
 import attrs
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
     from mil_sparsity.rules import WeightSite
 
 CALIBRATION_OPTION = "calibration"
+
+
+def saved_name(name: str) -> str:
+    """The name a saved ML Program gives a MIL op named ``name``: names must match
+    ``[a-zA-Z_][a-zA-Z0-9_]*``, so every other character becomes ``_`` and a name that starts
+    with anything but a letter or ``_`` gets the prefix ``op_``. Inside ct.convert a pass sees
+    the names before the backend renames them (``conv.weight_to_fp16``); statistics collected
+    on the saved dense model hold the saved ones (``conv_weight_to_fp16``)."""
+    cleaned = re.sub("[^a-zA-Z0-9_]", "_", name)
+    return cleaned if re.match("[a-zA-Z_]", cleaned) else f"op_{cleaned}"
 
 
 @attrs.frozen
@@ -125,6 +136,8 @@ def score_context(
     if calibration is None:  # the pass checks this up front; kept for direct callers
         raise ValueError(f"{pass_name}: scoring='activation' needs the pass option {CALIBRATION_OPTION!r}")
     stats = calibration.get(site.name, site.function)
+    if stats is None and saved_name(site.name) != site.name:
+        stats = calibration.get(saved_name(site.name), site.function)
     if stats is None:
         raise ValueError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}) is selected with "

@@ -2,8 +2,10 @@
 
 The options pick one pass and one global config (``--threshold``: prune_by_threshold;
 ``--target-sparsity`` [``--block-size``], ``--n-m``: prune_by_magnitude), or a ``--config`` file
-in ``OpSelector.to_dict()`` form whose config kinds pick the pass. The rest is the shared
-rewrite path (:mod:`mil_sparsity.cli._rewrite`).
+in ``OpSelector.to_dict()`` form whose config kinds pick the pass. ``--scoring activation`` with
+``--calibration STATS.npz`` ranks by activation-weighted scores (Wanda); ``--calibration`` also
+serves a config file's activation-scored configs. The rest is the shared rewrite path
+(:mod:`mil_sparsity.cli._rewrite`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from typing import Any, Optional
 
 import mil_sparsity as ms
 from mil_sparsity.cli._common import (
+    TARGETS,
     CLIError,
     Commands,
     UsageError,
@@ -23,8 +27,10 @@ from mil_sparsity.cli._common import (
     n_m,
     number,
     one_line,
+    target,
 )
-from mil_sparsity.cli._rewrite import add_model_output, add_target_option, add_write_options, rewrite
+from mil_sparsity.cli._rewrite import add_model_output, add_write_options, rewrite
+from mil_sparsity.configs import ACTIVATION_SCORING, SCORINGS
 from mil_sparsity.passes import pass_for_selector
 
 
@@ -35,9 +41,8 @@ def register(commands: Commands) -> None:
         description="Prune the model's weights post hoc with mil_sparsity::prune_by_threshold "
         "(--threshold) or mil_sparsity::prune_by_magnitude (--target-sparsity, --n-m), or "
         "the pass a --config file's kinds select; write the result to OUT and print the "
-        "per-weight report and the package size before and after. The result keeps the "
-        "model's target, raised to iOS16 if below or to --min-deployment-target (iOS16/17 "
-        "get the packed-bit mask form, iOS18+ the uint1 form).",
+        "per-weight report and the package size before and after. The model keeps its "
+        "opset (iOS16/17 get the packed-bit mask form, iOS18+ the uint1 form).",
     )
     add_model_output(parser)
     how = parser.add_mutually_exclusive_group(required=True)
@@ -72,18 +77,44 @@ def register(commands: Commands) -> None:
         "--dim",
         type=integer,
         metavar="D",
-        help="with --block-size or --n-m: the axis of the blocks/groups (defaults: 0 for "
-        "blocks, 1 for n:m)",
+        help="with --block-size or --n-m: the axis of the blocks/groups (default: the "
+        "reduction axis of the op reading the weight: 1 for linear and conv, 0 for "
+        "conv_transpose, the contracted axis of a matmul const)",
+    )
+    parser.add_argument(
+        "--scoring",
+        choices=SCORINGS,
+        help="with --target-sparsity or --n-m: rank by |w| (magnitude, default) or by "
+        "|w| x the RMS of the input channel it multiplies (activation, Wanda; needs "
+        "--calibration; unstructured then prunes per output row)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="STATS.npz",
+        help="activation statistics (`mil-sparsity calibrate`) for --scoring activation or a "
+        "config file's activation-scored configs",
     )
     add_weight_threshold(parser)
-    add_target_option(parser)
+    parser.add_argument(
+        "--min-deployment-target",
+        type=target,
+        metavar="TARGET",
+        help=f"one of {', '.join(TARGETS)}: checked against the model's own target (the "
+        "post-hoc path keeps the model's opset; re-convert the model to change it)",
+    )
     add_write_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     pass_name, selector = selection(args)
-    return rewrite(args, pass_name, selector)
+    options: Optional[dict[str, Any]] = None
+    if args.calibration is not None:
+        try:
+            options = {"calibration": ms.ActivationStats.load(args.calibration)}
+        except ValueError as error:
+            raise CLIError(f"--calibration: {one_line(error)}") from None
+    return rewrite(args, pass_name, selector, options)
 
 
 def read_config_file(path: str) -> ms.OpSelector:
@@ -123,6 +154,14 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
         raise UsageError("prune: --block-size goes with --target-sparsity")
     if args.dim is not None and args.block_size is None and args.n_m is None:
         raise UsageError("prune: --dim goes with --block-size or --n-m")
+    if args.scoring is not None and args.target_sparsity is None and args.n_m is None:
+        raise UsageError("prune: --scoring goes with --target-sparsity or --n-m (a --config "
+                         "file sets scoring in its configs)")
+    if args.scoring == ACTIVATION_SCORING and args.calibration is None:
+        raise UsageError("prune: --scoring activation needs --calibration STATS.npz (write one "
+                         "with `mil-sparsity calibrate`)")
+    if args.calibration is not None and args.threshold is not None:
+        raise UsageError("prune: --calibration goes with --scoring activation or --config")
     if args.config is not None:
         if args.weight_threshold is not None:
             raise UsageError("prune: --weight-threshold cannot be combined with --config (set "
@@ -133,6 +172,7 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
         except ValueError as error:
             raise CLIError(one_line(error)) from None
     common = {"weight_threshold": args.weight_threshold}
+    scored = {"scoring": args.scoring}
     config: ms.SparsityConfig
     if args.threshold is not None:
         config = make_config(
@@ -145,7 +185,7 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
         return ms.PRUNE_BY_THRESHOLD, ms.OpSelector(global_config=config)
     if args.n_m is not None:
         n, m = args.n_m
-        config = make_config(ms.NMConfig, f"--n-m {n}:{m}", n=n, m=m, dim=args.dim, **common)
+        config = make_config(ms.NMConfig, f"--n-m {n}:{m}", n=n, m=m, dim=args.dim, **common, **scored)
     elif args.block_size is not None:
         config = make_config(
             ms.BlockConfig,
@@ -154,9 +194,10 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
             block_size=args.block_size,
             dim=args.dim,
             **common,
+            **scored,
         )
     else:
         config = make_config(
-            ms.MagnitudeConfig, "--target-sparsity", target_sparsity=args.target_sparsity, **common
+            ms.MagnitudeConfig, "--target-sparsity", target_sparsity=args.target_sparsity, **common, **scored
         )
     return ms.PRUNE_BY_MAGNITUDE, ms.OpSelector(global_config=config)
