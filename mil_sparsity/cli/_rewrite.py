@@ -3,12 +3,14 @@
 1. Check MODEL exists and OUT is a new (or, with --force, replaceable) .mlpackage elsewhere.
 2. Read the model's deployment target per function: from the loaded program, or with
    ``--streaming`` from the spec alone (:func:`mil_sparsity.streaming.package_targets`, no
-   weights read). ``--min-deployment-target`` must equal it: the post-hoc path keeps the opset.
-   Whether the opset supports sparse weights at all (iOS16+) is the pass's own check.
+   weights read). ``--min-deployment-target`` may raise it (iOS18 gives the uint1 mask form),
+   never lower it (:mod:`mil_sparsity.targets`); without it, a model below iOS16 is raised to
+   iOS16, as the library does.
 3. Run a one-pass pipeline: in memory with :func:`mil_sparsity.apply_pipeline` and save through
    :func:`mil_sparsity.atomic_output`, or file by file with
    :func:`mil_sparsity.streaming.compress_package`, which writes OUT atomically itself.
-4. Print the pass's per-weight report and the package size before and after (or JSON).
+4. Print the pass's per-weight report (with its notes, e.g. a raised target) and the package
+   size before and after (or JSON).
 
 On any error nothing is written and the input is untouched.
 """
@@ -21,7 +23,9 @@ from typing import Any, Optional
 import coremltools as ct
 
 import mil_sparsity as ms
+from mil_sparsity import targets as deployment
 from mil_sparsity.cli._common import (
+    TARGETS,
     CLIError,
     UsageError,
     check_output,
@@ -31,13 +35,20 @@ from mil_sparsity.cli._common import (
     one_line,
     progress,
     require_exists,
+    target,
 )
 from mil_sparsity.inspect_model import function_opsets, package_size
 from mil_sparsity.streaming import compress_package, package_targets
 
+TARGET_OPTION = "--min-deployment-target"
+
 
 def add_model_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="an ML Program .mlpackage (iOS16+)")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="an ML Program .mlpackage (below iOS16, the result is raised to iOS16)",
+    )
     parser.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="the .mlpackage to write"
     )
@@ -56,15 +67,29 @@ def add_write_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_target(targets: dict[str, str], path: str, wanted: Optional[str]) -> None:
-    if wanted is None or all(found == wanted for found in targets.values()):
-        return
-    has = ", ".join(sorted(set(targets.values())))
-    raise UsageError(
-        f"--min-deployment-target {wanted}: {path} targets {has}, and the post-hoc path "
-        f"keeps the model's opset. Omit the option (or pass {has}), or re-convert the "
-        f"source model with minimum_deployment_target=ct.target.{wanted}"
+def add_target_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        TARGET_OPTION,
+        type=target,
+        metavar="TARGET",
+        help=f"one of {', '.join(TARGETS)}: raise the result's deployment target to at least "
+        "TARGET (iOS18 gives the compact uint1 mask form); it may not be below the model's "
+        "own target. Default: the model's target, raised to iOS16 if it is below",
     )
+
+
+def _requested_target(found: dict[str, str], path: str, wanted: Optional[str]) -> Any:
+    """--min-deployment-target as a ct.target, or a UsageError if it would lower a function's
+    target (the library's check, worded for the option)."""
+    if wanted is None:
+        return None
+    requested = getattr(ct.target, wanted)
+    versions = [getattr(ct.target, name).value for name in found.values() if hasattr(ct.target, name)]
+    try:
+        deployment.requested_version(requested, max(versions, default=0), TARGET_OPTION)
+    except ValueError as error:
+        raise UsageError(f"{path}: {one_line(error)}") from None
+    return requested
 
 
 def _read_targets(path: str, streaming: bool) -> tuple[dict[str, str], Any]:
@@ -79,13 +104,22 @@ def _read_targets(path: str, streaming: bool) -> tuple[dict[str, str], Any]:
     return function_opsets(prog), mlmodel
 
 
-def _run(args: argparse.Namespace, mlmodel: Any, pipeline: Any, report: ms.SparsityReport) -> Any:
+def _run(
+    args: argparse.Namespace, mlmodel: Any, pipeline: Any, report: ms.SparsityReport, requested: Any
+) -> Any:
     """Run the pipeline: streamed into OUT, or in memory (returns the new MLModel to save)."""
     try:
         if mlmodel is None:
-            compress_package(args.model, args.output, pipeline, report=report, overwrite=args.force)
+            compress_package(
+                args.model,
+                args.output,
+                pipeline,
+                report=report,
+                overwrite=args.force,
+                minimum_deployment_target=requested,
+            )
             return None
-        return ms.apply_pipeline(mlmodel, pipeline, report=report)
+        return ms.apply_pipeline(mlmodel, pipeline, report=report, minimum_deployment_target=requested)
     except (OSError, ValueError, TypeError) as error:  # the pass's or the package's
         raise CLIError(f"{args.model}: {one_line(error)}") from None
 
@@ -114,11 +148,11 @@ def rewrite(
     report = ms.SparsityReport()
     bar = progress(total=3, desc="loading", quiet=args.json or args.streaming)
     try:
-        targets, mlmodel = _read_targets(args.model, args.streaming)
-        _check_target(targets, args.model, getattr(args, "min_deployment_target", None))
+        found, mlmodel = _read_targets(args.model, args.streaming)
+        requested = _requested_target(found, args.model, args.min_deployment_target)
         bar.update()
         bar.set_description(pass_name.split("::")[-1])
-        result = _run(args, mlmodel, pipeline, report)
+        result = _run(args, mlmodel, pipeline, report, requested)
         bar.update()
         bar.set_description("saving")
         if result is not None:

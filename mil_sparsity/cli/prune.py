@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 import mil_sparsity as ms
 from mil_sparsity.cli._common import (
-    TARGETS,
     CLIError,
     Commands,
     UsageError,
@@ -27,9 +26,8 @@ from mil_sparsity.cli._common import (
     n_m,
     number,
     one_line,
-    target,
 )
-from mil_sparsity.cli._rewrite import add_model_output, add_write_options, rewrite
+from mil_sparsity.cli._rewrite import add_model_output, add_target_option, add_write_options, rewrite
 from mil_sparsity.configs import ACTIVATION_SCORING, SCORINGS
 from mil_sparsity.passes import pass_for_selector
 
@@ -41,8 +39,9 @@ def register(commands: Commands) -> None:
         description="Prune the model's weights post hoc with mil_sparsity::prune_by_threshold "
         "(--threshold) or mil_sparsity::prune_by_magnitude (--target-sparsity, --n-m), or "
         "the pass a --config file's kinds select; write the result to OUT and print the "
-        "per-weight report and the package size before and after. The model keeps its "
-        "opset (iOS16/17 get the packed-bit mask form, iOS18+ the uint1 form).",
+        "per-weight report and the package size before and after. The result keeps the "
+        "model's target, raised to iOS16 if below or to --min-deployment-target (iOS16/17 "
+        "get the packed-bit mask form, iOS18+ the uint1 form).",
     )
     add_model_output(parser)
     how = parser.add_mutually_exclusive_group(required=True)
@@ -95,13 +94,7 @@ def register(commands: Commands) -> None:
         "config file's activation-scored configs",
     )
     add_weight_threshold(parser)
-    parser.add_argument(
-        "--min-deployment-target",
-        type=target,
-        metavar="TARGET",
-        help=f"one of {', '.join(TARGETS)}: checked against the model's own target (the "
-        "post-hoc path keeps the model's opset; re-convert the model to change it)",
-    )
+    add_target_option(parser)
     add_write_options(parser)
     parser.set_defaults(run=run)
 
