@@ -26,6 +26,7 @@ from mil_sparsity.configs import (
 from mil_sparsity.calibration import ActivationStats, collect_activation_stats
 from mil_sparsity.passes import register_passes
 from mil_sparsity.posthoc import apply_pipeline
+from mil_sparsity.oneshot import pack_weights, prune_weights
 from mil_sparsity import reference
 from mil_sparsity.quality import QualityReport, ReferenceOutputs, compare
 from mil_sparsity.report import SparsityReport, WeightRecord
@@ -64,6 +65,8 @@ __all__ = [
     "compare",
     "config_from_dict",
     "config_to_dict",
+    "pack_weights",
+    "prune_weights",
     "reference",
     "sweep",
 ]

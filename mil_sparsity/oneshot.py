@@ -1,0 +1,136 @@
+"""One call post hoc, in the form coremltools users know from
+``coremltools.optimize.coreml.prune_weights(mlmodel, config=OptimizationConfig(...))``.
+
+* :func:`prune_weights` ``(model, config)``: prune and pack. ``config`` is anything a pass's
+  ``config`` option takes: one of our configs, an OpSelector, its dict or JSON text, or a
+  coremltools ``OptimizationConfig`` of ``OpThresholdPrunerConfig`` /
+  ``OpMagnitudePrunerConfig``. Threshold configs run ``mil_sparsity::prune_by_threshold``;
+  magnitude, block and n:m configs run ``mil_sparsity::prune_by_magnitude``.
+* :func:`pack_weights` ``(model, config=None)``: ``mil_sparsity::sparse_pack`` (default
+  ``PackConfig()``), values unchanged.
+
+A selector that mixes threshold and magnitude-family configs (legal in coremltools, whose one
+pass takes both) is split into one selector per pass, each keeping the other pass's entries
+as ``None``: a ``None`` stops the lookup at the same place the original config would have been
+found, so every weight gets exactly the config the whole selector gives it, from exactly one
+of the two passes (threshold first). Pack configs belong to :func:`pack_weights` only.
+
+Both run :func:`mil_sparsity.apply_pipeline` (streaming for package paths, the deployment
+target raised to iOS16 if below) and return its MLModel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+import coremltools as ct
+
+from mil_sparsity.configs import SparsityConfig
+from mil_sparsity.passes import PASS_CLASSES, PruneByMagnitude, SparsePack, pass_for_selector
+from mil_sparsity.posthoc import ModelLike, apply_pipeline
+from mil_sparsity.report import SparsityReport
+from mil_sparsity.selector import OpSelector, as_selector
+
+PRUNE_BY_MAGNITUDE = PruneByMagnitude.pass_name
+SPARSE_PACK = SparsePack.pass_name
+
+
+def _owner(config: Optional[SparsityConfig]) -> Optional[str]:
+    """The pass that takes ``config`` (None for None)."""
+    if config is None:
+        return None
+    return next(cls.pass_name for cls in PASS_CLASSES if isinstance(config, cls.accepted_configs))
+
+
+def _keep_only(selector: OpSelector, pass_name: str) -> OpSelector:
+    """``selector`` with every config of another pass replaced by None (module doc)."""
+
+    def keep(config: Optional[SparsityConfig]) -> Optional[SparsityConfig]:
+        return config if _owner(config) == pass_name else None
+
+    return attrs.evolve(
+        selector,
+        global_config=keep(selector.global_config),
+        op_type_configs={key: keep(value) for key, value in selector.op_type_configs.items()},
+        op_name_configs={key: keep(value) for key, value in selector.op_name_configs.items()},
+    )
+
+
+def split_by_pass(selector: OpSelector) -> list[tuple[str, OpSelector]]:
+    """(pass name, its selector) for each pass that has a config in ``selector``, in pass order."""
+    owners = {_owner(config) for _, config in selector.entries()} - {None}
+    return [
+        (cls.pass_name, _keep_only(selector, cls.pass_name))
+        for cls in PASS_CLASSES
+        if cls.pass_name in owners
+    ]
+
+
+def _run(model: ModelLike, passes: list[tuple[str, dict[str, Any]]], report: Optional[SparsityReport]) -> Any:
+    pipeline = ct.PassPipeline.EMPTY
+    for name, options in passes:
+        pipeline.append_pass(name)
+        if options:
+            pipeline.set_options(name, options)
+    return apply_pipeline(model, pipeline, report=report)
+
+
+def prune_weights(
+    model: ModelLike,
+    config: Any,
+    *,
+    calibration: Any = None,
+    report: Optional[SparsityReport] = None,
+) -> Any:
+    """Prune and pack ``model``'s weights post hoc; returns the new ``MLModel``.
+
+    ``model``: an ML Program MLModel or a path to a .mlpackage (not modified). ``config``:
+    see the module doc (a coremltools ``OptimizationConfig`` works unchanged). ``calibration``
+    (an ActivationStats or the path of one) goes to prune_by_magnitude as its ``calibration``
+    option, for activation-scored configs. ``report`` is filled as by apply_pipeline.
+    """
+    selector = as_selector(config)
+    parts = split_by_pass(selector)
+    if not parts:
+        raise ValueError("prune_weights: config: no config set (every entry is None): nothing to do")
+    if any(name == SPARSE_PACK for name, _ in parts):
+        raise ValueError(
+            "prune_weights: config holds pack configs (PackConfig), which prune nothing; use "
+            "mil_sparsity.pack_weights for those"
+        )
+    if calibration is not None and not any(name == PRUNE_BY_MAGNITUDE for name, _ in parts):
+        raise ValueError(
+            "prune_weights: calibration is used by magnitude, block and n:m configs with "
+            "scoring='activation', but config holds threshold configs only"
+        )
+    passes = []
+    for name, part in parts:
+        options: dict[str, Any] = {"config": part}
+        if name == PRUNE_BY_MAGNITUDE and calibration is not None:
+            options["calibration"] = calibration
+        passes.append((name, options))
+    return _run(model, passes, report)
+
+
+def pack_weights(
+    model: ModelLike,
+    config: Any = None,
+    *,
+    report: Optional[SparsityReport] = None,
+) -> Any:
+    """Store weights that already hold zeros in sparse form, values unchanged; returns the new
+    ``MLModel``. ``config``: a PackConfig, or an OpSelector (dict, JSON) of PackConfigs;
+    default ``PackConfig()`` for every weight."""
+    options: dict[str, Any] = {}
+    if config is not None:
+        selector = as_selector(config)
+        name = pass_for_selector(selector, "pack_weights: config")
+        if name != SPARSE_PACK:
+            raise ValueError(
+                f"pack_weights: config holds configs of {name} (kinds "
+                f"{sorted({c.kind for _, c in selector.entries() if c is not None})}), which prune; "
+                "use mil_sparsity.prune_weights for those, and PackConfig here"
+            )
+        options["config"] = selector
+    return _run(model, [(SPARSE_PACK, options)], report)
