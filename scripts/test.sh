@@ -1,28 +1,49 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: mypy --strict on the package, then the test suite, on each
 # supported coremltools series (the newest 8.x and 9.x), each in its own venv created on
-# first use (.venv-ct8, .venv-ct9; torch 2.13.0 CPU comes from the local wheel cache).
+# first use (.venv-ct<version>; torch 2.13.0 CPU comes from the local wheel cache).
 #
-#   bash scripts/test.sh                         # coremltools 8.3.0, then 9.0 (what CI runs)
-#   CT_VERSION=9.0 bash scripts/test.sh -k nm    # one version; arguments go to pytest
-#   CT_VERSION=8.3.0 VENV=.venv-ct8 bash scripts/test.sh
+#   bash scripts/test.sh                         # coremltools 8.3.0 and 9.0 (what CI runs)
+#   CT_VERSION=9.0 bash scripts/test.sh -k n_m   # one version, output live; arguments go to pytest
+#   CT_VERSION=8.1 VENV=.venv-old bash scripts/test.sh
+#   CT_VERSIONS="8.1 9.0" bash scripts/test.sh   # another set of versions
 #
-# The runs go one after the other and stop at the first failure, so the last line printed is
-# always the summary of the run whose exit status the script returns.
+# Both versions: the venvs are set up one after the other, then the two checks run at the
+# same time (one per core), each into a log; the logs are printed when both are done, passing
+# runs first, so the last line printed is the pytest summary of the run whose exit status the
+# script returns (the failing one, if any).
 set -euo pipefail
-CT_VERSIONS=(8.3.0 9.0)  # the newest release of each supported series
+cd "$(dirname "$0")/.."
+read -r -a CT_VERSIONS <<< "${CT_VERSIONS:-8.3.0 9.0}"  # default: the newest 8.x and 9.x
 
-if [ -z "${CT_VERSION:-}" ]; then
-  last=$((${#CT_VERSIONS[@]} - 1))
-  for version in "${CT_VERSIONS[@]:0:$last}"; do
-    CT_VERSION="$version" VENV=".venv-ct${version%%.*}" bash "$0" "$@"
-  done
-  version="${CT_VERSIONS[$last]}"
-  CT_VERSION="$version" VENV=".venv-ct${version%%.*}" exec bash "$0" "$@"
+check() {  # mypy + pytest in $VENV, which _env.sh has set up
+  echo "== coremltools $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("coremltools"))') in $VENV"
+  "$VENV/bin/python" -m mypy --strict --cache-dir "$VENV/.mypy_cache" mil_sparsity
+  "$VENV/bin/python" -m pytest -q "$@"
+}
+
+if [ -n "${CT_VERSION:-}" ]; then
+  export VENV="${VENV:-.venv-ct$CT_VERSION}"
+  source scripts/_env.sh "dev,torch,plot"
+  check "$@"
+  exit
 fi
 
-export VENV="${VENV:-.venv-ct${CT_VERSION%%.*}}"
-source "$(dirname "$0")/_env.sh" "dev,torch,plot"
-echo "== coremltools $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("coremltools"))') in $VENV"
-"$VENV/bin/python" -m mypy --strict mil_sparsity
-exec "$VENV/bin/python" -m pytest -q "$@"
+for version in "${CT_VERSIONS[@]}"; do  # one pip at a time: both write the package's egg-info
+  (export CT_VERSION="$version" VENV=".venv-ct$version"; source scripts/_env.sh "dev,torch,plot")
+done
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+pids=()
+for version in "${CT_VERSIONS[@]}"; do
+  (export CT_VERSION="$version" VENV=".venv-ct$version" TQDM_DISABLE=1; check "$@") > "$logs/$version" 2>&1 &
+  pids+=("$!")
+done
+passed=() failed=() status=0
+for i in "${!CT_VERSIONS[@]}"; do
+  if wait "${pids[$i]}"; then passed+=("${CT_VERSIONS[$i]}"); else status=$?; failed+=("${CT_VERSIONS[$i]}"); fi
+done
+for version in "${passed[@]}" "${failed[@]}"; do
+  cat "$logs/$version"
+done
+exit "$status"
