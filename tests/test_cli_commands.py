@@ -119,6 +119,7 @@ def test_prune_block_and_json(run_main: Main, packages: Packages, tmp_path: Path
     assert data["pass"] == ms.PRUNE_BY_MAGNITUDE
     assert data["config"]["global_config"] == {
         "kind": "block", "target_sparsity": 0.5, "block_size": 4, "dim": 1, "weight_threshold": 2048,
+        "scoring": "magnitude",
     }
     assert data["report"]["totals"]["packed"] == 3
     assert data["package_bytes"]["after"] < data["package_bytes"]["before"]
