@@ -6,14 +6,18 @@ uint64 size_in_bytes, uint64 data_offset, uint64 padding_size_in_bits``, reserve
 its data, 64-byte aligned. A ``blobFileValue`` in the model spec holds the metadata's offset.
 
 Reading uses plain positioned reads (no mmap), so pages of the source file never count toward
-the process's resident memory. Writing goes through coremltools' blob storage writer.
+the process's resident memory. :class:`BlobWriter` writes the same layout, byte for byte what
+coremltools' blob storage writer produces (checked by the tests), but also takes a blob in
+pieces (:meth:`BlobWriter.begin` / :meth:`BlobSink.append`), so a weight larger than memory is
+written chunk by chunk, and copies a blob's stored bytes in bounded pieces. Sub-byte data is
+packed LSB first; only ``uint1`` is ever encoded here (a mask), other sub-byte blobs are copied.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 import attrs
 import numpy as np
@@ -23,8 +27,12 @@ from mil_sparsity import _coremltools_private as private
 from mil_sparsity.sparse_format import BY_BLOB_CODE, BY_NAME, MilDtype
 
 _SENTINEL: Final = 0xDEADBEEF
+_VERSION: Final = 2
 _HEADER = struct.Struct("<II")
 _METADATA = struct.Struct("<IIQQQ")
+_RECORD: Final = 64  # bytes of the header, of a metadata record, and the data alignment
+#: bytes per positioned read when a blob is copied unchanged
+COPY_PIECE_BYTES: Final = 16 << 20
 
 class BlobFileError(ValueError):
     """The weight file is not what the model spec says it is (truncated, corrupt, unknown)."""
@@ -103,11 +111,21 @@ class BlobReader:
 
     def read_raw(self, info: BlobInfo) -> NDArray[np.uint8]:
         """The blob's bytes as stored (sub-byte types stay packed)."""
-        buffer = np.empty(info.nbytes, dtype=np.uint8)
-        self._file.seek(info.data_offset)
-        if self._file.readinto(buffer.data) != info.nbytes:
-            raise BlobFileError(f"{self.path}: short read at byte {info.data_offset}")
+        return self.read_raw_range(info, 0, info.nbytes)
+
+    def read_raw_range(self, info: BlobInfo, start: int, stop: int) -> NDArray[np.uint8]:
+        """Bytes ``[start, stop)`` of the blob's data (one positioned read)."""
+        buffer = np.empty(stop - start, dtype=np.uint8)
+        if stop > start and os.preadv(self._file.fileno(), [buffer.data], info.data_offset + start) != stop - start:
+            raise BlobFileError(f"{self.path}: short read at byte {info.data_offset + start}")
         return buffer
+
+    def read_elements(self, info: BlobInfo, start: int, stop: int) -> NDArray[Any]:
+        """Elements ``[start, stop)`` of a blob of a byte-sized type (positioned read, no mmap)."""
+        if info.bits < 8:
+            raise BlobFileError(f"{self.path}: element reads of {info.dtype_name} blobs are not supported")
+        itemsize = info.bits // 8
+        return self.read_raw_range(info, start * itemsize, stop * itemsize).view(np.dtype(info.dtype.numpy))
 
     def read_values(self, info: BlobInfo) -> NDArray[Any]:
         """The blob's elements, one per array item (sub-byte types unpacked)."""
@@ -127,30 +145,107 @@ def unpack_sub_byte(raw: NDArray[np.uint8], info: BlobInfo) -> NDArray[Any]:
     return np.asarray(values, dtype=np.int8 if signed else np.uint8)
 
 
+def stored_nbytes(dtype_name: str, count: int) -> tuple[int, int]:
+    """(data bytes, padding bits) of a blob of ``count`` elements of ``dtype_name``."""
+    bits = BY_NAME[dtype_name].bits * count
+    nbytes = (bits + 7) // 8
+    return nbytes, nbytes * 8 - bits
+
+
+def encode(dtype_name: str, values: NDArray[Any]) -> NDArray[np.uint8]:
+    """The stored bytes of ``values`` (one element per item): byte types as they are in memory,
+    ``uint1`` packed 8 per byte LSB first."""
+    flat = np.ascontiguousarray(values.reshape(-1))
+    dtype = BY_NAME[dtype_name]
+    if dtype_name == "uint1":
+        return np.packbits(flat.view(np.uint8), bitorder="little")
+    if dtype.bits < 8:
+        raise ValueError(f"encoding {dtype_name} values is not supported (only uint1 among sub-byte types)")
+    return flat.view(np.dtype(dtype.numpy)).view(np.uint8)
+
+
+class BlobSink:
+    """One blob being written in pieces: :meth:`append` its stored bytes, then :meth:`close`."""
+
+    def __init__(self, writer: "BlobWriter", offset: int, nbytes: int) -> None:
+        self.offset = offset  # of the metadata record: what the spec's blobFileValue holds
+        self._writer = writer
+        self._left = nbytes
+
+    def append(self, data: NDArray[np.uint8]) -> None:
+        if data.size > self._left:
+            raise ValueError(f"blob at byte {self.offset}: {data.size} more bytes but only {self._left} left")
+        self._left -= data.size
+        self._writer._append(data)
+
+    def close(self) -> int:
+        """The blob's offset; ValueError unless exactly the announced bytes were appended."""
+        if self._left:
+            raise ValueError(f"blob at byte {self.offset}: {self._left} announced bytes never written")
+        self._writer._sink = None
+        return self.offset
+
+
 class BlobWriter:
-    """Append blobs to a new weight file with coremltools' writer; returns metadata offsets."""
+    """Write a new weight file blob by blob (in file order); each write returns the blob's
+    metadata offset. One blob is open at a time; :meth:`close` writes the blob count."""
 
     def __init__(self, path: str) -> None:
-        self._writer: Any = private.blob_storage_writer(path)
+        self.path = path
+        self._file = open(path, "wb")
+        self._file.write(bytes(_RECORD))
+        self._end = _RECORD
+        self._count = 0
+        self._sink: BlobSink | None = None
+
+    def begin(self, dtype_name: str, count: int) -> BlobSink:
+        """Start a blob of ``count`` elements of ``dtype_name``; its metadata is written now."""
+        nbytes, padding = stored_nbytes(dtype_name, count)
+        return self._begin(BY_NAME[dtype_name].blob_code, nbytes, padding)
+
+    def _begin(self, code: int, nbytes: int, padding_bits: int) -> BlobSink:
+        if self._sink is not None:
+            raise ValueError(f"{self.path}: blob at byte {self._sink.offset} is still open")
+        offset = -(-self._end // _RECORD) * _RECORD
+        metadata = bytearray(_RECORD)
+        _METADATA.pack_into(metadata, 0, _SENTINEL, code, nbytes, offset + _RECORD, padding_bits)
+        self._file.write(bytes(offset - self._end) + bytes(metadata))
+        self._end = offset + _RECORD
+        self._count += 1
+        self._sink = BlobSink(self, offset, nbytes)
+        return self._sink
+
+    def _append(self, data: NDArray[np.uint8]) -> None:
+        self._file.write(np.ascontiguousarray(data).data)
+        self._end += int(data.size)
 
     def write(self, dtype_name: str, values: NDArray[Any]) -> int:
         """Write ``values`` (one element per array item) as a blob of ``dtype_name``."""
-        method: Callable[[NDArray[Any]], int] = getattr(self._writer, _write_method(dtype_name))
-        storage = _WRITE_VIEW.get(dtype_name, BY_NAME[dtype_name].numpy)
-        return int(method(np.ascontiguousarray(values.reshape(-1)).view(np.dtype(storage))))
+        sink = self.begin(dtype_name, int(values.size))
+        sink.append(encode(dtype_name, values))
+        return sink.close()
 
-    def copy_blob(self, reader: BlobReader, info: BlobInfo) -> int:
-        """Re-write a blob unchanged (values and dtype), wherever it ends up."""
-        return self.write(info.dtype_name, _values_from_raw(reader.read_raw(info), info))
+    def write_raw(self, info: BlobInfo, raw: NDArray[np.uint8]) -> int:
+        """Write a blob's stored bytes (as :meth:`BlobReader.read_raw` returned them) unchanged."""
+        sink = self._begin(info.code, info.nbytes, info.padding_bits)
+        sink.append(raw)
+        return sink.close()
+
+    def copy_blob(self, reader: BlobReader, info: BlobInfo, piece_bytes: int = COPY_PIECE_BYTES) -> int:
+        """Re-write a blob unchanged (stored bytes and dtype), reading it in bounded pieces."""
+        sink = self._begin(info.code, info.nbytes, info.padding_bits)
+        for start in range(0, info.nbytes, piece_bytes):
+            sink.append(reader.read_raw_range(info, start, min(info.nbytes, start + piece_bytes)))
+        return sink.close()
 
     def close(self) -> None:
-        self._writer = None  # the C++ writer flushes and closes when released
-
-
-def _write_method(dtype_name: str) -> str:
-    """The writer's method for a MIL dtype: ``write_<name>_data`` (fp32: ``write_float_data``)."""
-    return "write_float_data" if dtype_name == "fp32" else f"write_{dtype_name}_data"
-
-
-# the writer takes fp16 as uint16 bits
-_WRITE_VIEW: Final = {"fp16": "uint16"}
+        """Write the header (blob count, version) and close the file."""
+        if self._file.closed:
+            return
+        try:
+            if self._sink is not None:
+                raise ValueError(f"{self.path}: blob at byte {self._sink.offset} was never finished")
+            self._file.seek(0)
+            self._file.write(_HEADER.pack(self._count, _VERSION))
+        finally:
+            self._file.close()

@@ -76,7 +76,7 @@ def run_handler(weight: NDArray[Any], config: SparsityConfig, context: Optional[
     return handler(weight, config, context)
 
 
-def _resolved_dim(config: Union[BlockConfig, NMConfig], context: Optional[ScoreContext]) -> int:
+def resolved_dim(config: Union[BlockConfig, NMConfig], context: Optional[ScoreContext]) -> int:
     """The config's dim, or for ``dim=None`` the reduction axis the selection resolved."""
     if config.dim is not None:
         return config.dim
@@ -111,13 +111,27 @@ def _threshold(weight: NDArray[Any], config: ThresholdConfig, context: Optional[
     keep = threshold_prune_mask(weight, config.threshold)
     np.logical_not(keep, out=keep)
     sparse = pack_kept(weight, keep)
-    if sparse.sparsity < config.minimum_sparsity_percentile:
+    skip = threshold_skip(config, sparse.sparsity)
+    return sparse if skip is None else skip
+
+
+def threshold_skip(config: ThresholdConfig, sparsity: float) -> Optional[Skip]:
+    """Why a weight thresholded to ``sparsity`` stays dense, or None to pack it."""
+    if sparsity < config.minimum_sparsity_percentile:
         return Skip(
-            f"sparsity {sparse.sparsity:.4f} after threshold {config.threshold:g} is below "
+            f"sparsity {sparsity:.4f} after threshold {config.threshold:g} is below "
             f"minimum_sparsity_percentile {config.minimum_sparsity_percentile:g}; left dense",
-            sparse.sparsity,
+            sparsity,
         )
-    return sparse
+    return None
+
+
+def nm_skip(config: NMConfig, shape: tuple[int, ...], dim: int) -> Optional[Skip]:
+    """Skip when the n:m axis is shorter than m (None: prune)."""
+    axis = normalize_dim(dim, len(shape), "NMConfig.dim")
+    if shape[axis] < config.m:
+        return Skip(f"dim {dim} has {shape[axis]} elements, fewer than m={config.m}")
+    return None
 
 
 @register_handler(MagnitudeConfig)
@@ -130,7 +144,7 @@ def _magnitude(weight: NDArray[Any], config: MagnitudeConfig, context: Optional[
 
 @register_handler(BlockConfig)
 def _block(weight: NDArray[Any], config: BlockConfig, context: Optional[ScoreContext] = None) -> Outcome:
-    dim = _resolved_dim(config, context)
+    dim = resolved_dim(config, context)
     normalize_dim(dim, weight.ndim, "BlockConfig.dim")
     if not _is_activation(config):
         mask = block_prune_mask(weight, config.target_sparsity, config.block_size, dim)
@@ -142,10 +156,10 @@ def _block(weight: NDArray[Any], config: BlockConfig, context: Optional[ScoreCon
 
 @register_handler(NMConfig)
 def _n_m(weight: NDArray[Any], config: NMConfig, context: Optional[ScoreContext] = None) -> Outcome:
-    dim = _resolved_dim(config, context)
-    axis = normalize_dim(dim, weight.ndim, "NMConfig.dim")
-    if weight.shape[axis] < config.m:
-        return Skip(f"dim {dim} has {weight.shape[axis]} elements, fewer than m={config.m}")
+    dim = resolved_dim(config, context)
+    skip = nm_skip(config, weight.shape, dim)
+    if skip is not None:
+        return skip
     if not _is_activation(config):
         return pack_sparse(weight, nm_prune_mask(weight, config.n, config.m, dim))
     scores, _ = _activation_scores(weight, config, context)

@@ -9,7 +9,7 @@ only when a handler needs it.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 import attrs
 import numpy as np
@@ -87,11 +87,22 @@ class PassRules:
     supported_dtypes: frozenset[str]
 
 
+class PackedSummary(Protocol):
+    """What the report needs of a packed outcome that is not held whole in memory (streaming's
+    chunked weights, :mod:`mil_sparsity.streaming_chunked`)."""
+
+    @property
+    def sparsity(self) -> float: ...
+
+    @property
+    def packed_nbytes(self) -> int: ...
+
+
 @attrs.frozen
 class Decision:
-    """The outcome for one weight: its sparse form, or a skip with the reason."""
+    """The outcome for one weight: its sparse form (whole, or summarised), or a skip with the reason."""
 
-    outcome: SparseWeight | Skip
+    outcome: Union[SparseWeight, Skip, PackedSummary]
     config: Optional[SparsityConfig] = None
     source: str = ""
     axis: Optional[int] = None  # the block / n:m axis, or the axis activation scores scale
@@ -246,15 +257,15 @@ def record(site: WeightSite, decision: Decision, rules: PassRules, load: ValueLo
         axis=None if decision.axis is None else decision.axis % max(site.rank, 1),
         scoring=decision.scoring,
     )
-    if isinstance(outcome, SparseWeight):
-        return WeightRecord(
-            decision=PACKED,
-            reason=f"config from {decision.source}",
-            sparsity=outcome.sparsity,
-            packed_bytes=outcome.packed_nbytes,
-            **common,
-        )
-    sparsity = outcome.sparsity
-    if sparsity is None and site.size <= _CHEAP_SPARSITY_SIZE:
-        sparsity = zero_fraction(load())
-    return WeightRecord(decision=SKIPPED, reason=outcome.reason, sparsity=sparsity, packed_bytes=None, **common)
+    if isinstance(outcome, Skip):
+        sparsity = outcome.sparsity
+        if sparsity is None and site.size <= _CHEAP_SPARSITY_SIZE:
+            sparsity = zero_fraction(load())
+        return WeightRecord(decision=SKIPPED, reason=outcome.reason, sparsity=sparsity, packed_bytes=None, **common)
+    return WeightRecord(
+        decision=PACKED,
+        reason=f"config from {decision.source}",
+        sparsity=outcome.sparsity,
+        packed_bytes=outcome.packed_nbytes,
+        **common,
+    )

@@ -182,15 +182,34 @@ def sparse_tensors(sparse: SparseWeight, form: SparseForm) -> tuple[SparseTensor
     The bool mask is not kept: the packed form holds 1 bit per element, the uint1 form one byte
     per element (as PyMIL stores it).
     """
-    weight_dtype = WEIGHT_DTYPE_OF_NUMPY[sparse.nonzero_data.dtype.name]
-    nonzero = SparseTensor(NONZERO_DATA, weight_dtype.name, (int(sparse.nonzero_data.size),), sparse.nonzero_data)
     shape = tuple(int(size) for size in sparse.shape)
+    mask = pack_mask_bits(sparse.mask) if form.packed_mask else sparse.mask.view(np.uint8)
+    weight_dtype = WEIGHT_DTYPE_OF_NUMPY[sparse.nonzero_data.dtype.name].name
+    return sparse_tensor_layout(weight_dtype, int(sparse.nonzero_data.size), shape, form, sparse.nonzero_data, mask)
+
+
+_NO_VALUES: Final = np.empty(0, dtype=np.uint8)
+
+
+def sparse_tensor_layout(
+    weight_dtype: str,
+    nonzero_count: int,
+    shape: tuple[int, ...],
+    form: SparseForm,
+    nonzero_data: NDArray[Any] = _NO_VALUES,
+    mask: NDArray[np.uint8] = _NO_VALUES,
+) -> tuple[SparseTensor, ...]:
+    """The sparse op's tensors (types, shapes) for a weight of ``shape`` with ``nonzero_count``
+    stored values; ``mask`` holds the packed bits (packed form: ``ceil(size / 8)`` bytes) or one
+    byte per element (uint1 form). Streaming's chunked writer passes no values: it writes them
+    to the weight file itself."""
+    nonzero = SparseTensor(NONZERO_DATA, weight_dtype, (nonzero_count,), nonzero_data)
     if form.packed_mask:
-        bits = pack_mask_bits(sparse.mask)
-        mask = SparseTensor(MASK, form.mask_dtype, (int(bits.size),), bits)
+        size = int(np.prod(shape, dtype=np.int64))
+        mask_tensor = SparseTensor(MASK, form.mask_dtype, ((size + 7) // 8,), mask)
     else:
-        mask = SparseTensor(MASK, form.mask_dtype, shape, sparse.mask.view(np.uint8))
-    tensors = [nonzero, mask]
+        mask_tensor = SparseTensor(MASK, form.mask_dtype, shape, mask)
+    tensors = [nonzero, mask_tensor]
     if form.with_shape:
         tensors.append(SparseTensor(SHAPE, "uint32", (len(shape),), np.asarray(shape, dtype=np.uint32), inline=True))
     return tuple(tensors)

@@ -45,10 +45,11 @@ from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
-from mil_sparsity.rules import Consumer, Decision, Selected, WeightSite, check_selector, record, run_selected, select
+from mil_sparsity.rules import Consumer, Decision, Selected, WeightSite, check_selector, record, select
 from mil_sparsity.weight_roles import check_calibration
 from mil_sparsity.selector import OpSelector, as_selector
 from mil_sparsity.sparse_format import BY_NAME, BY_SPEC_NAME, SparseForm, SparseTensor
+from mil_sparsity.streaming_chunked import CHUNKED_ABOVE_BYTES, ChunkedSparse, decide_selected, write_chunked
 
 @attrs.define
 class _Site:
@@ -342,6 +343,7 @@ def compress_package(
     report: Optional[SparsityReport] = None,
     overwrite: bool = False,
     minimum_deployment_target: Any = None,
+    chunked_above_bytes: int = CHUNKED_ABOVE_BYTES,
 ) -> SparsityReport:
     """Prune and/or pack the weights of a saved .mlpackage into ``dst``, streaming.
 
@@ -351,6 +353,8 @@ def compress_package(
     pipeline set one, else to ``report``; returns ``report`` (a new one if not given).
     The deployment target is raised as :func:`mil_sparsity.apply_pipeline` raises it
     (:mod:`mil_sparsity.targets`: to iOS16 at least, or ``minimum_deployment_target``).
+    Weights stored in more than ``chunked_above_bytes`` are pruned and written chunk by chunk
+    (:mod:`mil_sparsity.streaming_chunked`), so peak memory stays well below the largest weight.
     """
     src, dst = os.fspath(src), os.fspath(dst)
     report = SparsityReport() if report is None else report
@@ -380,7 +384,7 @@ def compress_package(
     replaced = {os.path.realpath(path) for path in (spec_path, weight_file) if path}
     with atomic_output(dst, overwrite=overwrite) as staging:
         _copy_package(src, staging, skip=replaced)
-        records = _stream(spec, sites, passes, weight_file, src, staging)
+        records = _stream(spec, sites, passes, weight_file, src, staging, chunked_above_bytes)
         with open(os.path.join(staging, os.path.relpath(spec_path, src)), "wb") as handle:
             handle.write(spec.SerializeToString())
     own_reports = {planned.cls.pass_name: planned.report for planned in passes}
@@ -422,6 +426,7 @@ def _stream(
     weight_file: str,
     src: str,
     staging: str,
+    chunked_above_bytes: int = CHUNKED_ABOVE_BYTES,
 ) -> list[WeightRecord]:
     """Phase 2: one forward pass over the source blobs, writing the new weight file."""
     records: list[WeightRecord] = []
@@ -451,7 +456,9 @@ def _stream(
                 cache: dict[Any, Any] = {}
                 keeps_dense = offset in other_references
                 for site in users_by_offset.get(offset, []):
-                    site_records, offsets = _process_site(site, passes, info, reader, writer, result, cache)
+                    site_records, offsets = _process_site(
+                        site, passes, info, reader, writer, result, cache, chunked_above_bytes
+                    )
                     records.extend(site_records)
                     if offsets is None:
                         keeps_dense = True
@@ -484,6 +491,7 @@ def _process_site(
     writer: BlobWriter,
     result: _Written,
     cache: dict[Any, Any],
+    chunked_above_bytes: int = CHUNKED_ABOVE_BYTES,
 ) -> tuple[list[WeightRecord], Optional[_Stored]]:
     """Run the passes in order on one const: its records and, if packed, its replacement as written.
 
@@ -512,12 +520,17 @@ def _process_site(
             continue
         key = (cls.pass_name, chosen.config, site.form, chosen.context)
         if key not in cache:
-            cache[key] = run_selected(chosen, load())
+            cache[key] = decide_selected(chosen, site.weight, info, reader, load, chunked_above_bytes)
         decision = attrs.evolve(cache[key], source=chosen.source)  # same key: same config
         records.append(record(site.weight, decision, rules, load))
-        if isinstance(decision.outcome, SparseWeight):
+        outcome = decision.outcome
+        if isinstance(outcome, (SparseWeight, ChunkedSparse)):
             if key not in result.packed:
-                result.packed[key] = _write_sparse(writer, decision.outcome, site.form)
+                result.packed[key] = (
+                    _write_sparse(writer, outcome, site.form)
+                    if isinstance(outcome, SparseWeight)
+                    else _Stored(write_chunked(writer, outcome, site.form))
+                )
             return records, result.packed[key]
     return records, None
 
