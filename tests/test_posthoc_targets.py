@@ -177,10 +177,12 @@ def test_compress_package_raises_and_notes_every_report(sources, tmp_path, caplo
 
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["streamed", "pymil"])
-def test_a_target_is_never_lowered(streaming, sources, tmp_path, caplog):
+def test_a_target_is_never_lowered(streaming, sources, tmp_path, caplog, monkeypatch):
     src = sources.get("mlp", "iOS18")
     digests = hash_tree(src)
-    before = sorted(os.listdir(tempfile.gettempdir()))
+    private_tmp = tmp_path / "tmp"  # where a temporary package would appear (other processes share /tmp)
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     report = ms.SparsityReport()
     with caplog.at_level(logging.WARNING, logger="mil_sparsity"):
         with pytest.raises(ValueError) as error:
@@ -192,7 +194,7 @@ def test_a_target_is_never_lowered(streaming, sources, tmp_path, caplog):
     assert f"allowed: iOS18 to {targets.version_name(targets.NEWEST_VERSION)}" in message
     assert len(report) == 0 and report.notes == [] and raise_records(caplog) == []
     assert hash_tree(src) == digests
-    assert sorted(os.listdir(tempfile.gettempdir())) == before
+    assert os.listdir(private_tmp) == []
     with pytest.raises(ValueError, match="below the model's target iOS18"):
         compress_package(src, tmp_path / "out.mlpackage", MAGNITUDE, minimum_deployment_target=ct.target.iOS17)
     assert not (tmp_path / "out.mlpackage").exists()
