@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import coremltools as ct
 from coremltools.converters.mil.mil import Builder as mb
@@ -31,6 +33,7 @@ from mil_sparsity import _graph, _spec_roles, rules
 from mil_sparsity.calibration import ChannelStats, collect_activation_stats
 from mil_sparsity.posthoc import load_model, load_program
 from mil_sparsity.products import NotAProduct, ProductRole
+from mil_sparsity.scoring import RowLayout, grouped_conv_scale, row_prune_mask
 from mil_sparsity.streaming import compress_package
 from mil_sparsity.weight_roles import saved_name
 from _mil_helpers import all_ops, one_pass, run_pass, snapshot
@@ -586,3 +589,46 @@ def test_cli_scoring_and_calibration(package: Path, package_stats: Path, tmp_pat
     shutil.rmtree(out)
     assert main(["prune", str(package), "-o", str(out), "--n-m", "2:4", "--scoring", "activation"]) != 0
     assert not out.exists()
+
+
+# =============================================================================================
+# the scoring helpers alone (pure numpy)
+# =============================================================================================
+def loop_row_mask(scores: np.ndarray, row_axes: tuple[int, ...], sparsity: float) -> np.ndarray:
+    """Per row (elements sharing the indices on ``row_axes``), the round(s * n) lowest scores,
+    ties by row-major position, NaN last: a loop over np.ndindex."""
+    rows: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for index in np.ndindex(*scores.shape):
+        rows.setdefault(tuple(index[a] for a in row_axes), []).append(index)
+    mask = np.zeros(scores.shape, dtype=bool)
+    for members in rows.values():
+        values = np.array([scores[i] for i in members])
+        for position in np.argsort(values, kind="stable")[: round(sparsity * len(members))]:
+            mask[members[position]] = True
+    return mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_row_prune_mask_matches_a_loop(data: Any) -> None:
+    shape = tuple(data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+    axes = data.draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape), unique=True))
+    sparsity = data.draw(st.sampled_from([0.0, 0.25, 0.5, 0.6, 1.0]))
+    levels = data.draw(st.sampled_from([2, 4, 1000]))  # few levels: many ties
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    scores = rng.integers(0, levels, shape).astype(np.float32)
+    if scores.size > 1 and data.draw(st.booleans()):
+        scores.reshape(-1)[rng.integers(0, scores.size)] = np.nan
+    mask = row_prune_mask(scores, RowLayout(shape, tuple(axes)), sparsity)
+    np.testing.assert_array_equal(mask, loop_row_mask(scores, tuple(axes), sparsity))
+
+
+@settings(max_examples=30, deadline=None)
+@given(groups=st.integers(1, 4), out_per_group=st.integers(1, 3), in_per_group=st.integers(1, 3), kernel=st.integers(0, 2))
+def test_grouped_conv_scale_gives_each_output_its_groups_channels(groups: int, out_per_group: int, in_per_group: int, kernel: int) -> None:
+    shape = (groups * out_per_group, in_per_group) + (3,) * kernel
+    scale = np.arange(groups * in_per_group, dtype=np.float32) + 1
+    laid_out = np.broadcast_to(grouped_conv_scale(scale, shape, groups), shape)
+    for index in np.ndindex(*shape):
+        channel = (index[0] // out_per_group) * in_per_group + index[1]
+        assert laid_out[index] == scale[channel]
