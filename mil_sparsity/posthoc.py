@@ -97,7 +97,7 @@ def option_reports(pipeline: PassPipeline) -> list[SparsityReport]:
 
 
 def _streamable(pipeline: PassPipeline) -> bool:
-    """Only mil_sparsity passes, with no option but ``config`` and ``report``."""
+    """Only mil_sparsity passes, with no option but ``config``, ``report`` and ``calibration``."""
     options = sparse_format.pipeline_options(pipeline)
     return bool(pipeline.passes) and sparse_format.streaming_obstacle(pipeline.passes, options) is None
 
@@ -126,7 +126,7 @@ def apply_pipeline(
     :func:`mil_sparsity.streaming.compress_package`, one weight in memory at a time, instead of
     loading the whole program into PyMIL. It is used automatically when ``model`` is a path to a
     .mlpackage directory and every pass of the pipeline is a mil_sparsity pass with no option but
-    ``config`` and ``report`` (``joint_compression`` needs PyMIL); the result is the same (same
+    ``config``, ``report`` and ``calibration`` (``joint_compression`` needs PyMIL); the result is the same (same
     spec version, opsets and ops, bit-identical weights), except that consts stored inline in
     the spec (fewer than 10 elements) are never packed. ``streaming=False`` forces the PyMIL path.
 

@@ -347,9 +347,11 @@ def compress_package(
 ) -> SparsityReport:
     """Prune and/or pack the weights of a saved .mlpackage into ``dst``, streaming.
 
-    ``config_or_pipeline``: a ``ct.PassPipeline`` of mil_sparsity passes, or one config /
-    OpSelector / selector dict / JSON text (the pass is chosen from the config kinds). Holds
-    about one weight in memory at a time. Records go to a pass's own ``report`` option if the
+    ``config_or_pipeline``: a ``ct.PassPipeline`` of mil_sparsity passes (options ``config``,
+    ``report``, ``calibration``), or one config / OpSelector / selector dict / JSON text (the
+    pass is chosen from the config kinds; activation scoring needs the pipeline form, for its
+    ``calibration`` option). Holds about one weight in memory at a time (plus the activation
+    statistics, loaded up front). Records go to a pass's own ``report`` option if the
     pipeline set one, else to ``report``; returns ``report`` (a new one if not given).
     The deployment target is raised as :func:`mil_sparsity.apply_pipeline` raises it
     (:mod:`mil_sparsity.targets`: to iOS16 at least, or ``minimum_deployment_target``).
