@@ -7,8 +7,9 @@ the pass name only:
   -> :class:`ThresholdConfig` with the same fields;
 - ``OpMagnitudePrunerConfig(target_sparsity=s)`` -> :class:`MagnitudeConfig`;
 - ``OpMagnitudePrunerConfig(target_sparsity=s, block_size=b, dim=d)`` -> :class:`BlockConfig`
-  (dim defaults to 0 as in coremltools);
-- ``OpMagnitudePrunerConfig(n_m_ratio=(n, m), dim=d)`` -> :class:`NMConfig` (dim defaults to 1).
+  (dim defaults to 0 as in coremltools, set explicitly: our own default is the reduction axis);
+- ``OpMagnitudePrunerConfig(n_m_ratio=(n, m), dim=d)`` -> :class:`NMConfig` (dim defaults to 1,
+  set explicitly).
 
 A ``weight_threshold`` of None takes coremltools' documented default, 2048. This module knows
 configs only (not OpSelector), so ``selector`` can import it without a cycle.

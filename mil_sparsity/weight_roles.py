@@ -91,7 +91,7 @@ def product_use(site: "WeightSite", pass_name: str) -> Union[ProductUse, NotAPro
         readers = ", ".join(f"{name!r} ({role.description})" for name, role in uses)
         raise ValueError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}) is read along "
-            f"different reduction axes by {readers}; dim=None and scoring='activation' need one. "
+            f"different reduction axes (or output axes, or conv groups) by {readers}; dim=None and scoring='activation' need one. "
             f"Give it its own config with an explicit dim and scoring='magnitude' through "
             f"op_name_configs[{site.name!r}]."
         )

@@ -82,7 +82,11 @@ def register(commands: Commands) -> None:
         help="comma-separated: unstructured, block:B, n:m:N:M (default unstructured)",
     )
     parser.add_argument(
-        "--dim", type=integer, metavar="D", help="axis for block and n:m patterns (defaults 0 / 1)"
+        "--dim",
+        type=integer,
+        metavar="D",
+        help="axis for block and n:m patterns (default: the reduction axis of the op reading "
+        "each weight)",
     )
     add_weight_threshold(parser)
     parser.add_argument(
