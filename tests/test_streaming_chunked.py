@@ -155,11 +155,9 @@ def test_chunked_streaming_equals_pymil(model, target, config_id, sources, tmp_p
     src = sources.get(model, target)
     config = CONFIGS[config_id](*big_weights(src))
     chunked, pymil = tmp_path / "chunked.mlpackage", tmp_path / "pymil.mlpackage"
-    chunked_report = compress_package(src, chunked, config, chunked_above_bytes=0)
-    pymil_report = ms.SparsityReport()
-    ms.apply_pipeline(src, as_pipeline(config), streaming=False, report=pymil_report).save(str(pymil))
+    compress_package(src, chunked, config, chunked_above_bytes=0)  # its report: test above
+    ms.apply_pipeline(src, as_pipeline(config), streaming=False).save(str(pymil))
     assert chunked_writes
-    assert [r.to_dict() for r in chunked_report] == [r.to_dict() for r in pymil_report]
     assert_equivalent(chunked, pymil)
 
 
