@@ -17,8 +17,13 @@ result is checked weight by weight against the same model converted without our 
 
 ``sparse_pack`` runs on copies of the models whose 2D+ weights were half zeroed in torch.
 Models are converted at iOS16 or later here; post hoc on an iOS15 conversion is issue 12,
-item 1. Llama-family models (``LlamaForCausalLM``) are out of scope: coremltools cannot
-convert them from transformers 5 (see the closing note of issue 12).
+item 1. Llama-family models are out of scope: coremltools 8.3 and 9.0 cannot convert
+``LlamaForCausalLM``, ``MistralForCausalLM`` or ``Qwen2ForCausalLM`` from transformers 5 (tiny
+random configs, eager attention). As is, the mask helpers fail ("PyTorch convert function for
+op 'diff' not implemented"); with a prepared 4D mask and position ids (as ``_zoo`` does for
+GPT-2), the rotary embedding's ``x.shape[-1] // 2`` traces to ``floor_divide`` + ``aten::Int``
+on a shape, and coremltools' ``int`` converter fails ("only 0-dimensional arrays can be
+converted to Python scalars").
 """
 
 from __future__ import annotations
