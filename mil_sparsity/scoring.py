@@ -14,6 +14,7 @@ that breaks ties) and prunes exactly ``round(s * row_length)`` lowest scores per
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Any, Optional, Union
@@ -43,15 +44,23 @@ class ScoreContext:
     ``axis``: the block / n:m axis when the config's ``dim`` is None (the reduction axis).
     For activation scoring: ``scale`` (float32, 1-D along ``scale_axis``, or of the weight's rank
     for a grouped conv whose input channels differ per output group), ``rows`` (Wanda's
-    comparison rows) and ``source`` (``function/const`` of the statistics used: equal contexts
-    give equal results, so a blob shared by two consts is pruned once only if they agree).
+    comparison rows) and ``scale_digest`` (SHA-256 of the scale's shape and bytes, which stands
+    for the scale in comparisons: equal contexts give equal results, so a blob shared by two
+    consts is pruned and written once exactly when their statistics agree).
     """
 
     axis: Optional[int] = None
     scale: Optional[NDArray[np.float32]] = attrs.field(default=None, eq=False, repr=False)
     scale_axis: int = 0
     rows: Optional[RowLayout] = None
-    source: str = ""
+    scale_digest: str = ""
+
+
+def scale_digest(scale: NDArray[np.float32]) -> str:
+    """What :class:`ScoreContext` compares instead of the scale array."""
+    digest = hashlib.sha256(repr(scale.shape).encode())
+    digest.update(np.ascontiguousarray(scale).tobytes())
+    return digest.hexdigest()
 
 
 def row_prune_mask(scores: NDArray[Any], layout: RowLayout, target_sparsity: float) -> NDArray[np.bool_]:

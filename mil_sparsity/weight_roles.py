@@ -27,7 +27,7 @@ import numpy as np
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import ACTIVATION_SCORING, BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig
 from mil_sparsity.products import NotAProduct, ProductRole
-from mil_sparsity.scoring import ScoreContext, grouped_conv_scale, row_layout
+from mil_sparsity.scoring import ScoreContext, grouped_conv_scale, row_layout, scale_digest
 from mil_sparsity.selector import OpSelector
 
 if TYPE_CHECKING:
@@ -162,13 +162,14 @@ def score_context(
         )
     if grouped:
         scale = grouped_conv_scale(scale, shape, use.groups)
+    scale = scale.astype(np.float32, copy=False)
     output_axis = use.output_axis if use.output_axis is not None else 0
     return ScoreContext(
         axis=axis,
-        scale=scale.astype(np.float32, copy=False),
+        scale=scale,
         scale_axis=use.weight_axis,
         rows=row_layout(use.op_type, shape, output_axis, use.groups),
-        source=f"{site.function}/{site.name}",
+        scale_digest=scale_digest(scale),
     )
 
 
