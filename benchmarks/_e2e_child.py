@@ -8,7 +8,7 @@ Usage: python benchmarks/_e2e_child.py SRC DST MODE CONFIG
 MODE: baseline (import only), apply_pipeline (auto: streams for a package path),
       pymil (apply_pipeline with streaming=False), streaming (compress_package),
       coremltools (coremltools.optimize.coreml.prune_weights).
-CONFIG: magnitude (target 0.75) or pack.
+CONFIG: magnitude (target 0.75), magnitude:<target> (e.g. magnitude:0.5) or pack.
 """
 
 import os
@@ -17,7 +17,9 @@ import sys
 import time
 
 os.environ["TQDM_DISABLE"] = "1"
-src, dst, mode, config_name = sys.argv[1:5]
+src, dst, mode, config_arg = sys.argv[1:5]
+config_name, _, target_text = config_arg.partition(":")
+target = float(target_text or 0.75)
 start = time.perf_counter()
 import coremltools as ct  # noqa: E402
 
@@ -26,7 +28,7 @@ if mode != "baseline":
         import coremltools.optimize.coreml as cto
 
         op_config = (
-            cto.OpMagnitudePrunerConfig(target_sparsity=0.75)
+            cto.OpMagnitudePrunerConfig(target_sparsity=target)
             if config_name == "magnitude"
             else cto.OpThresholdPrunerConfig(threshold=1e-12, minimum_sparsity_percentile=0.0)
         )
@@ -35,7 +37,7 @@ if mode != "baseline":
     else:
         import mil_sparsity as ms
 
-        config = ms.MagnitudeConfig(target_sparsity=0.75) if config_name == "magnitude" else ms.PackConfig()
+        config = ms.MagnitudeConfig(target_sparsity=target) if config_name == "magnitude" else ms.PackConfig()
         pass_name = ms.PRUNE_BY_MAGNITUDE if config_name == "magnitude" else ms.SPARSE_PACK
         if mode == "streaming":
             from mil_sparsity.streaming import compress_package
