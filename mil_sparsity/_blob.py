@@ -231,8 +231,10 @@ class BlobWriter:
         sink.append(raw)
         return sink.close()
 
-    def copy_blob(self, reader: BlobReader, info: BlobInfo, piece_bytes: int = COPY_PIECE_BYTES) -> int:
-        """Re-write a blob unchanged (stored bytes and dtype), reading it in bounded pieces."""
+    def copy_blob(self, reader: BlobReader, info: BlobInfo, piece_bytes: int | None = None) -> int:
+        """Re-write a blob unchanged (stored bytes and dtype), reading it in pieces of
+        ``piece_bytes`` (default :data:`COPY_PIECE_BYTES`)."""
+        piece_bytes = COPY_PIECE_BYTES if piece_bytes is None else piece_bytes
         sink = self._begin(info.code, info.nbytes, info.padding_bits)
         for start in range(0, info.nbytes, piece_bytes):
             sink.append(reader.read_raw_range(info, start, min(info.nbytes, start + piece_bytes)))

@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+import coremltools as ct
+
 import mil_sparsity as ms
 from mil_sparsity import _blob, _coremltools_private as private, streaming, streaming_chunked
 from mil_sparsity.streaming import compress_package
 from _mil_helpers import one_pass
-from test_activation_scoring import MAG, STREAM_CONFIGS, package, package_stats  # noqa: F401 (fixtures)
+from test_activation_scoring import INPUTS, product_program
 from test_streaming import (
     CONFIGS,
     MODELS,
@@ -28,6 +30,9 @@ from test_streaming import (
     as_pipeline,
     assert_equivalent,
     big_weights,
+    blob_values,
+    op_name,
+    spec_of,
     spec_file,
     sparse_op_count,
     weight_bin,
@@ -106,6 +111,33 @@ def test_blob_copy_in_pieces_and_sink_checks(tmp_path: Path) -> None:
 
 
 # =============================================================================================
+# activation scoring: a saved package of every product kind and its statistics
+# =============================================================================================
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: Any) -> Path:
+    path = tmp_path_factory.mktemp("chunked_scoring") / "products.mlpackage"
+    ct.convert(product_program(ct.target.iOS18), convert_to="mlprogram",
+               minimum_deployment_target=ct.target.iOS18).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def package_stats(package: Path, tmp_path_factory: Any) -> Path:
+    rng = np.random.default_rng(5)
+    samples = [{name: rng.standard_normal(shape).astype(np.float32) for name, shape in INPUTS.items()} for _ in range(3)]
+    path = tmp_path_factory.mktemp("chunked_stats") / "stats.npz"
+    ms.collect_activation_stats(package, samples, progress=False).save(path)
+    return path
+
+
+SCORED_CONFIGS = {
+    "magnitude": ms.MagnitudeConfig(0.5, weight_threshold=0, scoring="activation"),
+    "n_m": ms.NMConfig(2, 4, weight_threshold=0, scoring="activation"),
+    "block": ms.BlockConfig(0.5, 2, weight_threshold=0, scoring="activation"),
+}
+
+
+# =============================================================================================
 # chunked streaming == unchunked streaming == PyMIL
 # =============================================================================================
 @pytest.fixture
@@ -161,18 +193,21 @@ def test_chunked_streaming_equals_pymil(model, target, config_id, sources, tmp_p
     assert_equivalent(chunked, pymil)
 
 
-@pytest.mark.parametrize("config_id", list(STREAM_CONFIGS))
-def test_chunked_activation_scoring_is_byte_identical(config_id, package, package_stats, tmp_path, chunked_writes):  # noqa: F811
-    pipeline = one_pass(MAG, config=STREAM_CONFIGS[config_id], calibration=str(package_stats))
+@pytest.mark.parametrize("config_id", list(SCORED_CONFIGS))
+def test_chunked_activation_scoring_is_byte_identical(config_id, package, package_stats, tmp_path, chunked_writes):
+    pipeline = one_pass(ms.PRUNE_BY_MAGNITUDE, config=SCORED_CONFIGS[config_id], calibration=str(package_stats))
     whole, chunked, whole_report, chunked_report = compress_both(package, tmp_path, pipeline)
     scored = [r for r in chunked_report.packed if r.scoring == "activation"]
     assert scored, "activation-scored weights must be packed"
     assert len(chunked_writes) >= 3, "the linear and matmul weights go through the chunked path"
     assert [r.to_dict() for r in chunked_report] == [r.to_dict() for r in whole_report]
     assert_same_package(chunked, whole)
+    pymil = tmp_path / "pymil.mlpackage"
+    ms.apply_pipeline(package, pipeline, streaming=False).save(str(pymil))
+    assert_equivalent(chunked, pymil)
 
 
-def test_chunked_is_only_used_above_the_limit(package, tmp_path, chunked_writes):  # noqa: F811
+def test_chunked_is_only_used_above_the_limit(package, tmp_path, chunked_writes):
     config = ms.MagnitudeConfig(0.5, weight_threshold=0)
     first = compress_package(package, tmp_path / "a.mlpackage", config, chunked_above_bytes=0)
     sizes = sorted({r.dense_bytes for r in first.packed})
@@ -183,3 +218,40 @@ def test_chunked_is_only_used_above_the_limit(package, tmp_path, chunked_writes)
     expected = sorted(r.shape for r in report.packed if r.dense_bytes > limit)
     assert expected and len(expected) < len(report.packed)
     assert sorted(chunked_writes) == expected
+
+
+def test_chunked_reads_are_bounded(sources, tmp_path, monkeypatch, chunked_writes):
+    """Above the limit no weight is read whole: every positioned read is one chunk (or one copy
+    piece), and the packed weights are never loaded as arrays."""
+    monkeypatch.setattr(_blob, "COPY_PIECE_BYTES", TINY_CHUNK_BYTES)
+    whole_reads: list[int] = []
+    range_reads: list[int] = []
+    depth = [0]
+    read_values, read_raw_range = _blob.BlobReader.read_values, _blob.BlobReader.read_raw_range
+
+    def spy_values(self: Any, info: Any) -> Any:
+        depth[0] += 1
+        try:
+            whole_reads.append(info.offset)
+            return read_values(self, info)
+        finally:
+            depth[0] -= 1
+
+    def spy_range(self: Any, info: Any, start: int, stop: int) -> Any:
+        if not depth[0]:
+            range_reads.append(stop - start)
+        return read_raw_range(self, info, start, stop)
+
+    monkeypatch.setattr(_blob.BlobReader, "read_values", spy_values)
+    monkeypatch.setattr(_blob.BlobReader, "read_raw_range", spy_range)
+    src = sources.get("lstm", "iOS18")
+    report = compress_package(src, tmp_path / "out.mlpackage", ms.MagnitudeConfig(0.5), chunked_above_bytes=0)
+    monkeypatch.undo()
+    assert report.packed and len(chunked_writes) == len(report.packed)
+    assert range_reads and max(range_reads) <= TINY_CHUNK_BYTES
+    packed_offsets = {
+        value.blobFileValue.offset
+        for _, op, _, value in blob_values(spec_of(src))
+        if op.type == "const" and op_name(op) in {r.name for r in report.packed}
+    }
+    assert packed_offsets and not packed_offsets & set(whole_reads)
