@@ -10,7 +10,7 @@ the process's resident memory. :class:`BlobWriter` writes the same layout, byte 
 coremltools' blob storage writer produces (checked by the tests), but also takes a blob in
 pieces (:meth:`BlobWriter.begin` / :meth:`BlobSink.append`), so a weight larger than memory is
 written chunk by chunk, and copies a blob's stored bytes in bounded pieces. Sub-byte data is
-packed LSB first; only ``uint1`` is ever encoded here (a mask), other sub-byte blobs are copied.
+packed LSB first.
 """
 
 from __future__ import annotations
@@ -153,14 +153,16 @@ def stored_nbytes(dtype_name: str, count: int) -> tuple[int, int]:
 
 
 def encode(dtype_name: str, values: NDArray[Any]) -> NDArray[np.uint8]:
-    """The stored bytes of ``values`` (one element per item): byte types as they are in memory,
-    ``uint1`` packed 8 per byte LSB first."""
+    """The stored bytes of ``values`` (one element per item): byte types as they are in memory;
+    sub-byte types as a bit stream, each element's low ``bits`` bits LSB first, packed 8 per
+    byte LSB first (``uint1``: one bit per element; ``int4``: two's complement)."""
     flat = np.ascontiguousarray(values.reshape(-1))
     dtype = BY_NAME[dtype_name]
-    if dtype_name == "uint1":
+    if dtype.bits == 1:
         return np.packbits(flat.view(np.uint8), bitorder="little")
     if dtype.bits < 8:
-        raise ValueError(f"encoding {dtype_name} values is not supported (only uint1 among sub-byte types)")
+        element_bits = np.unpackbits(flat.view(np.uint8)[:, None], axis=1, count=dtype.bits, bitorder="little")
+        return np.packbits(element_bits.reshape(-1), bitorder="little")
     return flat.view(np.dtype(dtype.numpy)).view(np.uint8)
 
 

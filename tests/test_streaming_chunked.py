@@ -56,6 +56,11 @@ def blobs() -> list[tuple[str, np.ndarray]]:
         ("int8", rng.integers(-5, 5, 33).astype(np.int8)),
         ("uint1", np.ones(64, np.uint8)),
         ("uint8", rng.integers(0, 255, 100).astype(np.uint8)),
+        ("uint2", rng.integers(0, 4, 37).astype(np.uint8)),
+        ("uint3", rng.integers(0, 8, 41).astype(np.uint8)),
+        ("uint4", rng.integers(0, 16, 19).astype(np.uint8)),
+        ("uint6", rng.integers(0, 64, 23).astype(np.uint8)),
+        ("int4", rng.integers(-8, 8, 29).astype(np.int8)),
     ]
 
 
