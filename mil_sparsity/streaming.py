@@ -12,7 +12,9 @@ program, so a model larger than memory can be pruned or packed:
    (positioned reads, no mmap), its handler runs (same kernels and configs as the passes), and
    its ``nonzero_data`` and ``mask`` are appended to the new weight file; every other blob is
    copied unchanged. Blobs shared by several ops (e.g. functions of a multifunction package)
-   are written once and stay shared.
+   are written once and stay shared. A weight larger than ``chunked_above_bytes`` (64 MB by
+   default) is never held whole: :mod:`mil_sparsity.streaming_chunked` counts, prunes and
+   writes it chunk by chunk, and an unchanged blob is copied in bounded pieces.
 3. Rewrite each packed const in the spec to the ``constexpr_sparse_to_dense`` form of its
    function's opset (iOS16/17: attributes ``nonzero_data``, uint8 ``mask``, immediate uint32
    ``shape``; iOS18+: inputs ``nonzero_data`` and uint1 ``mask``), named ``<const>_sparse`` as the
