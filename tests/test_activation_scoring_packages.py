@@ -276,7 +276,7 @@ def stats_for_package(src: Path, seed: int, same_in_every_function: bool = False
 
 
 @pytest.mark.parametrize("target", ["iOS16", "iOS18"])
-@pytest.mark.parametrize("model", ["conv", "mlp", "lstm", "cond", "multifunction", "shared"])
+@pytest.mark.parametrize("model", ["conv", "mlp", "lstm", "classifier", "cond", "multifunction", "shared"])
 def test_streaming_equals_pymil_on_the_source_packages(model: str, target: str, sources: Any, tmp_path: Path) -> None:
     from test_streaming import assert_equivalent, sparse_op_count
 
