@@ -248,8 +248,22 @@ def test_cli_scoring_and_calibration(package: Path, package_stats: Path, tmp_pat
     got = pruned_weights(load_program(load_model(out)))
     assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in expected.items()}
     shutil.rmtree(out)
-    assert main(["prune", str(package), "-o", str(out), "--n-m", "2:4", "--scoring", "activation"]) != 0
+    assert main(["prune", str(package), "-o", str(out), "--n-m", "2:4", "--scoring", "activation"]) == 2
+    assert main(["prune", str(package), "-o", str(out), "--threshold", "0.1", "--scoring", "activation",
+                 "--calibration", str(package_stats)]) == 2
+    (tmp_path / "not_stats.npz").write_bytes(b"not a zip")
+    assert main(["prune", str(package), "-o", str(out), "--n-m", "2:4", "--scoring", "activation",
+                 "--calibration", str(tmp_path / "not_stats.npz")]) not in (0, 2)
     assert not out.exists()
+    # a config file's activation-scored configs take --calibration too (streaming here)
+    config = tmp_path / "selector.json"
+    config.write_text(ms.OpSelector(global_config=ms.NMConfig(2, 4, weight_threshold=0, scoring="activation")).to_json())
+    code = main(["prune", str(package), "-o", str(out), "--config", str(config), "--calibration", str(package_stats), "--streaming"])
+    assert code == 0
+    pipeline = one_pass(MAG, config=ms.NMConfig(2, 4, weight_threshold=0, scoring="activation"), calibration=str(package_stats))
+    expected = pruned_weights(load_program(load_model(ms.apply_pipeline(package, pipeline, streaming=False))))
+    got = pruned_weights(load_program(load_model(out)))
+    assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in expected.items()}
 
 
 
