@@ -91,8 +91,8 @@ def product_use(site: "WeightSite", pass_name: str) -> Union[ProductUse, NotAPro
         readers = ", ".join(f"{name!r} ({role.description})" for name, role in uses)
         raise ValueError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}) is read along "
-            f"different reduction axes (or output axes, or conv groups) by {readers}; dim=None and scoring='activation' need one. "
-            f"Give it its own config with an explicit dim and scoring='magnitude' through "
+            f"different reduction axes (or output axes, or conv groups) by {readers}; dim=None "
+            f"and scoring='activation' need one. Give it its own config with an explicit dim and scoring='magnitude' through "
             f"op_name_configs[{site.name!r}]."
         )
     first = uses[0][1]
@@ -100,8 +100,8 @@ def product_use(site: "WeightSite", pass_name: str) -> Union[ProductUse, NotAPro
 
 
 def _channel_groups(role: ProductRole) -> int:
-    """Groups that change which activation channels a weight element meets (conv only: a
-    grouped conv_transpose's row i meets channel i whatever the groups)."""
+    """The groups of a conv (they decide which activation channels an output channel meets)
+    or a conv_transpose (they split its output rows, though row i always meets channel i)."""
     return role.groups if role.op_type in ("conv", "conv_transpose") else 1
 
 
