@@ -19,18 +19,18 @@ read -r -a CT_VERSIONS <<< "${CT_VERSIONS:-8.3.0 9.0}"  # default: the newest 8.
 check() {  # mypy + pytest in $VENV, which _env.sh has set up
   echo "== coremltools $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("coremltools"))') in $VENV"
   "$VENV/bin/python" -m mypy --strict --cache-dir "$VENV/.mypy_cache" mil_sparsity
-  "$VENV/bin/python" -m pytest -q "$@"
+  MIL_SPARSITY_REQUIRE_EXTRAS=1 "$VENV/bin/python" -m pytest -q "$@"
 }
 
 if [ -n "${CT_VERSION:-}" ]; then
   export VENV="${VENV:-.venv-ct$CT_VERSION}"
-  source scripts/_env.sh "dev,torch,plot"
+  source scripts/_env.sh "dev,torch,plot,examples"
   check "$@"
   exit
 fi
 
 for version in "${CT_VERSIONS[@]}"; do  # one pip at a time: both write the package's egg-info
-  (export CT_VERSION="$version" VENV=".venv-ct$version"; source scripts/_env.sh "dev,torch,plot")
+  (export CT_VERSION="$version" VENV=".venv-ct$version"; source scripts/_env.sh "dev,torch,plot,examples")
 done
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT

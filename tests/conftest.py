@@ -17,3 +17,33 @@ from _packages import Sources
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory: Any) -> Sources:
     return Sources(tmp_path_factory.mktemp("sources"))
+
+
+# ---- optional dependencies must be there when the test command asks for them -----------------
+# Tests that need torch, transformers, matplotlib or the MiniLM package skip when it is missing
+# (a library user may run the suite without the extras). scripts/test.sh installs every extra
+# and sets MIL_SPARSITY_REQUIRE_EXTRAS=1: there, a skip for a missing module fails the run.
+_MISSING_MODULE_SKIPS: list[str] = []
+
+
+def _record_missing_module(report: Any) -> None:
+    if report.skipped and "could not import" in str(report.longrepr):
+        _MISSING_MODULE_SKIPS.append(f"{report.nodeid}: {report.longrepr}")
+
+
+def pytest_collectreport(report: Any) -> None:
+    _record_missing_module(report)
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    _record_missing_module(report)
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    import os
+
+    if os.environ.get("MIL_SPARSITY_REQUIRE_EXTRAS") == "1" and _MISSING_MODULE_SKIPS:
+        print("\nMIL_SPARSITY_REQUIRE_EXTRAS=1 but optional modules are missing:")
+        for line in _MISSING_MODULE_SKIPS:
+            print("  " + line)
+        session.exitstatus = 1
