@@ -51,7 +51,13 @@ from mil_sparsity.rules import Consumer, Decision, Selected, WeightSite, check_s
 from mil_sparsity.weight_roles import check_calibration
 from mil_sparsity.selector import OpSelector, as_selector
 from mil_sparsity.sparse_format import BY_NAME, BY_SPEC_NAME, SparseForm, SparseTensor
-from mil_sparsity.streaming_chunked import CHUNKED_ABOVE_BYTES, ChunkedSparse, decide_selected, write_chunked
+from mil_sparsity.streaming_chunked import (
+    CHUNKED_ABOVE_BYTES,
+    ChunkedSparse,
+    check_chunked_above_bytes,
+    decide_selected,
+    write_chunked,
+)
 
 @attrs.define
 class _Site:
@@ -361,6 +367,7 @@ def compress_package(
     (:mod:`mil_sparsity.streaming_chunked`), so peak memory stays well below the largest weight.
     """
     src, dst = os.fspath(src), os.fspath(dst)
+    chunked_above_bytes = check_chunked_above_bytes(chunked_above_bytes)
     report = SparsityReport() if report is None else report
     passes = plan_passes(config_or_pipeline)
     spec_path, weights_dir = _package_paths(src)

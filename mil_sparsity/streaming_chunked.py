@@ -58,6 +58,15 @@ CHUNK_BYTES: Final = 8 << 20
 Reader = Callable[[int, int], NDArray[Any]]
 
 
+def check_chunked_above_bytes(value: object) -> int:
+    """``chunked_above_bytes`` as given, or TypeError/ValueError naming it and the range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"chunked_above_bytes must be an int >= 0, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"chunked_above_bytes must be >= 0 (0: every weight chunked), got {value}")
+    return value
+
+
 @attrs.frozen
 class ChunkedSparse:
     """A weight pruned chunk by chunk: the counting passes ran, nothing is written yet."""

@@ -260,3 +260,10 @@ def test_chunked_reads_are_bounded(sources, tmp_path, monkeypatch, chunked_write
         if op.type == "const" and op_name(op) in {r.name for r in report.packed}
     }
     assert packed_offsets and not packed_offsets & set(whole_reads)
+
+
+@pytest.mark.parametrize("value, error", [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("64", TypeError)])
+def test_chunked_above_bytes_is_checked(value, error, sources, tmp_path):
+    with pytest.raises(error, match="chunked_above_bytes"):
+        compress_package(sources.get("mlp", "iOS18"), tmp_path / "out.mlpackage", ms.PackConfig(), chunked_above_bytes=value)
+    assert not (tmp_path / "out.mlpackage").exists()
