@@ -17,10 +17,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional
 
 import attrs
-import numpy as np
 
 from mil_sparsity.calibration.stats import ActivationStats, channel_sum_squares
-from mil_sparsity.products import PRODUCT_OPS, ProductRole, product_role
+from mil_sparsity.products import PRODUCT_OPS, ProductRole
 from mil_sparsity.progress import progress_bar
 from mil_sparsity.sparse_format import replacement_name
 
@@ -74,21 +73,13 @@ def source_const_name(var: Any) -> Optional[str]:
     return name
 
 
-def _flag(op: Any, name: str) -> bool:
-    var = op.inputs.get(name)
-    return bool(var is not None and var.val is not None and bool(np.asarray(var.val)))
-
-
-def _integer(op: Any, name: str, default: int) -> int:
-    var = op.inputs.get(name)
-    return default if var is None or var.val is None else int(np.asarray(var.val))
-
-
 def product_sites(op: Any) -> tuple[ProductSite, ...]:
     """The weights ``op`` multiplies with an activation, each with its product role."""
     params = _WEIGHT_PARAMS.get(op.op_type)
     if params is None:
         return ()
+    from mil_sparsity._graph import input_role  # lazy: _graph -> rules -> calibration
+
     sites = []
     for param in params:
         var = op.inputs.get(param)
@@ -97,17 +88,7 @@ def product_sites(op: Any) -> tuple[ProductSite, ...]:
         name = source_const_name(var)
         if name is None:
             continue
-        other = op.inputs.get("y" if param == "x" else "x") if op.op_type == "matmul" else None
-        role = product_role(
-            op.op_type,
-            param,
-            var.rank,
-            transpose_x=_flag(op, "transpose_x"),
-            transpose_y=_flag(op, "transpose_y"),
-            other_rank=None if other is None else other.rank,
-            other_is_const=other is not None and source_const_name(other) is not None,
-            groups=_integer(op, "groups", 1),
-        )
+        role = input_role(op, param, var)
         if isinstance(role, ProductRole):
             sites.append(ProductSite(name, role))
     return tuple(sites)
