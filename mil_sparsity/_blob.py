@@ -114,9 +114,10 @@ class BlobReader:
         return self.read_raw_range(info, 0, info.nbytes)
 
     def read_raw_range(self, info: BlobInfo, start: int, stop: int) -> NDArray[np.uint8]:
-        """Bytes ``[start, stop)`` of the blob's data (one positioned read)."""
+        """Bytes ``[start, stop)`` of the blob's data (a seek and one read into a new buffer)."""
         buffer = np.empty(stop - start, dtype=np.uint8)
-        if stop > start and os.preadv(self._file.fileno(), [buffer.data], info.data_offset + start) != stop - start:
+        self._file.seek(info.data_offset + start)
+        if self._file.readinto(buffer.data) != stop - start:
             raise BlobFileError(f"{self.path}: short read at byte {info.data_offset + start}")
         return buffer
 
