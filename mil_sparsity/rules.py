@@ -23,7 +23,7 @@ from mil_sparsity.products import NotAProduct, ProductRole
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
 from mil_sparsity.scoring import ScoreContext
 from mil_sparsity.selector import OpSelector
-from mil_sparsity.weight_roles import score_context, scoring_of
+from mil_sparsity.weight_roles import saved_name, score_context, scoring_of
 
 # (consumer op type, input names) that structured sparsity applies to by default
 STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
@@ -243,12 +243,16 @@ def decide(
 
 
 def record(site: WeightSite, decision: Decision, rules: PassRules, load: ValueLoader) -> WeightRecord:
-    """The report row for one decision (a small skipped weight's current sparsity is measured)."""
+    """The report row for one decision (a small skipped weight's current sparsity is measured).
+
+    The row names the weight as the saved model does (:func:`saved_name`): inside ct.convert
+    the pass sees names the backend later rewrites (``model.fc.weight`` -> ``model_fc_weight``).
+    """
     outcome = decision.outcome
     common: dict[str, Any] = dict(
         pass_name=rules.pass_name,
         function=site.function,
-        name=site.name,
+        name=saved_name(site.name),
         shape=site.shape,
         dtype=site.dtype,
         consumer_types=site.consumer_types,

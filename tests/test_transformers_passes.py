@@ -314,12 +314,6 @@ def test_post_hoc_on_saved_package(packages: Any, family: str, kind: str, target
     assert hash_tree(path) == before  # same bytes (coremltools rewrites Manifest.json when it opens a package)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: inside ct.convert the passes run before coremltools' backend renames ops to "
-    "[a-zA-Z0-9_]*, so the report names a torch weight 'model.encoder...weight' while the saved "
-    "model and `mil-sparsity report` call it 'model_encoder..._weight'",
-)
 def test_convert_report_names_the_weights_as_the_saved_model_does() -> None:
     report = ms.SparsityReport()
     deployment, precision = TARGETS["iOS18"]
