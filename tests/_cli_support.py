@@ -27,9 +27,11 @@ from mil_sparsity import cli
 REPO = Path(__file__).resolve().parent.parent
 ERROR_PREFIX = "mil-sparsity: error:"
 # printed by coremltools itself while it is imported (before any mil_sparsity code runs) on
-# machines without its native libraries or with an untested torch: not ours to silence
+# machines without its native libraries, with an untested torch or an unsupported scikit-learn
+# (which the examples extra brings): not ours to silence in `python -m mil_sparsity.cli`
 IMPORT_NOISE = re.compile(
-    r"^(Failed to load _\w+: .*|Torch version .* has not been tested with coremltools.*)$"
+    r"^(Failed to load _\w+: .*|Torch version .* has not been tested with coremltools.*"
+    r"|scikit-learn version .* is not supported\. .*)$"
 )
 SPARSE_OP = "constexpr_sparse_to_dense"
 
