@@ -18,23 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mil_sparsity.cli._common import CLIError, UsageError, non_negative_int, one_line
+from mil_sparsity.cli._common import CLIError, UsageError, non_negative_int, one_line, positive_int
 from mil_sparsity.quality import BACKENDS, Evaluator, check_backend, evaluator
 from mil_sparsity.samples import Sample, function_names, input_specs, load_samples, random_samples
 
 DEFAULT_INT_RANGE = (0, 100)
 Inputs = Mapping[str, np.ndarray]  # one sample, as read or as kept by ReferenceOutputs
 _INT_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def int_range(text: str) -> tuple[int, int]:
