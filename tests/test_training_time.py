@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,19 +21,12 @@ from mil_sparsity.posthoc import load_program  # noqa: E402
 
 from _mil_helpers import all_ops, bits, one_pass, sparse_ops  # noqa: E402
 
+from _examples import load_example  # noqa: E402
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "training_time_pruning.py"
 
 
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("training_time_pruning", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["training_time_pruning"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-example = load_example()
+example = load_example("training_time_pruning")
 
 
 def weights_by_consumer(prog: Any) -> dict[str, tuple[str, np.ndarray]]:

