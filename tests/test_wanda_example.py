@@ -5,7 +5,6 @@ dense model's than magnitude pruning, at 50% unstructured and at 2:4."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
