@@ -1,0 +1,315 @@
+"""Untrusted packages (issue 21): a fuzzer of saved .mlpackages.
+
+Each case copies a small saved ML Program (two linear layers, four blob-backed consts; iOS16 or
+iOS18), applies one or two mutations from _mutations.py (Manifest.json entries and paths, spec
+shapes / dtypes / blob fileNames and offsets / opsets, weight-file header and metadata,
+truncation, bit flips, symlinks) and runs one operation on it: ``report``, ``prune`` and
+``prune --streaming`` through ``mil_sparsity.cli.main``, ``prune_weights`` (streams a path),
+``apply_pipeline(streaming=False)`` (PyMIL) and the reference evaluator on a random input.
+
+The oracle, for every case:
+
+* a library call returns, or raises ValueError / TypeError / OSError from a frame inside
+  mil_sparsity; an exception raised inside coremltools, numpy, protobuf or the stdlib (or any
+  other type, MemoryError included) fails the case;
+* a CLI call exits 0, 1 or 2; on error stderr holds exactly one ``mil-sparsity: error: ...``
+  line, not an "unexpected <Type>" one, and no traceback;
+* nothing in the case directory but the output changes (path, type, size, mtime, sha256), and
+  a failed prune leaves no ``.out.mlpackage.tmp-*`` directory;
+* a package written is self-contained: no symlinks, manifest item paths and blob fileNames
+  resolve to files inside it, and it holds no copy of a file from outside the package;
+* a case whose mutation points the package outside itself (``escapes``) does not succeed.
+
+CI runs a fixed-seed slice (``CI_EXAMPLES`` per operation). Locally::
+
+    MIL_SPARSITY_FUZZ_EXAMPLES=2000 pytest tests/test_untrusted_fuzz.py   # random, more cases
+    MIL_SPARSITY_FUZZ_KEEP_GOING=1     collect every failing case, fail once at the end
+    MIL_SPARSITY_FUZZ_LOG=cases.jsonl  one JSON line per case (operation, mutations, outcome)
+
+The number of cases run per operation and outcome is printed at the end of the module.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import coremltools as ct
+from coremltools.proto import Model_pb2
+
+import mil_sparsity as ms
+from mil_sparsity import reference
+from mil_sparsity.cli import main
+from mil_sparsity.posthoc import load_model
+from mil_sparsity.samples import input_specs, random_samples
+from _models import mlp_model
+from _mutations import VICTIM_TOKEN, Case, Mutation, apply_all, blob_values, make_case, mutations
+
+CI_EXAMPLES = 40
+EXAMPLES = int(os.environ.get("MIL_SPARSITY_FUZZ_EXAMPLES", CI_EXAMPLES))
+KEEP_GOING = os.environ.get("MIL_SPARSITY_FUZZ_KEEP_GOING") == "1"
+LOG = os.environ.get("MIL_SPARSITY_FUZZ_LOG")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(ms.__file__))
+CLEAR_ERRORS = (ValueError, TypeError, OSError)
+
+CASES: collections.Counter[tuple[str, str]] = collections.Counter()
+FAILURES: list[dict[str, Any]] = []
+
+
+# ---- operations ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    run: Callable[[Case], Any]  # CLI: (exit code, stderr); library: the MLModel or None
+    cli: bool
+    writes: bool  # writes case.output (CLI prune)
+
+
+def _cli(*args: str) -> Callable[[Case], tuple[int, str]]:
+    def run(case: Case) -> tuple[int, str]:
+        argv = [arg.format(pkg=case.package, out=case.output) for arg in args]
+        stderr = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+            code = main(argv)
+        return code, stderr.getvalue()
+
+    return run
+
+
+def _pymil(case: Case) -> Any:
+    pipeline = ct.PassPipeline.EMPTY
+    pipeline.append_pass(ms.PRUNE_BY_MAGNITUDE)
+    pipeline.set_options(ms.PRUNE_BY_MAGNITUDE, {"config": ms.MagnitudeConfig(target_sparsity=0.5)})
+    return ms.apply_pipeline(str(case.package), pipeline, streaming=False)
+
+
+def _evaluate(case: Case) -> None:
+    sample = random_samples(input_specs(load_model(str(case.package))), 1)[0]
+    reference.run(str(case.package), sample)
+
+
+PRUNE = ("prune", "{pkg}", "-o", "{out}", "--target-sparsity", "0.5")
+OPERATIONS = [
+    Operation("cli report", _cli("report", "{pkg}"), cli=True, writes=False),
+    Operation("cli prune", _cli(*PRUNE), cli=True, writes=True),
+    Operation("cli prune --streaming", _cli(*PRUNE, "--streaming"), cli=True, writes=True),
+    Operation("prune_weights", lambda case: ms.prune_weights(str(case.package), ms.MagnitudeConfig(target_sparsity=0.5)), cli=False, writes=False),
+    Operation("apply_pipeline pymil", _pymil, cli=False, writes=False),
+    Operation("reference.run", _evaluate, cli=False, writes=False),
+]
+
+
+# ---- the oracle ------------------------------------------------------------------------------
+def innermost_frame(error: BaseException) -> tuple[str, int]:
+    tb = error.__traceback__
+    assert tb is not None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename, tb.tb_lineno
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
+def snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[Any, ...]]:
+    """relative path -> (kind, size, mtime_ns, sha256 | link target) of everything under root."""
+    skipped = {str(path) for path in skip}
+    entries: dict[str, tuple[Any, ...]] = {}
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [name for name in dirs if os.path.join(top, name) not in skipped]
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            info = os.lstat(path)
+            if os.path.islink(path):
+                entry: tuple[Any, ...] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                entry = ("dir",)
+            else:
+                entry = ("file", info.st_size, info.st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest())
+            entries[os.path.relpath(path, root)] = entry
+    return entries
+
+
+def foreign_references(package: Path) -> list[str]:
+    """What makes a written package not self-contained (empty: it is)."""
+    problems = []
+    for top, dirs, files in os.walk(package):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            if os.path.islink(path):
+                problems.append(f"{os.path.relpath(path, package)} is a symlink")
+            elif os.path.isfile(path) and VICTIM_TOKEN in Path(path).read_bytes():
+                problems.append(f"{os.path.relpath(path, package)} holds a copy of a file outside the package")
+    try:
+        manifest = json.loads((package / "Manifest.json").read_text())
+        entries = manifest["itemInfoEntries"]
+        paths = {key: os.path.join(package, "Data", entry["path"]) for key, entry in entries.items()}
+        spec_path = paths[manifest["rootModelIdentifier"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return problems + [f"unreadable Manifest.json ({type(error).__name__}: {error})"]
+    problems += [f"manifest item path {path!r} leads outside" for path in paths.values() if not _inside(path, str(package))]
+    if not _inside(spec_path, str(package)) or not os.path.isfile(spec_path):
+        return problems + [f"root model {spec_path!r} is not a file inside the package"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(Path(spec_path).read_bytes())
+    for value in blob_values(spec):
+        name = value.blobFileValue.fileName
+        target = os.path.join(os.path.dirname(spec_path), name.removeprefix("@model_path/"))
+        if not name.startswith("@model_path/") or not _inside(target, str(package)) or not os.path.isfile(target):
+            problems.append(f"blob fileName {name!r} is not a file inside the package")
+    return problems
+
+
+def check_library(operation: Operation, case: Case) -> tuple[str, Optional[str], Optional[Path]]:
+    """(outcome, failure or None, package written or None) of a library call."""
+    try:
+        result = operation.run(case)
+    except MemoryError:
+        return "error", "MemoryError", None
+    except Exception as error:
+        where, line = innermost_frame(error)
+        described = f"{type(error).__name__} at {os.path.relpath(where, os.path.dirname(PACKAGE_DIR))}:{line}: {str(error)[:200]}"
+        if not isinstance(error, CLEAR_ERRORS):
+            return "error", f"not a clear error type: {described}", None
+        if not _inside(where, PACKAGE_DIR):
+            return "error", f"raised outside mil_sparsity: {described}", None
+        return "error", None, None
+    path = getattr(result, "package_path", None)
+    return "ok", None, Path(path) if path else None
+
+
+def check_cli(operation: Operation, case: Case) -> tuple[str, Optional[str], Optional[Path]]:
+    code, stderr = operation.run(case)
+    if code == 0:
+        if operation.writes and not case.output.is_dir():
+            return "ok", "exit 0 but no output package", None
+        return "ok", None, case.output if operation.writes else None
+    errors = [line for line in stderr.splitlines() if line.startswith("mil-sparsity:")]
+    if code not in (1, 2):
+        return "error", f"exit code {code}: {errors}", None
+    if len(errors) != 1 or not errors[0].startswith("mil-sparsity: error: ") or "Traceback" in stderr:
+        return "error", f"stderr is not one error line: {stderr[-300:]!r}", None
+    if errors[0].startswith("mil-sparsity: error: unexpected"):
+        return "error", errors[0][len("mil-sparsity: error: "):][:300], None
+    if case.output.exists():
+        return "error", f"exit {code} but {case.output} exists", None
+    return "error", None, None
+
+
+@contextlib.contextmanager
+def temporary_dir(path: Path) -> Iterator[None]:
+    """Library results (temporary packages) go to ``path``."""
+    old = tempfile.tempdir
+    tempfile.tempdir = str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
+
+
+def _changes(before: dict[str, tuple[Any, ...]], after: dict[str, tuple[Any, ...]]) -> list[str]:
+    changes = []
+    for path in sorted(before.keys() | after.keys()):
+        old, new = before.get(path), after.get(path)
+        if old == new:
+            continue
+        if old is None or new is None:
+            changes.append(f"{path} ({'created' if old is None else 'removed'})")
+        else:
+            changes.append(f"{path} ({'mtime' if old[:2] == new[:2] and old[3:] == new[3:] else 'content'})")
+    return changes
+
+
+def run_case(base: Path, drawn: list[Mutation], operation: Operation, keep_going: bool = KEEP_GOING) -> list[str]:
+    """Run one case; the failures found (none: the case passes; with ``keep_going`` they are
+    recorded in FAILURES instead)."""
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
+        case = make_case(base, Path(tmp))
+        applied = apply_all(drawn, case)
+        scratch = case.root / "tmp"
+        scratch.mkdir()
+        before = snapshot(case.root, (case.output, scratch))
+        with temporary_dir(scratch):
+            outcome, failure, written = (check_cli if operation.cli else check_library)(operation, case)
+        failures = [failure] if failure else []
+        changed = _changes(before, snapshot(case.root, (case.output, scratch)))
+        if changed:
+            failures.append("changed outside the output: " + ", ".join(changed[:4]))
+        if outcome == "ok" and any(m.escapes for m in applied):
+            failures.append("succeeded on a package that refers outside itself")
+        problems = foreign_references(written) if written is not None else []
+        if problems:
+            failures.append("output not self-contained: " + "; ".join(problems[:3]))
+    CASES[(operation.name, "FAIL" if failures else outcome)] += 1
+    record = {"operation": operation.name, "base": base.name, "mutations": [str(m) for m in applied], "kinds": [m.kind for m in applied], "outcome": outcome, "failures": failures}
+    if LOG:
+        with open(LOG, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if failures and keep_going:
+        FAILURES.append(record)
+        return []
+    return failures
+
+
+# ---- the tests -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: Any, request: Any) -> Iterator[dict[str, Path]]:
+    """The source packages: the 64 -> 64 -> 48 MLP, saved for iOS16 and iOS18."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.pop("MIL_SPARSITY_TRACEBACK", None)
+    root = tmp_path_factory.mktemp("fuzz-bases")
+    paths = {}
+    for target in ("iOS16", "iOS18"):
+        paths[target] = root / f"mlp-{target}.mlpackage"
+        mlp_model(getattr(ct.target, target), sizes=(64, 64, 48)).save(str(paths[target]))
+    yield paths
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and CASES:
+        reporter.write_line(f"\nuntrusted-package fuzzer: {sum(CASES.values())} cases")
+        for name in [op.name for op in OPERATIONS]:
+            counts = {outcome: CASES[(name, outcome)] for outcome in ("ok", "error", "FAIL") if CASES[(name, outcome)]}
+            reporter.write_line(f"  {name:24} {sum(counts.values()):6}  {counts}")
+
+
+def test_base_packages_pass_every_operation(bases: dict[str, Path]) -> None:
+    """Unmutated, every operation succeeds and the prunes write a self-contained package: the
+    oracle accepts a good package (and the fuzzed failures come from the mutations)."""
+    for base in bases.values():
+        for operation in OPERATIONS:
+            assert run_case(base, [], operation, keep_going=False) == [], operation.name
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[op.name.replace(" ", "-") for op in OPERATIONS])
+def test_mutated_package(bases: dict[str, Path], operation: Operation) -> None:
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize="MIL_SPARSITY_FUZZ_EXAMPLES" not in os.environ,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        print_blob=True,
+    )
+    @given(target=st.sampled_from(sorted(bases)), drawn=mutations())
+    def case(target: str, drawn: list[Mutation]) -> None:
+        failures = run_case(bases[target], drawn, operation)
+        assert not failures, f"{operation.name} on {[str(m) for m in drawn]}: " + " | ".join(failures)
+
+    case()
+    mine = [f for f in FAILURES if f["operation"] == operation.name]  # MIL_SPARSITY_FUZZ_KEEP_GOING=1
+    assert not mine, f"{len(mine)} failing cases:\n" + "\n".join(
+        sorted({f"{f['kinds']} -> {' | '.join(f['failures'])[:200]}" for f in mine})
+    )
