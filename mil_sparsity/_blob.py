@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity import _coremltools_private as private
+from mil_sparsity.errors import UnsafePackageError
 from mil_sparsity.sparse_format import BY_BLOB_CODE, BY_NAME, MilDtype
 
 _SENTINEL: Final = 0xDEADBEEF
@@ -34,8 +35,9 @@ _RECORD: Final = 64  # bytes of the header, of a metadata record, and the data a
 #: bytes per positioned read when a blob is copied unchanged
 COPY_PIECE_BYTES: Final = 16 << 20
 
-class BlobFileError(ValueError):
-    """The weight file is not what the model spec says it is (truncated, corrupt, unknown)."""
+class BlobFileError(UnsafePackageError):
+    """The weight file is not what the model spec says it is (truncated, corrupt, unknown):
+    refused before any of its data is read (an :class:`UnsafePackageError`, so a ValueError)."""
 
 
 @attrs.frozen
@@ -102,6 +104,17 @@ class BlobReader:
             raise BlobFileError(f"{self.path}: no blob metadata at byte {offset} (bad sentinel)")
         if code not in BY_BLOB_CODE:
             raise BlobFileError(f"{self.path}: blob at byte {offset} has unknown dtype code {code}")
+        bits = BY_BLOB_CODE[code].bits
+        if padding >= 8 or padding > nbytes * 8 or (nbytes * 8 - padding) % bits:
+            raise BlobFileError(
+                f"{self.path}: blob at byte {offset} stores {nbytes} bytes with {padding} padding "
+                f"bits, which is no whole number of {BY_BLOB_CODE[code].name} elements"
+            )
+        if data_offset < offset + _RECORD:
+            raise BlobFileError(
+                f"{self.path}: blob at byte {offset} says its data starts at byte {data_offset}, "
+                "inside its own metadata: the weight file is corrupt"
+            )
         if data_offset + nbytes > self.size:
             raise BlobFileError(
                 f"{self.path}: blob at byte {offset} needs bytes {data_offset}..{data_offset + nbytes} "
@@ -195,7 +208,7 @@ class BlobWriter:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file = open(path, "wb")
+        self._file = open(path, "xb")  # never follows or replaces an existing file
         self._file.write(bytes(_RECORD))
         self._end = _RECORD
         self._count = 0

@@ -18,22 +18,34 @@ from coremltools import PassPipeline
 from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import sparse_format, targets
+from mil_sparsity import package_guard, sparse_format, targets
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.report import SparsityReport
 
 ModelLike = Union["ct.models.MLModel", str, "os.PathLike[str]"]
 
 
 def load_model(model: ModelLike) -> Any:
-    """An MLModel as it is, or a package path loaded without compiling it."""
+    """An MLModel as it is, or a package path loaded without compiling it. A package's
+    manifest is checked (:func:`mil_sparsity.package_guard.open_package`) before coremltools
+    reads it; what coremltools cannot read is an InvalidInputError."""
     if isinstance(model, ct.models.MLModel):
         return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model: no such file or package: {path}")
-        return ct.models.MLModel(path, skip_model_load=True)
+        if os.path.isdir(path):
+            package_guard.open_package(path)
+        try:
+            return ct.models.MLModel(path, skip_model_load=True)
+        except Exception as error:  # protobuf's DecodeError, coremltools' own
+            raise InvalidInputError(f"model: coremltools cannot read {path}: {_one_line(error)}") from error
     raise TypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def ml_program_spec(mlmodel: Any) -> Any:
@@ -52,7 +64,16 @@ def load_program(mlmodel: Any, specification_version: Optional[int] = None) -> P
     """The model's PyMIL program, every function included, at the opset of
     ``specification_version`` (default: the model's). Raises for non-mlprogram models."""
     spec = ml_program_spec(mlmodel)
-    prog: Program = private.program_from_spec(spec, mlmodel.weights_dir, specification_version)
+    weights_dir = mlmodel.weights_dir
+    if getattr(mlmodel, "package_path", None):
+        layout = package_guard.open_package(mlmodel.package_path)
+        package_guard.check_storage(spec, layout, memory_bound=True)
+        weights_dir = layout.weights_dir
+    try:
+        prog: Program = private.program_from_spec(spec, weights_dir or "", specification_version)
+    except Exception as error:  # the spec passed our checks, but coremltools' loader refuses it
+        where = getattr(mlmodel, "package_path", None) or "the model"
+        raise InvalidInputError(f"coremltools cannot load the program of {where}: {_one_line(error)}") from error
     return prog
 
 

@@ -11,6 +11,7 @@ hold arrays named after the model's inputs, either
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -18,6 +19,9 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import attrs
 import numpy as np
+
+from mil_sparsity.errors import UnsafePackageError
+from mil_sparsity.package_guard import memory_bytes
 
 Sample = dict[str, np.ndarray]
 
@@ -79,8 +83,21 @@ def input_specs(mlmodel: Any, function_name: Optional[str] = None) -> tuple[Inpu
         shape = tuple(int(d) for d in array.shape)
         if not shape and array.HasField("shapeRange"):
             shape = tuple(int(r.lowerBound) for r in array.shapeRange.sizeRanges)
+        _check_fits(feature.name, shape, dtype)
         specs.append(InputSpec(feature.name, shape, dtype))
     return tuple(specs)
+
+
+def _check_fits(name: str, shape: tuple[int, ...], dtype: Any) -> None:
+    """UnsafePackageError for a declared input shape no sample could be allocated for."""
+    if any(size < 0 for size in shape):
+        raise UnsafePackageError(f"input {name!r} declares the negative shape {shape}")
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > memory_bytes():
+        raise UnsafePackageError(
+            f"input {name!r} declares shape {shape} ({nbytes} bytes), more than this machine's "
+            f"memory ({memory_bytes()} bytes)"
+        )
 
 
 def random_samples(

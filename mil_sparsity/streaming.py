@@ -31,18 +31,20 @@ are never packed here. Graph passes other than mil_sparsity's cannot run without
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import shutil
+import uuid
 from typing import Any, Iterator, Optional, Union
 
 import attrs
 import numpy as np
 
-from mil_sparsity import _coremltools_private as private
-from mil_sparsity import sparse_format, targets
+from mil_sparsity import package_guard, sparse_format, targets
 from mil_sparsity._atomic import atomic_output
 from mil_sparsity._spec_roles import op_name as _op_name, readers as _readers
-from mil_sparsity._blob import BlobFileError, BlobInfo, BlobReader, BlobWriter
+from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter
+from mil_sparsity.package_guard import PackageLayout, StorageCheck, function_block, iter_blocks, op_values
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
@@ -126,23 +128,12 @@ def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
 
 # ---- reading the spec -----------------------------------------------------------------------
 
-def _iter_blocks(block: Any) -> Iterator[Any]:
-    yield block
-    for op in block.operations:
-        for inner in op.blocks:
-            yield from _iter_blocks(inner)
-
-
 def _tensor_type(value: Any) -> tuple[str, tuple[int, ...]]:
     """(spec DataType name, shape) of a proto Value's tensor type."""
     from coremltools.proto import MIL_pb2
 
     tensor = value.type.tensorType
     return MIL_pb2.DataType.Name(tensor.dataType), tuple(int(d.constant.size) for d in tensor.dimensions)
-
-
-def _function_block(function: Any) -> Any:
-    return function.block_specializations[function.opset]
 
 
 def _function_form(name: str, function: Any) -> SparseForm:
@@ -154,7 +145,7 @@ def _sites(spec: Any) -> list[_Site]:
     sites: list[_Site] = []
     for function_name, function in spec.mlProgram.functions.items():
         form = _function_form(function_name, function)
-        blocks = list(_iter_blocks(_function_block(function)))
+        blocks = list(iter_blocks(function_block(function)))
         readers = _readers(function, blocks)
         block_outputs: set[str] = set()
         for block in blocks:
@@ -187,14 +178,8 @@ def _sites(spec: Any) -> list[_Site]:
 
 
 def _blob_inputs(op: Any) -> Iterator[tuple[str, Any]]:
-    """(input or attribute name, Value) for the values of ``op`` stored in the weight file."""
-    for key, value in op.attributes.items():
-        if value.WhichOneof("value") == "blobFileValue":
-            yield key, value
-    for key, argument in op.inputs.items():
-        for binding in argument.arguments:
-            if binding.WhichOneof("binding") == "value" and binding.value.WhichOneof("value") == "blobFileValue":
-                yield key, binding.value
+    """(input or attribute name, Value) for the values of ``op`` stored in a weight file."""
+    return ((key, value) for key, value in op_values(op) if value.WhichOneof("value") == "blobFileValue")
 
 
 def _constexpr_input_sites(function_name: str, op: Any, form: SparseForm) -> Iterator[_Site]:
@@ -217,15 +202,6 @@ def _constexpr_input_sites(function_name: str, op: Any, form: SparseForm) -> Ite
         yield _Site(weight, op, value, form)
 
 
-def _all_blob_values(spec: Any) -> Iterator[Any]:
-    """Every Value in the spec that points into the weight file (attributes and inputs)."""
-    for function in spec.mlProgram.functions.values():
-        for block in _iter_blocks(_function_block(function)):
-            for op in block.operations:
-                for _, value in _blob_inputs(op):
-                    yield value
-
-
 # ---- rewriting the spec ---------------------------------------------------------------------
 
 def _set_tensor_type(value: Any, spec_name: str, shape: tuple[int, ...]) -> None:
@@ -245,7 +221,6 @@ def _rewrite_op(site: _Site, stored: "_Stored", renames: dict[str, str]) -> None
     blob reference into the same weight file, or (the shape vector) an immediate value.
     """
     op = site.op
-    file_name = site.value.blobFileValue.fileName
     old_output = op.outputs[0].name
     new_name = sparse_format.replacement_name(site.weight.name)
     del op.attributes["val"]
@@ -262,7 +237,7 @@ def _rewrite_op(site: _Site, stored: "_Stored", renames: dict[str, str]) -> None
         if offset is None:
             value.immediateValue.tensor.bytes.values = tensor.values.tobytes()
         else:
-            value.blobFileValue.fileName = file_name
+            value.blobFileValue.fileName = package_guard.CANONICAL_BLOB_NAME
             value.blobFileValue.offset = offset
 
 
@@ -270,7 +245,7 @@ def _apply_renames(spec: Any, renames: dict[str, str]) -> None:
     if not renames:
         return
     for function in spec.mlProgram.functions.values():
-        for block in _iter_blocks(_function_block(function)):
+        for block in iter_blocks(function_block(function)):
             for op in block.operations:
                 for argument in op.inputs.values():
                     for binding in argument.arguments:
@@ -296,29 +271,9 @@ class _Written:
     packed: dict[Any, _Stored] = attrs.field(factory=dict)
 
 
-def _package_paths(package: str) -> tuple[str, str]:
-    """(model.mlmodel path, weights dir) of an .mlpackage, via its manifest."""
-    ModelPackage = private.model_package_class()
-    if not os.path.exists(package):
-        raise FileNotFoundError(f"no such .mlpackage: {package}")
-    if not os.path.isdir(package):
-        raise ValueError(
-            f"{package} is a file, not an .mlpackage directory: streaming works on ML Program "
-            "packages (an .mlmodel file holds a neuralnetwork model; re-convert with "
-            'convert_to="mlprogram")'
-        )
-    if not ModelPackage.isValid(package):
-        raise ValueError(f"{package} is not a valid .mlpackage (bad or missing Manifest.json)")
-    model_package = ModelPackage(package)
-    spec_path = model_package.getRootModel().path()
-    weights = model_package.findItemByNameAuthor("weights", "com.apple.CoreML")
-    return str(spec_path), (str(weights.path()) if weights is not None else "")
-
-
 def package_targets(package: Union[str, "os.PathLike[str]"]) -> dict[str, str]:
     """Function name -> deployment target ("iOS16", ...) of a saved ML Program package."""
-    spec_path, _ = _package_paths(os.fspath(package))
-    spec = _load_spec(spec_path)
+    spec = _load_spec(package_guard.open_package(package).spec_path)
     return {
         name: sparse_format.target_name(sparse_format.TARGET_OF_OPSET.get(function.opset, "iOS?"))
         for name, function in spec.mlProgram.functions.items()
@@ -370,8 +325,9 @@ def compress_package(
     chunked_above_bytes = check_chunked_above_bytes(chunked_above_bytes)
     report = SparsityReport() if report is None else report
     passes = plan_passes(config_or_pipeline)
-    spec_path, weights_dir = _package_paths(src)
-    spec = _load_spec(spec_path)
+    layout = package_guard.open_package(src)
+    spec = _load_spec(layout.spec_path)
+    storage = package_guard.check_storage(spec, layout)  # every blob checked before any is read
     change = targets.plan(
         int(spec.specificationVersion), minimum_deployment_target, [p.cls.pass_name for p in passes]
     )
@@ -384,19 +340,10 @@ def compress_package(
             site.chosen.append((planned.cls, chosen))
             if isinstance(chosen, Selected):
                 break
-    weight_file = ""
-    if any(True for _ in _all_blob_values(spec)):
-        weight_file = os.path.join(weights_dir, "weight.bin") if weights_dir else ""
-        if not os.path.isfile(weight_file):
-            raise ValueError(
-                f"{src}: the model spec references weights but "
-                f"{weight_file or 'weights/weight.bin'} is missing"
-            )
-    replaced = {os.path.realpath(path) for path in (spec_path, weight_file) if path}
     with atomic_output(dst, overwrite=overwrite) as staging:
-        _copy_package(src, staging, skip=replaced)
-        records = _stream(spec, sites, passes, weight_file, src, staging, chunked_above_bytes)
-        with open(os.path.join(staging, os.path.relpath(spec_path, src)), "wb") as handle:
+        weight_file = _write_layout(staging, has_weights=bool(storage.files))
+        records = _stream(spec, sites, passes, storage, weight_file, chunked_above_bytes)
+        with _create(os.path.join(staging, package_guard.DATA_DIR, package_guard.CANONICAL_SPEC)) as handle:
             handle.write(spec.SerializeToString())
     own_reports = {planned.cls.pass_name: planned.report for planned in passes}
     for row in records:
@@ -406,67 +353,73 @@ def compress_package(
     return report
 
 
-def _copy_package(src: str, staging: str, skip: set[str]) -> None:
-    for root, dirs, files in os.walk(src):
-        relative = os.path.relpath(root, src)
-        target_dir = os.path.join(staging, relative)
-        os.makedirs(target_dir, exist_ok=True)
-        for name in files:
-            path = os.path.join(root, name)
-            if os.path.realpath(path) in skip:
-                continue
-            shutil.copy2(path, os.path.join(target_dir, name))
+def _create(path: str) -> Any:
+    """A new file opened for writing; refuses to follow or replace anything already there."""
+    return open(path, "xb")
 
 
-def _check_matches_spec(value: Any, info: BlobInfo, path: str) -> None:
-    """BlobFileError unless the blob holds the dtype and element count the spec says."""
-    data_type, shape = _tensor_type(value)
-    expected = BY_SPEC_NAME[data_type].name if data_type in BY_SPEC_NAME else data_type
-    count = int(np.prod(shape, dtype=np.int64))
-    if expected != info.dtype_name or count != info.count:
-        raise BlobFileError(
-            f"{path}: blob at byte {info.offset} holds {info.count} {info.dtype_name} values but "
-            f"the model spec expects {count} {expected}: the weight file does not match the model"
-        )
+def _write_layout(staging: str, has_weights: bool) -> str:
+    """Create the output package's directories and ``Manifest.json`` at ``staging`` (names of
+    our own: :data:`~mil_sparsity.package_guard.CANONICAL_SPEC` and its weights directory, never
+    paths from the input). Returns the path of the weight file to write ("" without weights)."""
+    data = os.path.join(staging, package_guard.DATA_DIR)
+    weights = os.path.join(data, package_guard.CANONICAL_WEIGHTS)
+    os.makedirs(weights if has_weights else os.path.dirname(weights))
+    items = {str(uuid.uuid4()).upper(): _manifest_item("model.mlmodel", package_guard.CANONICAL_SPEC, "specification")}
+    root_id = next(iter(items))
+    if has_weights:
+        items[str(uuid.uuid4()).upper()] = _manifest_item(package_guard.WEIGHTS_ITEM, package_guard.CANONICAL_WEIGHTS, "weights")
+    manifest = {"fileFormatVersion": "1.0.0", "itemInfoEntries": items, "rootModelIdentifier": root_id}
+    with _create(os.path.join(staging, package_guard.MANIFEST)) as handle:
+        handle.write(json.dumps(manifest, indent=4, sort_keys=True).encode("utf-8"))
+    return os.path.join(weights, package_guard.CANONICAL_WEIGHT_FILE) if has_weights else ""
+
+
+def _manifest_item(name: str, path: str, what: str) -> dict[str, str]:
+    return {"author": package_guard.COREML_AUTHOR, "description": f"Core ML model {what}", "name": name, "path": path}
 
 
 def _stream(
     spec: Any,
     sites: list[_Site],
     passes: list[PlannedPass],
-    weight_file: str,
-    src: str,
-    staging: str,
+    storage: StorageCheck,
+    new_weight_file: str,
     chunked_above_bytes: int = CHUNKED_ABOVE_BYTES,
 ) -> list[WeightRecord]:
-    """Phase 2: one forward pass over the source blobs, writing the new weight file."""
+    """Phase 2: one forward pass over the source blobs (file by file, in offset order),
+    writing the one new weight file; every reference is renamed to it."""
     records: list[WeightRecord] = []
-    if not weight_file:
+    if not new_weight_file:
         return records
-    new_weight_file = os.path.join(staging, os.path.relpath(weight_file, src))
-    os.makedirs(os.path.dirname(new_weight_file), exist_ok=True)
-    values = list(_all_blob_values(spec))
-    by_offset: dict[int, list[Any]] = {}
+
+    def key(value: Any) -> tuple[str, int]:
+        return storage.path_of(value), int(value.blobFileValue.offset)
+
+    values = list(package_guard.blob_values(spec))
+    by_blob: dict[tuple[str, int], list[Any]] = {}
     for value in values:
-        by_offset.setdefault(value.blobFileValue.offset, []).append(value)
-    users_by_offset: dict[int, list[_Site]] = {}
+        by_blob.setdefault(key(value), []).append(value)
+    users_by_blob: dict[tuple[str, int], list[_Site]] = {}
     for site in sites:
-        users_by_offset.setdefault(site.value.blobFileValue.offset, []).append(site)
+        users_by_blob.setdefault(key(site.value), []).append(site)
     const_values = {id(site.value) for site in sites}
-    other_references = {v.blobFileValue.offset for v in values if id(v) not in const_values}
+    other_references = {key(v) for v in values if id(v) not in const_values}
     packed: dict[int, _Stored] = {}  # id(site) -> its replacement as written
-    written: dict[int, _Written] = {}
-    with BlobReader(weight_file) as reader:
+    written: dict[tuple[str, int], _Written] = {}
+    with contextlib.ExitStack() as readers_open:
+        readers: dict[str, BlobReader] = {}
         writer = BlobWriter(new_weight_file)
         try:
-            for offset in sorted(by_offset):
-                info = reader.info(offset)
-                for value in by_offset[offset]:
-                    _check_matches_spec(value, info, reader.path)
-                result = written.setdefault(offset, _Written())
+            for blob in sorted(by_blob):
+                path, _ = blob
+                if path not in readers:
+                    readers[path] = readers_open.enter_context(BlobReader(path))
+                reader, info = readers[path], storage.blobs[blob]
+                result = written.setdefault(blob, _Written())
                 cache: dict[Any, Any] = {}
-                keeps_dense = offset in other_references
-                for site in users_by_offset.get(offset, []):
+                keeps_dense = blob in other_references
+                for site in users_by_blob.get(blob, []):
                     site_records, offsets = _process_site(
                         site, passes, info, reader, writer, result, cache, chunked_above_bytes
                     )
@@ -483,8 +436,9 @@ def _stream(
         finally:
             writer.close()
     for value in values:
-        new_offset = written[value.blobFileValue.offset].copy
+        new_offset = written[key(value)].copy
         if new_offset is not None:
+            value.blobFileValue.fileName = package_guard.CANONICAL_BLOB_NAME
             value.blobFileValue.offset = new_offset
     renames: dict[str, str] = {}
     for site in sites:

@@ -32,7 +32,8 @@ their own values, the passes select, prune and pack (:func:`mil_sparsity.apply_p
 Errors are one line on stderr, ``mil-sparsity: error: ...``, without a traceback (set
 ``MIL_SPARSITY_TRACEBACK=1`` to get one for unexpected errors). Exit codes: 0 success, 1 bad
 input or failure (missing/corrupt/unsupported model, unreadable config, existing output), 2
-usage (unknown or conflicting options, values out of range), 130 interrupted. Outputs are
+usage (unknown or conflicting options, values out of range) or a package refused by the
+safety checks (:mod:`mil_sparsity.package_guard`), 130 interrupted. Outputs are
 written atomically (:func:`mil_sparsity.atomic_output`): on any error nothing is written and the
 input is never touched.
 
@@ -45,10 +46,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from types import ModuleType
 from typing import Optional
 
 from mil_sparsity import __version__
+from mil_sparsity.errors import MilSparsityError, UnsafePackageError
+from mil_sparsity.package_guard import SECURITY_NOTE
 from mil_sparsity.cli import calibrate, compare, pack, passes, prune, report, sweep
 from mil_sparsity.cli._common import PROG, CLIError, Parser, one_line, quiet_coremltools
 
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Sparsify the weights of Core ML ML Program packages (.mlpackage) and "
         "inspect how they are stored. Works on Linux without the Core ML runtime.",
-        epilog="Run 'mil-sparsity COMMAND --help' for a command's options.",
+        epilog="Run 'mil-sparsity COMMAND --help' for a command's options.\n\n" + textwrap.fill(SECURITY_NOTE, 88),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -76,6 +81,14 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _exit_code(error: Exception) -> int:
+    """2 for a package the safety checks refused (also when a command re-worded that refusal
+    as a CLIError: it is the error's context), else the CLIError's own code, else 1."""
+    if isinstance(error, UnsafePackageError) or isinstance(error.__context__, UnsafePackageError):
+        return 2
+    return error.code if isinstance(error, CLIError) else 1
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     try:
@@ -87,7 +100,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             code: int = args.run(args)
             return code
     except CLIError as error:
-        return _fail(str(error), error.code)
+        return _fail(str(error), _exit_code(error))
+    except MilSparsityError as error:  # one of ours that no command worded: still one clear line
+        return _fail(str(error), _exit_code(error))
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was written", 130)
     except Exception as error:
