@@ -268,13 +268,18 @@ def blob_values(message: Any) -> Iterator[Any]:
                 yield from blob_values(item)
 
 
-def _blob_consts(spec: Any) -> list[Any]:
-    """The const ops whose value is stored in the weight file, in program order."""
-    ops = []
+def _blob_sites(spec: Any) -> list[tuple[Any, Any]]:
+    """(op, Value) for every value an op holds that is stored in the weight file (a const's
+    ``val``, a constexpr op's stored input), in program order."""
+    sites = []
     for function in spec.mlProgram.functions.values():
         for block in function.block_specializations.values():
-            ops.extend(op for op in block.operations if op.type == "const" and op.attributes["val"].HasField("blobFileValue"))
-    return ops
+            for op in block.operations:
+                values = list(op.attributes.values()) + [
+                    binding.value for argument in op.inputs.values() for binding in argument.arguments if binding.HasField("value")
+                ]
+                sites.extend((op, value) for value in values if value.HasField("blobFileValue"))
+    return sites
 
 
 def _edit_spec(change: Callable[[Any, Case], None]) -> Callable[[Case], None]:
@@ -288,10 +293,10 @@ def _edit_spec(change: Callable[[Any, Case], None]) -> Callable[[Case], None]:
 
 def _on_const(index: int, where: str, change: Callable[[Any], None]) -> Callable[[Any, Case], None]:
     def edit(spec: Any, case: Case) -> None:
-        ops = _blob_consts(spec)
-        op = ops[index % len(ops)]
+        sites = _blob_sites(spec)
+        op, value = sites[index % len(sites)]
         if where in ("val", "both"):
-            change(op.attributes["val"].type.tensorType)
+            change(value.type.tensorType)
         if where in ("output", "both"):
             change(op.outputs[0].type.tensorType)
 
@@ -320,10 +325,9 @@ def _dims(how: str, axis: int, size: int) -> Callable[[Any], None]:
 
 def _blob_field(name: str, value: Any, everywhere: bool, index: int) -> Callable[[Any, Case], None]:
     def edit(spec: Any, case: Case) -> None:
-        ops = _blob_consts(spec)
-        for op in ops if everywhere else [ops[index % len(ops)]]:
-            blob = op.attributes["val"].blobFileValue
-            setattr(blob, name, _fill(value, case) if isinstance(value, str) else value)
+        sites = _blob_sites(spec)
+        for _, stored in sites if everywhere else [sites[index % len(sites)]]:
+            setattr(stored.blobFileValue, name, _fill(value, case) if isinstance(value, str) else value)
 
     return edit
 
@@ -358,27 +362,27 @@ _DTYPES = sorted(set(MIL_pb2.DataType.values()) | {999})
 _SPEC = st.one_of(
     st.builds(
         lambda index, where, how, axis, size: Mutation(
-            "spec.dims", f"const {index} {where}: {how} axis {axis} by {size}", _edit_spec(_on_const(index, where, _dims(how, axis, size)))
+            "spec.dims", f"blob value {index} {where}: {how} axis {axis} by {size}", _edit_spec(_on_const(index, where, _dims(how, axis, size)))
         ),
-        st.integers(0, 3), st.sampled_from(["val", "output", "both"]),
+        st.integers(0, 5), st.sampled_from(["val", "output", "both"]),
         st.sampled_from(["scale", "set", "append", "drop", "rank_field"]), st.integers(-2, 3),
         st.sampled_from([0, 1, 2, 3, 1000, 2**31, 2**40, 2**62, 2**63 - 1]),
     ),
     st.builds(
         lambda index, where, dtype: Mutation(
-            "spec.dtype", f"const {index} {where}: dataType {dtype}", _edit_spec(_on_const(index, where, lambda t: setattr(t, "dataType", dtype)))
+            "spec.dtype", f"blob value {index} {where}: dataType {dtype}", _edit_spec(_on_const(index, where, lambda t: setattr(t, "dataType", dtype)))
         ),
-        st.integers(0, 3), st.sampled_from(["val", "output", "both"]), st.sampled_from(_DTYPES),
+        st.integers(0, 5), st.sampled_from(["val", "output", "both"]), st.sampled_from(_DTYPES),
     ),
     st.builds(
         lambda index, every, name: Mutation(
-            "spec.file_name", f"{'every const' if every else f'const {index}'}: {name[0]!r}", _edit_spec(_blob_field("fileName", name[0], every, index)), name[1]
+            "spec.file_name", f"{'every blob value' if every else f'blob value {index}'}: {name[0]!r}", _edit_spec(_blob_field("fileName", name[0], every, index)), name[1]
         ),
-        st.integers(0, 3), st.booleans(), st.sampled_from(_FILE_NAMES),
+        st.integers(0, 5), st.booleans(), st.sampled_from(_FILE_NAMES),
     ),
     st.builds(
-        lambda index, offset: Mutation("spec.offset", f"const {index}: offset {offset}", _edit_spec(_blob_field("offset", offset, False, index))),
-        st.integers(0, 3), st.one_of(st.sampled_from(_U64), st.integers(0, 200).map(lambda k: 64 * k), st.integers(0, 2**64 - 1)),
+        lambda index, offset: Mutation("spec.offset", f"blob value {index}: offset {offset}", _edit_spec(_blob_field("offset", offset, False, index))),
+        st.integers(0, 5), st.one_of(st.sampled_from(_U64), st.integers(0, 200).map(lambda k: 64 * k), st.integers(0, 2**64 - 1)),
     ),
     st.sampled_from(
         ["opset_unknown", "opset_mismatch", "no_block", "rename_function", "no_functions", "not_program"]
@@ -435,7 +439,7 @@ _BYTES = st.one_of(
             "blob.metadata", f"blob {index}: {name} = {value}",
             _pack(WEIGHT_REL, lambda c: _blob_offsets(c)[index % len(_blob_offsets(c))] + _METADATA_FIELDS[name][0], _METADATA_FIELDS[name][1], value),
         ),
-        st.integers(0, 3), st.sampled_from(sorted(_METADATA_FIELDS)),
+        st.integers(0, 5), st.sampled_from(sorted(_METADATA_FIELDS)),
         st.one_of(st.sampled_from(_U64), st.integers(0, 20), st.integers(0, 2**64 - 1)),
     ),
     st.builds(lambda rel, n: Mutation("file.truncate", f"{rel} to {n} bytes", _truncate(rel, n)), _FILES, st.integers(0, 13000)),

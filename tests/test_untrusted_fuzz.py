@@ -1,11 +1,12 @@
 """Untrusted packages (issue 21): a fuzzer of saved .mlpackages.
 
-Each case copies a small saved ML Program (two linear layers, four blob-backed consts; iOS16 or
-iOS18), applies one or two mutations from _mutations.py (Manifest.json entries and paths, spec
-shapes / dtypes / blob fileNames and offsets / opsets, weight-file header and metadata,
-truncation, bit flips, symlinks) and runs one operation on it: ``report``, ``prune`` and
-``prune --streaming`` through ``mil_sparsity.cli.main``, ``prune_weights`` (streams a path),
-``apply_pipeline(streaming=False)`` (PyMIL) and the reference evaluator on a random input.
+Each case copies a small saved ML Program (two linear layers, four blob-backed consts; iOS16,
+iOS18, or iOS18 with an int4-quantized weight), applies one or two mutations from
+_mutations.py (Manifest.json entries and paths, spec shapes / dtypes / blob fileNames and
+offsets / opsets, weight-file header and metadata, truncation, bit flips, symlinks) and runs one
+operation on it: ``report``, ``prune`` and ``prune --streaming`` through
+``mil_sparsity.cli.main``, ``prune_weights`` (streams a path), ``apply_pipeline(streaming=False)``
+(PyMIL) and the reference evaluator on a random input.
 
 The oracle, for every case:
 
@@ -55,6 +56,7 @@ from mil_sparsity.cli import main
 from mil_sparsity.posthoc import load_model
 from mil_sparsity.samples import input_specs, random_samples
 from _models import mlp_model
+from _packages import compressed_model
 from _mutations import VICTIM_TOKEN, Case, Mutation, apply_all, blob_values, make_case, mutations
 
 CI_EXAMPLES = 40
@@ -268,7 +270,8 @@ def run_case(base: Path, drawn: list[Mutation], operation: Operation, keep_going
 # ---- the tests -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory: Any, request: Any) -> Iterator[dict[str, Path]]:
-    """The source packages: the 64 -> 64 -> 48 MLP, saved for iOS16 and iOS18."""
+    """The source packages: the 64 -> 64 -> 48 MLP saved for iOS16 and iOS18 (four fp16 blobs),
+    and for iOS18 with its first weight int4-quantized (a sub-byte blob read by a constexpr op)."""
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.pop("MIL_SPARSITY_TRACEBACK", None)
     root = tmp_path_factory.mktemp("fuzz-bases")
@@ -276,6 +279,8 @@ def bases(tmp_path_factory: Any, request: Any) -> Iterator[dict[str, Path]]:
     for target in ("iOS16", "iOS18"):
         paths[target] = root / f"mlp-{target}.mlpackage"
         mlp_model(getattr(ct.target, target), sizes=(64, 64, 48)).save(str(paths[target]))
+    paths["iOS18-int4"] = root / "mlp-iOS18-int4.mlpackage"
+    compressed_model("int4", ct.target.iOS18).save(str(paths["iOS18-int4"]))
     yield paths
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and CASES:
@@ -288,9 +293,12 @@ def bases(tmp_path_factory: Any, request: Any) -> Iterator[dict[str, Path]]:
 def test_base_packages_pass_every_operation(bases: dict[str, Path]) -> None:
     """Unmutated, every operation succeeds and the prunes write a self-contained package: the
     oracle accepts a good package (and the fuzzed failures come from the mutations)."""
-    for base in bases.values():
-        for operation in OPERATIONS:
-            assert run_case(base, [], operation, keep_going=False) == [], operation.name
+    failures = {
+        f"{base.name}: {operation.name}": run_case(base, [], operation, keep_going=False)
+        for base in bases.values()
+        for operation in OPERATIONS
+    }
+    assert {case: found for case, found in failures.items() if found} == {}
 
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=[op.name.replace(" ", "-") for op in OPERATIONS])
