@@ -19,7 +19,8 @@ The oracle, for every case:
   a failed prune leaves no ``.out.mlpackage.tmp-*`` directory;
 * a package written is self-contained: no symlinks, manifest item paths and blob fileNames
   resolve to files inside it, and it holds no copy of a file from outside the package;
-* a case whose mutation points the package outside itself (``escapes``) does not succeed.
+* a case whose mutation points the package outside itself (``escapes``) does not succeed;
+* an operation ends within CASE_SECONDS and maps at most MEMORY_HEADROOM more (Linux).
 
 CI runs a fixed-seed slice (``CI_EXAMPLES`` per operation). Locally::
 
@@ -59,12 +60,14 @@ from _models import mlp_model
 from _packages import compressed_model
 from _mutations import VICTIM_TOKEN, Case, Mutation, apply_all, blob_values, make_case, mutations
 
-CI_EXAMPLES = 40
+CI_EXAMPLES = 100
 EXAMPLES = int(os.environ.get("MIL_SPARSITY_FUZZ_EXAMPLES", CI_EXAMPLES))
 KEEP_GOING = os.environ.get("MIL_SPARSITY_FUZZ_KEEP_GOING") == "1"
 LOG = os.environ.get("MIL_SPARSITY_FUZZ_LOG")
 PACKAGE_DIR = os.path.dirname(os.path.abspath(ms.__file__))
 CLEAR_ERRORS = (ValueError, TypeError, OSError)
+CASE_SECONDS = 60
+MEMORY_HEADROOM = 4 << 30
 
 CASES: collections.Counter[tuple[str, str]] = collections.Counter()
 FAILURES: list[dict[str, Any]] = []
@@ -212,6 +215,39 @@ def check_cli(operation: Operation, case: Case) -> tuple[str, Optional[str], Opt
     return "error", None, None
 
 
+class CaseTimeout(BaseException):
+    """Raised in an operation that runs past CASE_SECONDS (a BaseException: no except clause of
+    the library's catches it)."""
+
+
+@contextlib.contextmanager
+def bounded() -> Iterator[None]:
+    """Run the body with a time limit (SIGALRM) and, on Linux, an address-space limit of
+    MEMORY_HEADROOM above what the process maps now: a declared size that is trusted and
+    allocated shows up as a MemoryError instead of swapping the machine."""
+    import resource
+    import signal
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CaseTimeout(f"the operation ran longer than {CASE_SECONDS} s")
+
+    limits = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        mapped = None
+    if mapped is not None and limits[1] == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + MEMORY_HEADROOM, limits[1]))
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(CASE_SECONDS)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        resource.setrlimit(resource.RLIMIT_AS, limits)
+
+
 @contextlib.contextmanager
 def temporary_dir(path: Path) -> Iterator[None]:
     """Library results (temporary packages) go to ``path``."""
@@ -245,8 +281,11 @@ def run_case(base: Path, drawn: list[Mutation], operation: Operation, keep_going
         scratch = case.root / "tmp"
         scratch.mkdir()
         before = snapshot(case.root, (case.output, scratch))
-        with temporary_dir(scratch):
-            outcome, failure, written = (check_cli if operation.cli else check_library)(operation, case)
+        try:
+            with temporary_dir(scratch), bounded():
+                outcome, failure, written = (check_cli if operation.cli else check_library)(operation, case)
+        except CaseTimeout as timeout:
+            outcome, failure, written = "error", str(timeout), None
         failures = [failure] if failure else []
         changed = _changes(before, snapshot(case.root, (case.output, scratch)))
         if changed:
