@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity.errors import UnsafePackageError
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.sparse_format import BY_BLOB_CODE, BY_NAME, MilDtype
 
 _SENTINEL: Final = 0xDEADBEEF
@@ -35,9 +35,10 @@ _RECORD: Final = 64  # bytes of the header, of a metadata record, and the data a
 #: bytes per positioned read when a blob is copied unchanged
 COPY_PIECE_BYTES: Final = 16 << 20
 
-class BlobFileError(UnsafePackageError):
-    """The weight file is not what the model spec says it is (truncated, corrupt, unknown):
-    refused before any of its data is read (an :class:`UnsafePackageError`, so a ValueError)."""
+class BlobFileError(InvalidInputError):
+    """The weight file is corrupt (truncated, bad header or metadata, unknown dtype): refused
+    before any of its data is read (an :class:`InvalidInputError`, so a ValueError). A file
+    that is intact but does not match its declarations is an ``UnsafePackageError``."""
 
 
 @attrs.frozen

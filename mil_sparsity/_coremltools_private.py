@@ -99,6 +99,14 @@ def mlmodel_from_program(prog: Any, *, specification_version: int, compute_units
     )
 
 
+def is_loaded(mlmodel: Any) -> bool:
+    """True if Core ML compiled and loaded ``mlmodel`` (it can predict): its ``__proxy__`` is
+    set. coremltools' post-hoc compression loads its result exactly when this holds for its
+    input (``_apply_graph_pass``: ``skip_model_load = mlmodel.__proxy__ is None``); never off
+    macOS, nor for a model constructed with ``skip_model_load=True``."""
+    return mlmodel.__proxy__ is not None
+
+
 def run_pipeline(prog: Any, pipeline: Any) -> None:
     """Apply a ``ct.PassPipeline`` to a PyMIL Program in place."""
     _Manager.apply_pipeline(prog, pipeline)
@@ -171,6 +179,7 @@ __all__ = [
     "bit_width",
     "blob_storage_writer",
     "feeds_block_output",
+    "is_loaded",
     "is_tensor_type",
     "materialized_value",
     "mlmodel_from_program",

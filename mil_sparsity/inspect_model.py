@@ -362,8 +362,8 @@ def package_size(path: "str | os.PathLike[str]") -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
     total = 0
-    for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, name)) for name in files)
+    for root, _, files in os.walk(path):  # lstat: a symlink counts as itself, never its target
+        total += sum(os.lstat(os.path.join(root, name)).st_size for name in files)
     return total
 
 

@@ -169,6 +169,30 @@ def open_package(package: "str | os.PathLike[str]") -> PackageLayout:
     return PackageLayout(root, spec_path, weights)
 
 
+def read_spec(path: str) -> Any:
+    """The ``Model`` protobuf of a spec file; InvalidInputError if it does not parse."""
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        spec.ParseFromString(data)
+    except Exception as error:  # protobuf's DecodeError
+        raise InvalidInputError(f"{path}: not a readable Core ML model spec ({error})") from None
+    return spec
+
+
+def check_package(package: "str | os.PathLike[str]", *, memory_bound: bool = True) -> PackageLayout:
+    """:func:`open_package` and, for an ML Program, :func:`check_storage` of its spec: what
+    must hold before a package is handed to a loader we do not control (Core ML's own)."""
+    layout = open_package(package)
+    spec = read_spec(layout.spec_path)
+    if spec.WhichOneof("Type") == "mlProgram":
+        check_storage(spec, layout, memory_bound=memory_bound)
+    return layout
+
+
 def blob_path(layout: PackageLayout, file_name: str, entry: str) -> str:
     """The real path of the weight file a ``blobFileValue.fileName`` names (see module doc)."""
     if not file_name.startswith(MODEL_PATH_PREFIX):

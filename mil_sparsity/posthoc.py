@@ -151,15 +151,21 @@ def apply_pipeline(
     spec version, opsets and ops, bit-identical weights), except that consts stored inline in
     the spec (fewer than 10 elements) are never packed. ``streaming=False`` forces the PyMIL path.
 
-    The result is the same kind of object whichever path ran: what
-    ``ct.models.MLModel(package, skip_model_load=True, is_temp_package=True)`` gives for a
-    temporary .mlpackage holding the new model. So a caller can rely on ``get_spec()``,
-    ``weights_dir``, ``package_path`` (removed by coremltools when the interpreter exits;
-    ``save(path)`` copies it), ``is_package`` and ``is_temp_package`` (both True), the input's
-    description (inputs, outputs, classifier labels, functions, metadata, user-defined metadata)
-    and ``compute_unit`` (the input MLModel's; ``ALL`` for a path). It is not compiled (save it
-    and load it to predict), and ``_mil_program`` is None as for any model loaded from disk:
-    :func:`load_program` gives its program.
+    The result is what coremltools' own post-hoc compression returns: an ``MLModel`` of a
+    temporary .mlpackage holding the new model, ``ct.models.MLModel(package,
+    is_temp_package=True, mil_program=..., skip_model_load=...)``. So a caller can rely on
+    ``get_spec()``, ``weights_dir``, ``package_path`` (removed by coremltools when the
+    interpreter exits; ``save(path)`` copies it), ``is_package`` and ``is_temp_package`` (both
+    True), the input's description (inputs, outputs, classifier labels, functions, metadata,
+    user-defined metadata) and ``compute_unit`` (the input MLModel's; ``ALL`` for a path).
+
+    * Loaded in, loaded out: when the input MLModel was compiled and loaded by Core ML (on
+      macOS, constructed without ``skip_model_load=True``), so is the result, and
+      ``predict`` works on it; otherwise (a path, or an MLModel loaded with
+      ``skip_model_load=True``) it is not compiled: save it and load it to predict.
+    * ``_mil_program``: a result of the PyMIL path carries its PyMIL program, as coremltools'
+      results do (``MLModel._get_mil_internal()``). A streamed result, like any model loaded
+      from disk, has None: :func:`load_program` gives its program.
     """
     if not isinstance(pipeline, PassPipeline):
         raise TypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
@@ -183,7 +189,9 @@ def apply_pipeline(
     private.run_pipeline(prog, pipeline)
     exported = program_to_model(prog, mlmodel, version)
     _keep_program_attributes(exported, mlmodel.get_spec())
-    result = _temporary_model(exported.package_path, mlmodel.compute_unit)
+    result = _temporary_model(
+        exported.package_path, mlmodel.compute_unit, load=private.is_loaded(mlmodel), program=prog
+    )
     targets.announce(change, reports)
     return result
 
@@ -203,17 +211,25 @@ def _keep_program_attributes(exported: Any, source_spec: Any) -> None:
         handle.write(spec.SerializeToString())
 
 
-def _temporary_model(package: str, compute_units: Any = None) -> Any:
-    """The MLModel of a temporary package (deleted at interpreter exit), not compiled."""
+def _temporary_model(
+    package: str, compute_units: Any = None, *, load: bool = False, program: Optional[Program] = None
+) -> Any:
+    """The MLModel of a temporary package (deleted at interpreter exit), compiled and loaded by
+    Core ML only if ``load`` (as coremltools does: a failure to load warns and leaves a model
+    that cannot predict), with ``program`` as its ``_mil_program``."""
     units = ct.ComputeUnit.ALL if compute_units is None else compute_units
-    return ct.models.MLModel(package, skip_model_load=True, is_temp_package=True, compute_units=units)
+    return ct.models.MLModel(
+        package, is_temp_package=True, mil_program=program, skip_model_load=not load, compute_units=units
+    )
 
 
 def _apply_streaming(
     model: ModelLike, pipeline: PassPipeline, report: Optional[SparsityReport], minimum_deployment_target: Any
 ) -> Any:
     """Stream into a temporary package owned by the returned MLModel (``is_temp_package``:
-    coremltools deletes it when the interpreter exits; ``save`` copies it where you want it)."""
+    coremltools deletes it when the interpreter exits; ``save`` copies it where you want it).
+    The input is a path, never a loaded model: the result is not loaded either, and has no
+    ``_mil_program`` (the program is never in memory whole)."""
     import shutil
     import tempfile
     import uuid
@@ -229,7 +245,7 @@ def _apply_streaming(
         compress_package(
             model, package, pipeline, report=report, minimum_deployment_target=minimum_deployment_target
         )
-        return _temporary_model(package)
+        return _temporary_model(package, load=False)
     except BaseException:
         shutil.rmtree(package, ignore_errors=True)
         raise

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import attrs
 import numpy as np
 
+from mil_sparsity import package_guard
 from mil_sparsity.progress import progress_bar
 
 Sample = Mapping[str, np.ndarray]
@@ -273,6 +274,8 @@ def _coreml_evaluator(model: Any, function_name: str, template: Any) -> Evaluato
         path = str(model.package_path)
     else:
         path = os.fspath(model)
+    if os.path.isdir(path):
+        package_guard.check_package(path)  # before Core ML reads anything from it
     return _CoreMLEvaluator(ct.models.MLModel(path, function_name=function_name), workdir)
 
 

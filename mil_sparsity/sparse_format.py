@@ -10,7 +10,8 @@
   through the same table (:func:`target_of_opset`).
 * :class:`SparseReplacement`: what replaces a const ``w``, as data: the new op's name
   (``<w>_sparse``), its form, and its tensors under PyMIL's input names. ``_graph`` renders it
-  with the Builder, ``streaming`` as blobs plus spec fields.
+  with the Builder, ``streaming`` as blobs plus spec fields. :func:`joint_name`: the name of
+  the op joint compression puts in place of a palettized / quantized op.
 * :func:`streaming_obstacle`: which pipelines the streaming rewriter can run.
 
 Changing an opset's form or the op's encoding is one edit here.
@@ -169,6 +170,19 @@ class SparseReplacement:
 
 def replacement_name(const_name: str) -> str:
     return f"{const_name}_sparse"
+
+
+#: joint compression (``passes/_joint.py``): the op that gives a palettized / quantized weight
+#: its sparse mask -> the suffix its name adds to the name of the op it replaces
+JOINT_SUFFIXES: Final[Mapping[str, str]] = {
+    "constexpr_lut_to_sparse": "_lut_to_sparse",
+    "constexpr_sparse_blockwise_shift_scale": "_sparse_shift_scale",
+}
+
+
+def joint_name(compressed_name: str, joint_op_type: str) -> str:
+    """The name of the ``joint_op_type`` op that replaces the compressed op ``compressed_name``."""
+    return f"{compressed_name}{JOINT_SUFFIXES[joint_op_type]}"
 
 
 def replacement(const_name: str, sparse: SparseWeight, form: SparseForm) -> SparseReplacement:

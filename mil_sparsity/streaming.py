@@ -281,14 +281,7 @@ def package_targets(package: Union[str, "os.PathLike[str]"]) -> dict[str, str]:
 
 
 def _load_spec(path: str) -> Any:
-    from coremltools.proto import Model_pb2
-
-    spec = Model_pb2.Model()
-    with open(path, "rb") as handle:
-        try:
-            spec.ParseFromString(handle.read())
-        except Exception as error:  # protobuf's DecodeError
-            raise ValueError(f"{path}: not a readable Core ML model spec ({error})") from None
+    spec = package_guard.read_spec(path)
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
         raise TypeError(

@@ -20,12 +20,17 @@ library's vectorised kernels, whose documented rules it restates:
   lowest scores (ties: lower position in the row, elements in row-major order; NaN last).
   Block and n:m on scores: the block / n:m rules above, ranking scores instead of |w|.
 
-Every result has +0.0 where the sparse form stores zeros (it has no signed zeros).
+Each rule is a mask function over ranking keys (``ref_lowest_k``, ``ref_n_m_mask``,
+``ref_block_mask``, ``ref_row_mask``: the kernels' tests check the kernels' masks with them)
+and a function on weights that zeroes what the mask prunes (``ref_magnitude``, ``ref_n_m``,
+``ref_block``, ``ref_wanda``: the passes' tests). Every result on weights has +0.0 where the
+sparse form stores zeros (it has no signed zeros).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -42,43 +47,103 @@ def ref_threshold(weight: np.ndarray, threshold: float) -> np.ndarray:
     return positive_zeros(np.where(pruned, np.zeros_like(weight), weight))
 
 
-def ref_magnitude(weight: np.ndarray, target_sparsity: float) -> np.ndarray:
-    flat = weight.reshape(-1)
-    k = round(target_sparsity * flat.size)
-    order = np.argsort(np.abs(flat.astype(np.float64)), kind="stable")
-    out = flat.copy()
-    out[order[:k]] = 0
-    return positive_zeros(out.reshape(weight.shape))
+def _abs64(array: np.ndarray) -> np.ndarray:
+    """|array| in float64, exactly (a signaling NaN may warn on the cast: silenced)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(array.astype(np.float64))
 
 
-def ref_n_m(weight: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
-    moved = np.moveaxis(weight, dim, -1).copy()
+def _zeroed(weight: np.ndarray, pruned: np.ndarray) -> np.ndarray:
+    return positive_zeros(np.where(pruned, np.zeros_like(weight), weight))
+
+
+# ---- the rules as masks (True: pruned) over ranking keys: the smaller key is pruned first ------
+# The magnitude rules rank |w| in float64; the kernels' tests pass the kernels' own key (the bit
+# pattern without the sign bit, which also orders NaN payloads).
+
+
+def ref_lowest_k(keys: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` smallest keys; ties: lower flat (row-major) index first."""
+    order = np.argsort(keys.ravel(), kind="stable")
+    out = np.zeros(keys.size, dtype=bool)
+    out[order[:k]] = True
+    return out.reshape(keys.shape)
+
+
+def ref_n_m_mask(keys: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
+    """In every group of m consecutive keys along ``dim``, the n smallest (a tail group of t < m
+    keys: max(0, n - (m - t)))."""
+    moved = np.moveaxis(keys, dim, -1)
     rows = moved.reshape(-1, moved.shape[-1])
-    for row in rows:
+    out = np.zeros(rows.shape, dtype=bool)
+    for row, pruned in zip(rows, out):
         for start in range(0, row.size, m):
             group = row[start : start + m]
             count = max(0, n - (m - group.size))
-            order = np.argsort(np.abs(group.astype(np.float64)), kind="stable")
-            group[order[:count]] = 0
-    return positive_zeros(np.moveaxis(rows.reshape(moved.shape), -1, dim))
+            pruned[start + np.argsort(group, kind="stable")[:count]] = True
+    return np.moveaxis(out.reshape(moved.shape), -1, dim)
+
+
+def _split_at(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
+    """(elements before ``dim``, length of ``dim``, elements after it): a row-major reshape."""
+    dim = dim % len(shape)
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
+
+
+def ref_block_scores(weight: np.ndarray, block_size: int, dim: int) -> np.ndarray:
+    """Sum of squares (float64, added in element order) of each block along ``dim``: shape
+    (before dim, blocks, after dim), i.e. row-major block order."""
+    pre, length, post = _split_at(weight.shape, dim)
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = np.square(weight.astype(np.float64)).reshape(pre, length, post)
+        scores = np.zeros((pre, -(-length // block_size), post))
+        for i in range(length):
+            scores[:, i // block_size] += squares[:, i]
+    return scores
+
+
+def ref_block_mask(weight: np.ndarray, target_sparsity: float, block_size: int, dim: int) -> np.ndarray:
+    """The elements of the round(s * blocks) blocks of lowest score (NaN last; ties: lower
+    block in row-major block order)."""
+    scores = ref_block_scores(weight, block_size, dim)
+    pruned_blocks = ref_lowest_k(scores, round(target_sparsity * scores.size))
+    pre, length, post = _split_at(weight.shape, dim)
+    out = np.zeros((pre, length, post), dtype=bool)
+    for i in range(length):
+        out[:, i] = pruned_blocks[:, i // block_size]
+    return out.reshape(weight.shape)
+
+
+def ref_row_mask(
+    keys: np.ndarray, target_sparsity: float, row_of: Callable[[tuple[int, ...]], Hashable]
+) -> np.ndarray:
+    """In every row (the elements ``row_of`` maps to one id), the round(s * row_length) smallest
+    keys; ties: lower position in the row, elements in row-major order."""
+    rows: dict[Hashable, list[tuple[int, ...]]] = {}
+    for index in np.ndindex(*keys.shape):  # row-major: each row's elements in order
+        rows.setdefault(row_of(index), []).append(index)
+    out = np.zeros(keys.shape, dtype=bool)
+    for members in rows.values():
+        k = round(target_sparsity * len(members))
+        row_keys = np.array([keys[index] for index in members], dtype=keys.dtype)
+        for position in np.argsort(row_keys, kind="stable")[:k]:
+            out[members[position]] = True
+    return out
+
+
+# ---- the rules on weights: the pruned elements zeroed ------------------------------------------
+
+
+def ref_magnitude(weight: np.ndarray, target_sparsity: float) -> np.ndarray:
+    return _zeroed(weight, ref_lowest_k(_abs64(weight), round(target_sparsity * weight.size)))
+
+
+def ref_n_m(weight: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
+    return _zeroed(weight, ref_n_m_mask(_abs64(weight), n, m, dim))
 
 
 def ref_block(weight: np.ndarray, target_sparsity: float, block_size: int, dim: int) -> np.ndarray:
-    dim = dim % weight.ndim
-    pre = int(np.prod(weight.shape[:dim], dtype=np.int64))
-    post = int(np.prod(weight.shape[dim + 1 :], dtype=np.int64))
-    length = weight.shape[dim]
-    out = weight.copy().reshape(pre, length, post)
-    starts = list(range(0, length, block_size))
-    scores = np.stack(
-        [np.square(out[:, s : s + block_size].astype(np.float64)).sum(axis=1) for s in starts], axis=1
-    )  # (pre, blocks, post), row-major block order
-    k = round(target_sparsity * scores.size)
-    for flat_index in np.argsort(scores.reshape(-1), kind="stable")[:k]:
-        p, rest = divmod(int(flat_index), scores.shape[1] * post)
-        b, q = divmod(rest, post)
-        out[p, starts[b] : starts[b] + block_size, q] = 0
-    return positive_zeros(out.reshape(weight.shape))
+    return _zeroed(weight, ref_block_mask(weight, target_sparsity, block_size, dim))
 
 
 def ref_channel_and_row(
@@ -127,17 +192,11 @@ def ref_wanda(
 ) -> np.ndarray:
     """Wanda's unstructured rule (see the module doc): per output row, the lowest scores."""
     scores = ref_wanda_scores(weight, scale, op, groups, transposed)
-    rows: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-    for index in np.ndindex(*weight.shape):  # row-major: each row's elements in order
-        _, row = ref_channel_and_row(index, weight.shape, op, groups, transposed)
-        rows.setdefault(row, []).append(index)
-    out = weight.copy()
-    for members in rows.values():
-        k = round(target_sparsity * len(members))
-        row_scores = np.array([scores[index] for index in members], dtype=np.float32)
-        for position in np.argsort(row_scores, kind="stable")[:k]:
-            out[members[position]] = 0
-    return positive_zeros(out)
+
+    def row_of(index: tuple[int, ...]) -> Hashable:
+        return ref_channel_and_row(index, weight.shape, op, groups, transposed)[1]
+
+    return _zeroed(weight, ref_row_mask(scores, target_sparsity, row_of))
 
 
 def ref_scored(weight: np.ndarray, scores: np.ndarray, rule: "Callable[[np.ndarray], np.ndarray]") -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from _extras import is_missing_extra
 from _packages import Sources
 
 
@@ -20,14 +21,15 @@ def sources(tmp_path_factory: Any) -> Sources:
 
 
 # ---- optional dependencies must be there when the test command asks for them -----------------
-# Tests that need torch, transformers, matplotlib or the MiniLM package skip when it is missing
-# (a library user may run the suite without the extras). scripts/test.sh installs every extra
-# and sets MIL_SPARSITY_REQUIRE_EXTRAS=1: there, a skip for a missing module fails the run.
+# Tests that need torch, transformers, matplotlib, the MiniLM package or the installed
+# mil-sparsity script skip when it is missing (a library user may run the suite without the
+# extras), through pytest.importorskip or _extras.skip_missing. scripts/test.sh installs every
+# extra and sets MIL_SPARSITY_REQUIRE_EXTRAS=1: there, such a skip fails the run.
 _MISSING_MODULE_SKIPS: list[str] = []
 
 
 def _record_missing_module(report: Any) -> None:
-    if report.skipped and "could not import" in str(report.longrepr):
+    if report.skipped and is_missing_extra(str(report.longrepr)):
         _MISSING_MODULE_SKIPS.append(f"{report.nodeid}: {report.longrepr}")
 
 
@@ -43,7 +45,7 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     import os
 
     if os.environ.get("MIL_SPARSITY_REQUIRE_EXTRAS") == "1" and _MISSING_MODULE_SKIPS:
-        print("\nMIL_SPARSITY_REQUIRE_EXTRAS=1 but optional modules are missing:")
+        print("\nMIL_SPARSITY_REQUIRE_EXTRAS=1 but optional dependencies are missing:")
         for line in _MISSING_MODULE_SKIPS:
             print("  " + line)
         session.exitstatus = 1

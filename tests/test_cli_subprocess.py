@@ -29,6 +29,7 @@ from _cli_support import (  # noqa: F401  (fixtures)
     leftovers,
     packages,
 )
+from _extras import skip_missing
 from mil_sparsity.inspect_model import inspect_model, materialize
 from mil_sparsity.manifest import build_manifest
 from mil_sparsity.posthoc import load_model, load_program
@@ -194,7 +195,7 @@ def test_subprocess_missing_model(runs: dict[str, Run]) -> None:
 
 def test_installed_script(runs: dict[str, Run]) -> None:
     if "script" not in runs:
-        pytest.skip("the mil-sparsity script is not installed next to this python")
+        skip_missing("the mil-sparsity script next to this python")
     run = runs["script"]
     assert run.code == 0, run.stderr
     assert "function main (iOS16)" in run.stdout and "package size on disk" in run.stdout
@@ -203,7 +204,7 @@ def test_installed_script(runs: dict[str, Run]) -> None:
 def test_installed_script_error_is_one_line(tmp_path: Path) -> None:
     script = script_path()
     if script is None:
-        pytest.skip("the mil-sparsity script is not installed next to this python")
+        skip_missing("the mil-sparsity script next to this python")
     done = subprocess.run(
         [script, "prune", str(tmp_path / "none.mlpackage"), "-o", str(tmp_path / "o.mlpackage"), "--n-m", "3:4"],
         capture_output=True, text=True, timeout=300,

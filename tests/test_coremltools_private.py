@@ -7,6 +7,7 @@ shows exactly which wrapper needs an alternative.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,18 @@ def test_program_from_spec_and_back() -> None:
     assert again.get_spec().mlProgram.functions["main"].opset == model.get_spec().mlProgram.functions["main"].opset
 
 
+def test_is_loaded(tmp_path: Any) -> None:
+    path = str(tmp_path / "m.mlpackage")
+    _model().save(path)
+    assert not private.is_loaded(ct.models.MLModel(path, skip_model_load=True))
+    loaded = ct.models.MLModel(path)  # loaded by Core ML on a recent macOS; off macOS, never
+    assert private.is_loaded(loaded) == (loaded.__proxy__ is not None)
+    if sys.platform != "darwin":
+        assert not private.is_loaded(loaded)
+    loaded.__proxy__ = object()  # what a loaded model holds: the runtime's model
+    assert private.is_loaded(loaded)
+
+
 def test_run_pipeline() -> None:
     prog = _program()
     pipeline = ct.PassPipeline(pass_names=[ms.PRUNE_BY_MAGNITUDE], pipeline_name="test")
@@ -185,7 +198,7 @@ def test_no_other_module_imports_private_coremltools_symbols() -> None:
         "_deployment_compatibility", "optimize._utils", "libmilstoragepython", "libmodelpackage",
         "milinternal", "milproto", "PassPipelineManager", "PASS_REGISTRY", "np_uint1_dtype",
         "consuming_blocks", "nptype_from_builtin", "materialized_val_inference", "ct._OPSET",
-        '"CoreML',
+        '"CoreML', "__proxy__",
     )
     offenders = []
     for folder, _, files in os.walk(root):

@@ -1,9 +1,11 @@
 """Property and example tests for ``mil_sparsity.kernels`` (pure numpy prune masks + packing).
 
-Every expectation is computed independently in this file by a deliberately simple reference
-(float64 arithmetic, stable argsort, Python loops over groups) and never by calling the kernel
-under test. Shapes are small (rank 2 to 5, sides 1..9, one axis up to 40 for n:m; sizes rarely
-multiples of 8, m or block_size) so the whole file runs in seconds.
+Every expectation is computed independently by a deliberately simple reference (float64
+arithmetic, stable argsort, Python loops over groups) and never by calling the kernel under
+test: the pruning rules' masks come from tests/_reference.py (ranking the kernels' magnitude
+key, ``ref_keys`` here), the packing references are in this file. Shapes are small (rank 2 to
+5, sides 1..9, one axis up to 40 for n:m; sizes rarely multiples of 8, m or block_size) so the
+whole file runs in seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from _reference import ref_block_mask, ref_block_scores, ref_lowest_k, ref_n_m_mask
 from mil_sparsity.kernels import (
     SparseWeight,
     block_prune_mask,
@@ -224,45 +227,9 @@ def block_ids(shape: tuple[int, ...], block_size: int, axis: int) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------------------------
-# references (simple, slow, independent of the kernels)
+# packing reference (simple, slow, independent of the kernels; the pruning rules' masks are in
+# _reference.py)
 # --------------------------------------------------------------------------------------------
-
-
-def ref_lowest_k(keys: np.ndarray, k: int) -> np.ndarray:
-    order = np.argsort(keys.ravel(), kind="stable")
-    out = np.zeros(keys.size, dtype=bool)
-    out[order[:k]] = True
-    return out.reshape(keys.shape)
-
-
-def ref_block_scores(w: np.ndarray, block_size: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    ids, count = block_ids(w.shape, block_size, axis)
-    with np.errstate(over="ignore", invalid="ignore"):
-        squares = np.square(as_f64(w))
-    scores = np.bincount(ids.ravel(), weights=squares.ravel(), minlength=count)
-    return scores, ids
-
-
-def ref_block_mask(w: np.ndarray, sparsity: float, block_size: int, dim: int) -> np.ndarray:
-    axis = dim % w.ndim
-    scores, ids = ref_block_scores(w, block_size, axis)
-    k = round(sparsity * scores.size)
-    pruned_blocks = ref_lowest_k(scores, k)  # float64 argsort: NaN last, ties by block index
-    return pruned_blocks[ids]
-
-
-def ref_nm_mask(w: np.ndarray, n: int, m: int, dim: int) -> np.ndarray:
-    keys = np.moveaxis(ref_keys(w), dim, -1)
-    length = keys.shape[-1]
-    rows = keys.reshape(-1, length)
-    out = np.zeros(rows.shape, dtype=bool)
-    for r in range(rows.shape[0]):
-        for start in range(0, length, m):
-            group = rows[r, start : start + m]
-            t = group.size
-            count = n if t == m else max(0, n - (m - t))
-            out[r, start + np.argsort(group, kind="stable")[:count]] = True
-    return np.moveaxis(out.reshape(keys.shape), -1, dim)
 
 
 def ref_pack_bits(mask: np.ndarray) -> np.ndarray:
@@ -508,7 +475,7 @@ def test_block_prune_mask_structure(args: tuple[np.ndarray, float, int, int]) ->
 @given(args=block_args(kinds=("random",)))
 def test_block_prune_mask_matches_float64_reference(args: tuple[np.ndarray, float, int, int]) -> None:
     w, s, block_size, dim = args
-    scores, _ = ref_block_scores(w, block_size, dim % w.ndim)
+    scores = ref_block_scores(w, block_size, dim).ravel()
     k = round(s * scores.size)
     ordered = np.sort(scores)
     if 0 < k < scores.size:
@@ -714,7 +681,7 @@ def test_nm_prune_mask(args: tuple[np.ndarray, int, int, int]) -> None:
     if tail:
         assert np.all(moved[..., full * m :].sum(axis=-1) == max(0, n - (m - tail)))
     # pruned ones are the smallest, ties to the lower index
-    assert np.array_equal(mask, ref_nm_mask(w, n, m, dim))
+    assert np.array_equal(mask, ref_n_m_mask(ref_keys(w), n, m, dim))
 
 
 def test_nm_prune_mask_examples() -> None:
@@ -736,8 +703,8 @@ def test_nm_prune_mask_long_groups(n: int, m: int) -> None:
     # group_len >= 256 switches the kernel's tie counters from uint8 to uint32
     rng = np.random.default_rng(m + n)
     w = rng.choice(np.array([0.0, 1.0, -1.0, 2.0], np.float16), size=(3, 2 * m + 77, 2))
-    assert np.array_equal(nm_prune_mask(w, n, m, 1), ref_nm_mask(w, n, m, 1))
-    assert np.array_equal(nm_prune_mask(w, n, m, -2), ref_nm_mask(w, n, m, 1))
+    assert np.array_equal(nm_prune_mask(w, n, m, 1), ref_n_m_mask(ref_keys(w), n, m, 1))
+    assert np.array_equal(nm_prune_mask(w, n, m, -2), ref_n_m_mask(ref_keys(w), n, m, 1))
 
 
 @pytest.mark.parametrize("n, m", [(3, 2), (-1, 2), (0, 0), (1, 0)])

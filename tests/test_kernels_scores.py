@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_kernels import PROPERTY, Unchanged, as_f64, ref_block_mask, ref_lowest_k, ref_nm_mask, sparsities, weights
+from test_kernels import PROPERTY, Unchanged, as_f64, ref_keys, sparsities, weights
 
+from _reference import ref_block_mask, ref_n_m_mask, ref_row_mask
 from mil_sparsity.kernels import block_prune_mask, nm_prune_mask
 from mil_sparsity.kernels.scores import (
     activation_scores,
@@ -35,16 +36,6 @@ def score_arrays(draw: st.DrawFn) -> np.ndarray:
     return scores
 
 
-def ref_row_mask(scores: np.ndarray, s: float, output_axis: int) -> np.ndarray:
-    """Per output row (output axis first, rest row-major): stable argsort of float64 scores
-    (NaN last), the first round(s * row_length) pruned."""
-    moved = np.moveaxis(as_f64(scores), output_axis, 0)
-    rows = moved.reshape(moved.shape[0], -1)
-    k = round(s * rows.shape[1])
-    mask = np.stack([ref_lowest_k(row, k) for row in rows])
-    return np.moveaxis(mask.reshape(moved.shape), 0, output_axis)
-
-
 @PROPERTY
 @given(scores=score_arrays(), s=sparsities, data=st.data())
 def test_score_row_prune_mask(scores: np.ndarray, s: float, data: st.DataObject) -> None:
@@ -52,7 +43,7 @@ def test_score_row_prune_mask(scores: np.ndarray, s: float, data: st.DataObject)
     with Unchanged(scores):
         mask = score_row_prune_mask(scores, s, output_axis)
     assert mask.shape == scores.shape and mask.dtype == np.bool_
-    assert np.array_equal(mask, ref_row_mask(scores, s, output_axis))
+    assert np.array_equal(mask, ref_row_mask(as_f64(scores), s, lambda index: index[output_axis]))
     rows = np.moveaxis(mask, output_axis, 0).reshape(scores.shape[output_axis], -1)
     assert set(rows.sum(axis=1).tolist()) == {round(s * rows.shape[1])}
 
@@ -88,7 +79,7 @@ def test_score_block_and_nm_against_references(scores: np.ndarray, s: float, dat
     dim = data.draw(st.integers(0, scores.ndim - 1))
     m = data.draw(st.integers(1, 10))
     n = data.draw(st.integers(0, m))
-    assert np.array_equal(score_nm_prune_mask(scores, n, m, dim), ref_nm_mask(scores, n, m, dim))
+    assert np.array_equal(score_nm_prune_mask(scores, n, m, dim), ref_n_m_mask(ref_keys(scores), n, m, dim))
     if scores.dtype == np.float32 and bool(np.all(np.isfinite(scores))) and float(scores.max(initial=0)) < 1e30:
         # finite scores whose squares are exact in float64: the float64 reference ranks alike
         block_size = data.draw(st.integers(1, 5))

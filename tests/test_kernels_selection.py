@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_kernels import PROPERTY, Unchanged, ref_keys, ref_lowest_k, sparsities, weights
+from test_kernels import PROPERTY, Unchanged, ref_keys, sparsities, weights
 
+from _reference import ref_lowest_k
 from mil_sparsity.kernels import magnitude_prune_mask, selection
 from mil_sparsity.kernels.selection import (
     KthKey,

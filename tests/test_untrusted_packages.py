@@ -24,7 +24,7 @@ from coremltools.proto import MIL_pb2, Model_pb2
 import mil_sparsity as ms
 from mil_sparsity import package_guard
 from mil_sparsity.cli import main
-from mil_sparsity.errors import UnsafePackageError
+from mil_sparsity.errors import InvalidInputError, UnsafePackageError
 from mil_sparsity.samples import input_specs, random_samples
 from mil_sparsity.streaming import compress_package
 
@@ -105,13 +105,15 @@ def cli(*argv: str) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def assert_refused_everywhere(layout: dict[str, Path], *fragments: str) -> None:
-    """Every operation raises UnsafePackageError with ``fragments`` in its message; the CLI
-    prints that message as one line and exits 2; nothing outside the output changes and no
-    output (nor a temporary sibling) is left."""
+def assert_refused_everywhere(
+    layout: dict[str, Path], *fragments: str, error: type[Exception] = UnsafePackageError, exit_code: int = 2
+) -> None:
+    """Every operation raises ``error`` with ``fragments`` in its message; the CLI prints that
+    message as one line and exits ``exit_code`` (2: refused as unsafe; 1: a corrupt package);
+    nothing outside the output changes and no output (nor a temporary sibling) is left."""
     before = outside_snapshot(layout["tmp"], layout["out"])
     for what, run in operations(layout):
-        with pytest.raises(UnsafePackageError) as raised:
+        with pytest.raises(error) as raised:
             run()
         for fragment in fragments:
             assert fragment in str(raised.value), (what, str(raised.value))
@@ -123,7 +125,7 @@ def assert_refused_everywhere(layout: dict[str, Path], *fragments: str) -> None:
         ["compare", package, package, "--random-inputs", "1"],
     ):
         code, err = cli(*argv)
-        assert code == 2, (argv, err)
+        assert code == exit_code, (argv, err)
         assert err.count("\n") == 1 and err.startswith("mil-sparsity: error: ") and "unexpected" not in err
         for fragment in fragments:
             assert fragment in err, (argv, err)
@@ -193,9 +195,9 @@ def test_blob_metadata_past_the_end_of_the_file_is_refused(layout: dict[str, Pat
     data = bytearray(weights.read_bytes())
     data[offset + 8 : offset + 16] = (1 << 62).to_bytes(8, "little")  # size_in_bytes
     weights.write_bytes(bytes(data))
-    assert_refused_everywhere(layout, "needs bytes", "truncated")
+    assert_refused_everywhere(layout, "needs bytes", "truncated", error=InvalidInputError, exit_code=1)
     weights.write_bytes(bytes(data[: offset + 32]))  # cut inside the metadata record
-    assert_refused_everywhere(layout, "past the end")
+    assert_refused_everywhere(layout, "past the end", error=InvalidInputError, exit_code=1)
 
 
 def test_immediate_value_must_hold_its_declared_elements(layout: dict[str, Path]) -> None:

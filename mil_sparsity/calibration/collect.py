@@ -10,6 +10,9 @@ A weight fed by a ``constexpr_*`` op (already sparse, palettized or quantized) i
 the const it came from: the constexpr op's name without the suffix its compression pass
 appended (``_sparse`` for mil_sparsity; ``_sparsified``, ``_palettized``, ``_quantized`` for
 coremltools' ``optimize.coreml``), so statistics of a compressed model apply to the dense one.
+An op that joint compression (``sparse_pack(joint_compression=True)``) put in place of a
+palettized / quantized op first loses the suffix it added to that op's name
+(:data:`mil_sparsity.sparse_format.JOINT_SUFFIXES`): ``w_palettized_lut_to_sparse`` -> ``w``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import attrs
 from mil_sparsity.calibration.stats import ActivationStats, channel_sum_squares
 from mil_sparsity.products import PRODUCT_OPS, ProductRole
 from mil_sparsity.progress import progress_bar
-from mil_sparsity.sparse_format import replacement_name
+from mil_sparsity.sparse_format import JOINT_SUFFIXES, replacement_name
 
 # Suffixes compression passes append to a const's name when they replace it (see module doc).
 _COMPRESSION_SUFFIXES = (
@@ -47,7 +50,7 @@ def source_const_name(var: Any) -> Optional[str]:
     """The name of the const a weight var stands for, or None if it is computed at run time.
 
     A const's own name; through a chain of constexpr ops, the first op's name without its
-    compression suffix.
+    compression suffix (and, for an op of joint compression, the joint suffix before it).
     """
     op = var.op
     if op is None:
@@ -67,7 +70,16 @@ def source_const_name(var: Any) -> Optional[str]:
             break
         op = upstream[0]
     name = str(op.name)
-    for suffix in _COMPRESSION_SUFFIXES:
+    joint_suffix = JOINT_SUFFIXES.get(op.op_type)
+    if joint_suffix is not None:
+        name = _without_suffix(name, (joint_suffix,))
+    return _without_suffix(name, _COMPRESSION_SUFFIXES)
+
+
+def _without_suffix(name: str, suffixes: tuple[str, ...]) -> str:
+    """``name`` without the first of ``suffixes`` it ends with (unchanged if none, or if nothing
+    would be left)."""
+    for suffix in suffixes:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name

@@ -59,7 +59,7 @@ def _builder(op: Operation, mask: np.ndarray) -> Callable[[], Var]:
                 indices_nonzero_data=kept,
                 lut=op.lut,
                 before_op=op,
-                name=f"{op.name}_lut_to_sparse",
+                name=sparse_format.joint_name(str(op.name), "constexpr_lut_to_sparse"),
                 **extra,
             )
         else:
@@ -69,7 +69,7 @@ def _builder(op: Operation, mask: np.ndarray) -> Callable[[], Var]:
                 nonzero_data=kept,
                 scale=op.scale,
                 before_op=op,
-                name=f"{op.name}_sparse_shift_scale",
+                name=sparse_format.joint_name(str(op.name), "constexpr_sparse_blockwise_shift_scale"),
                 **extra,
             )
         inputs = {sparse_format.NONZERO_DATA: nonzero, sparse_format.MASK: sparse_mask}
