@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ KEEP_GOING = os.environ.get("MIL_SPARSITY_FUZZ_KEEP_GOING") == "1"
 LOG = os.environ.get("MIL_SPARSITY_FUZZ_LOG")
 PACKAGE_DIR = os.path.dirname(os.path.abspath(ms.__file__))
 CLEAR_ERRORS = (ValueError, TypeError, OSError)
-CASE_SECONDS = 60
+CASE_SECONDS = 20
 MEMORY_HEADROOM = 4 << 30
 
 CASES: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -139,10 +140,12 @@ def snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[Any, ...]]:
         for name in dirs + files:
             path = os.path.join(top, name)
             info = os.lstat(path)
-            if os.path.islink(path):
+            if stat.S_ISLNK(info.st_mode):
                 entry: tuple[Any, ...] = ("link", os.readlink(path))
-            elif os.path.isdir(path):
+            elif stat.S_ISDIR(info.st_mode):
                 entry = ("dir",)
+            elif not stat.S_ISREG(info.st_mode):  # a FIFO: never opened
+                entry = ("special", stat.S_IFMT(info.st_mode), info.st_mtime_ns)
             else:
                 entry = ("file", info.st_size, info.st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest())
             entries[os.path.relpath(path, root)] = entry
