@@ -42,18 +42,16 @@ _U64 = (0, 1, 63, 64, 4096, 10**6, 2**31, 2**32, 2**40, 2**63 - 1, 2**63, 2**64 
 Edit = Callable[["Case"], None]
 
 
-@dataclass(frozen=True)
 class Case:
     """The paths of one case (see the module doc)."""
 
-    root: Path
-
-    def __getattr__(self, name: str) -> Path:
-        relative = {"package": "model.mlpackage", "outside": "outside", "output": "out/out.mlpackage",
-                    "spec_path": "model.mlpackage/" + SPEC_REL, "weight_path": "model.mlpackage/" + WEIGHT_REL}
-        if name not in relative:
-            raise AttributeError(name)
-        return self.root / relative[name]
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.package = root / "model.mlpackage"
+        self.outside = root / "outside"
+        self.output = root / "out" / "out.mlpackage"
+        self.spec_path = self.package / SPEC_REL
+        self.weight_path = self.package / WEIGHT_REL
 
 
 def make_case(base: Path, root: Path) -> Case:
@@ -195,7 +193,7 @@ def blob_values(message: Any) -> Iterator[Any]:
 def _blob_sites(spec: Any) -> list[tuple[Any, Any]]:
     """(op, Value) for every value an op holds in the weight file (a const's ``val``, a
     constexpr op's stored input), in program order."""
-    sites = []
+    sites: list[tuple[Any, Any]] = []
     for function in spec.mlProgram.functions.values():
         for block in function.block_specializations.values():
             for op in block.operations:
@@ -421,9 +419,13 @@ _TREE = st.one_of(
 )
 
 
+def mutation() -> st.SearchStrategy[Mutation]:
+    return st.one_of(_MANIFEST, _SPEC, _BYTES, _TREE)
+
+
 def mutations() -> st.SearchStrategy[list[Mutation]]:
     """One or two mutations, applied in order (see apply_all)."""
-    return st.lists(st.one_of(_MANIFEST, _SPEC, _BYTES, _TREE), min_size=1, max_size=2)
+    return st.lists(mutation(), min_size=1, max_size=2)
 
 
 def apply_all(mutations: list[Mutation], case: Case) -> list[Mutation]:

@@ -15,11 +15,13 @@ The oracle, for every case:
   other type, MemoryError included) fails the case;
 * a CLI call exits 0, 1 or 2; on error stderr holds exactly one ``mil-sparsity: error: ...``
   line, not an "unexpected <Type>" one, and no traceback;
-* nothing in the case directory but the output changes (path, type, size, mtime, sha256), and
-  a failed prune leaves no ``.out.mlpackage.tmp-*`` directory;
+* nothing in the case directory but the output changes (path, type, size, mtime, sha256): a
+  failed prune leaves no ``.out.mlpackage.tmp-*`` directory, a failed library call nothing in
+  the temporary directory (where its result package would go);
 * a package written is self-contained: no symlinks, manifest item paths and blob fileNames
   resolve to files inside it, and it holds no copy of a file from outside the package;
-* a case whose mutation points the package outside itself (``escapes``) does not succeed;
+* no operation succeeds on a package that refers outside itself (a manifest item path, blob
+  fileName or symlink that resolves outside it);
 * an operation ends within CASE_SECONDS and maps at most MEMORY_HEADROOM more (Linux).
 
 CI runs a fixed-seed slice (``CI_EXAMPLES`` per operation). Locally::
@@ -59,7 +61,7 @@ from mil_sparsity.posthoc import load_model
 from mil_sparsity.samples import input_specs, random_samples
 from _models import mlp_model
 from _packages import compressed_model
-from _mutations import VICTIM_TOKEN, Case, Mutation, apply_all, blob_values, make_case, mutations
+from _mutations import VICTIM_TOKEN, Case, Mutation, apply_all, blob_values, make_case, mutation, mutations
 
 CI_EXAMPLES = 100
 EXAMPLES = int(os.environ.get("MIL_SPARSITY_FUZZ_EXAMPLES", CI_EXAMPLES))
@@ -152,32 +154,43 @@ def snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[Any, ...]]:
     return entries
 
 
-def foreign_references(package: Path) -> list[str]:
-    """What makes a written package not self-contained (empty: it is)."""
-    problems = []
-    for top, dirs, files in os.walk(package):
+def _regular_bytes(path: str) -> bytes:
+    if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO
+        raise ValueError(f"{path} is not a regular file")
+    return Path(path).read_bytes()
+
+
+def package_problems(package: Path, written: bool) -> list[str]:
+    """What in a package leads outside it, after '..' and symlinks: Manifest.json, a manifest
+    item path, a blob fileName of the root model. For a package we ``written`` (an output) also
+    any symlink, a copy of a victim file, an unreadable manifest or spec, and a blob fileName
+    that is not ``@model_path/...`` naming a file inside."""
+    root, problems = str(package), []
+    for top, dirs, files in os.walk(package) if written else ():
         for name in dirs + files:
             path = os.path.join(top, name)
             if os.path.islink(path):
                 problems.append(f"{os.path.relpath(path, package)} is a symlink")
             elif os.path.isfile(path) and VICTIM_TOKEN in Path(path).read_bytes():
                 problems.append(f"{os.path.relpath(path, package)} holds a copy of a file outside the package")
+    manifest_path = os.path.join(package, "Manifest.json")
+    if not _inside(manifest_path, root):
+        return problems + ["Manifest.json leads outside"]
     try:
-        manifest = json.loads((package / "Manifest.json").read_text())
-        entries = manifest["itemInfoEntries"]
-        paths = {key: os.path.join(package, "Data", entry["path"]) for key, entry in entries.items()}
+        manifest = json.loads(_regular_bytes(manifest_path))
+        paths = {key: os.path.join(package, "Data", entry["path"]) for key, entry in manifest["itemInfoEntries"].items()}
+        problems += [f"manifest item path {path!r} leads outside" for path in paths.values() if not _inside(path, root)]
         spec_path = paths[manifest["rootModelIdentifier"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return problems + [f"unreadable Manifest.json ({type(error).__name__}: {error})"]
-    problems += [f"manifest item path {path!r} leads outside" for path in paths.values() if not _inside(path, str(package))]
-    if not _inside(spec_path, str(package)) or not os.path.isfile(spec_path):
-        return problems + [f"root model {spec_path!r} is not a file inside the package"]
-    spec = Model_pb2.Model()
-    spec.ParseFromString(Path(spec_path).read_bytes())
+        spec = Model_pb2.Model()
+        spec.ParseFromString(_regular_bytes(spec_path) if _inside(spec_path, root) else b"")
+    except Exception as error:  # the manifest or spec of an input may be anything
+        return problems + ([f"unreadable manifest or root model ({type(error).__name__}: {error})"] if written else [])
     for value in blob_values(spec):
         name = value.blobFileValue.fileName
         target = os.path.join(os.path.dirname(spec_path), name.removeprefix("@model_path/"))
-        if not name.startswith("@model_path/") or not _inside(target, str(package)) or not os.path.isfile(target):
+        if not _inside(target, root):
+            problems.append(f"blob fileName {name!r} leads outside")
+        elif written and (not name.startswith("@model_path/") or not os.path.isfile(target)):
             problems.append(f"blob fileName {name!r} is not a file inside the package")
     return problems
 
@@ -284,6 +297,7 @@ def run_case(base: Path, drawn: list[Mutation], operation: Operation, keep_going
         scratch = case.root / "tmp"
         scratch.mkdir()
         before = snapshot(case.root, (case.output, scratch))
+        outside = package_problems(case.package, written=False)
         try:
             with temporary_dir(scratch), bounded():
                 outcome, failure, written = (check_cli if operation.cli else check_library)(operation, case)
@@ -293,9 +307,11 @@ def run_case(base: Path, drawn: list[Mutation], operation: Operation, keep_going
         changed = _changes(before, snapshot(case.root, (case.output, scratch)))
         if changed:
             failures.append("changed outside the output: " + ", ".join(changed[:4]))
-        if outcome == "ok" and any(m.escapes for m in applied):
-            failures.append("succeeded on a package that refers outside itself")
-        problems = foreign_references(written) if written is not None else []
+        if outcome == "error" and any(scratch.iterdir()):
+            failures.append("left temporary files: " + ", ".join(sorted(p.name for p in scratch.iterdir())[:3]))
+        if outcome == "ok" and outside:
+            failures.append(f"succeeded on a package that refers outside itself ({outside[0]})")
+        problems = package_problems(written, written=True) if written is not None else []
         if problems:
             failures.append("output not self-contained: " + "; ".join(problems[:3]))
     CASES[(operation.name, "FAIL" if failures else outcome)] += 1
@@ -341,6 +357,19 @@ def test_base_packages_pass_every_operation(bases: dict[str, Path]) -> None:
         for operation in OPERATIONS
     }
     assert {case: found for case, found in failures.items() if found} == {}
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(drawn=mutation())
+def test_escaping_mutations_are_seen(bases: dict[str, Path], drawn: Mutation) -> None:
+    """The oracle sees exactly the mutations flagged ``escapes`` as leading outside the package
+    (bit flips and truncation aside: they may make anything of a path)."""
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
+        case = make_case(bases["iOS18-int4"], Path(tmp))
+        drawn.apply(case)
+        problems = package_problems(case.package, written=False)
+    if not drawn.kind.startswith("file."):
+        assert bool(problems) == drawn.escapes, problems
 
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=[op.name.replace(" ", "-") for op in OPERATIONS])
