@@ -1,20 +1,14 @@
 """Mutations of a saved .mlpackage for the untrusted-package fuzzer (test_untrusted_fuzz.py).
 
-A case directory holds the package to mutate and "victims" around it::
+A case directory holds the package and "victims" around it: ROOT/victim.txt and
+ROOT/out/victim.txt (holding VICTIM_TOKEN), ROOT/outside/ (valid copies of the package's
+Manifest.json, model.mlmodel, weights/, weight.bin and Data/, so a path or symlink that escapes
+the package finds readable content), ROOT/model.mlpackage (mutated in place) and
+ROOT/out/out.mlpackage (where prune writes).
 
-    ROOT/victim.txt             a file next to the package (holds VICTIM_TOKEN)
-    ROOT/outside/...            valid copies of the package's files (Manifest.json,
-                                model.mlmodel, weights/, weight.bin, Data/): a path or symlink
-                                that escapes the package finds readable content there
-    ROOT/model.mlpackage        the package under test (mutated in place)
-    ROOT/out/victim.txt         a file next to the output
-    ROOT/out/out.mlpackage      where prune writes
-
-``mutations()`` is the hypothesis strategy: a list of one or two :class:`Mutation`, each a
-named edit of the package's Manifest.json, spec (model.mlmodel), weight file or file tree.
-A mutation with ``escapes=True`` makes the package refer to something outside itself (a
-manifest item path, a blob fileName, a symlink): an operation that succeeds on it has read, or
-trusted, a path outside the package.
+``mutations()``: one or two named edits of the package's Manifest.json, spec (model.mlmodel),
+weight file or file tree. ``escapes=True`` marks a mutation that makes the package refer to
+something outside itself (a manifest item path, a blob fileName, a symlink).
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from hypothesis import strategies as st
 
@@ -87,17 +81,17 @@ def _fill(template: Any, case: Case) -> Any:
     return template.replace("{outside}", str(case.outside)) if isinstance(template, str) else template
 
 
-def _read(path: Path) -> bytes:
+def regular_bytes(path: "str | os.PathLike[str]") -> bytes:
     """A regular file's bytes (a FIFO another mutation made is never opened: ValueError)."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError(f"{path} is not a regular file")
-    return path.read_bytes()
+    return Path(path).read_bytes()
 
 
 def _rewrite(rel: str, change: Callable[[bytes], bytes]) -> Edit:
     def edit(case: Case) -> None:
         path = case.package / rel
-        path.write_bytes(change(_read(path)))
+        path.write_bytes(change(regular_bytes(path)))
 
     return edit
 
@@ -119,7 +113,7 @@ _WEIGHTS_ITEM_PATHS = [
 def _manifest_edit(how: str, item: str, value: Any = None) -> Edit:
     def edit(case: Case) -> None:
         path = case.package / "Manifest.json"
-        manifest = json.loads(_read(path))
+        manifest = json.loads(regular_bytes(path))
         entries = manifest["itemInfoEntries"]
         name = "model.mlmodel" if item == "model" else "weights"
         key = next(key for key, entry in entries.items() if entry["name"] == name)
@@ -214,7 +208,7 @@ def _blob_offsets(case: Case) -> list[int]:
 def _spec_edit(change: Callable[[Any, Case], None]) -> Edit:
     def edit(case: Case) -> None:
         spec = Model_pb2.Model()
-        spec.ParseFromString(_read(case.spec_path))
+        spec.ParseFromString(regular_bytes(case.spec_path))
         change(spec, case)
         case.spec_path.write_bytes(spec.SerializeToString())
 
@@ -322,15 +316,17 @@ _SPEC = st.one_of(
 
 
 # ---- raw bytes: the weight file's header and blob metadata, truncation, bit flips ------------
-_METADATA_FIELDS = {"sentinel": (0, "<I"), "dtype": (4, "<I"), "size": (8, "<Q"), "data_offset": (16, "<Q"), "padding": (24, "<Q")}
+_FIELDS = {"count": (0, "<I"), "version": (4, "<I"),  # the file header, then a blob's metadata record
+           "sentinel": (0, "<I"), "dtype": (4, "<I"), "size": (8, "<Q"), "data_offset": (16, "<Q"), "padding": (24, "<Q")}
 
 
-def _pack(where: Callable[[Case], int], fmt: str, value: int) -> Edit:
-    """Overwrite one header or metadata field of the weight file."""
+def _pack(blob: Optional[int], name: str, value: int) -> Edit:
+    """Overwrite field ``name`` of the weight file's header (blob None) or of a blob's metadata."""
 
     def edit(case: Case) -> None:
-        position, width = where(case), struct.calcsize(fmt)
-        data = bytearray(_read(case.weight_path))
+        (position, fmt), width = _FIELDS[name], struct.calcsize(_FIELDS[name][1])
+        position += 0 if blob is None else _blob_offsets(case)[blob % len(_blob_offsets(case))]
+        data = bytearray(regular_bytes(case.weight_path))
         if position + width <= len(data):
             struct.pack_into(fmt, data, position, value % (1 << (8 * width)))
         case.weight_path.write_bytes(bytes(data))
@@ -338,16 +334,11 @@ def _pack(where: Callable[[Case], int], fmt: str, value: int) -> Edit:
     return edit
 
 
-def _metadata_at(index: int, name: str) -> Callable[[Case], int]:
-    return lambda case: _blob_offsets(case)[index % len(_blob_offsets(case))] + _METADATA_FIELDS[name][0]
-
-
 def _flip(bits: list[int]) -> Callable[[bytes], bytes]:
     def change(old: bytes) -> bytes:
         data = bytearray(old)
-        for bit in bits:
-            if data:
-                data[(bit // 8) % len(data)] ^= 1 << (bit % 8)
+        for bit in bits if data else []:
+            data[(bit // 8) % len(data)] ^= 1 << (bit % 8)
         return bytes(data)
 
     return change
@@ -356,14 +347,13 @@ def _flip(bits: list[int]) -> Callable[[bytes], bytes]:
 _FILES = st.sampled_from([WEIGHT_REL, SPEC_REL, "Manifest.json"])
 _BYTES = st.one_of(
     st.builds(
-        lambda name, value: Mutation("blob.header", f"{name} = {value}", _pack(lambda case: 0 if name == "count" else 4, "<I", value)),
+        lambda name, value: Mutation("blob.header", f"{name} = {value}", _pack(None, name, value)),
         st.sampled_from(["count", "version"]), st.one_of(st.sampled_from(_U32), st.integers(0, 2**32 - 1)),
     ),
     st.builds(
-        lambda index, name, value: Mutation(
-            "blob.metadata", f"blob {index}: {name} = {value}", _pack(_metadata_at(index, name), _METADATA_FIELDS[name][1], value)
-        ),
-        _INDEX, st.sampled_from(sorted(_METADATA_FIELDS)), st.one_of(st.sampled_from(_U64), st.integers(0, 20), st.integers(0, 2**64 - 1)),
+        lambda index, name, value: Mutation("blob.metadata", f"blob {index}: {name} = {value}", _pack(index, name, value)),
+        _INDEX, st.sampled_from(["sentinel", "dtype", "size", "data_offset", "padding"]),
+        st.one_of(st.sampled_from(_U64), st.integers(0, 20), st.integers(0, 2**64 - 1)),
     ),
     st.builds(
         lambda rel, n: Mutation("file.truncate", f"{rel} to {n} bytes", _rewrite(rel, lambda old: old[:n])), _FILES, st.integers(0, 13000)

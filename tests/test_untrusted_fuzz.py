@@ -61,7 +61,7 @@ from mil_sparsity.posthoc import load_model
 from mil_sparsity.samples import input_specs, random_samples
 from _models import mlp_model
 from _packages import compressed_model
-from _mutations import VICTIM_TOKEN, Case, Mutation, apply_all, blob_values, make_case, mutation, mutations
+from _mutations import VICTIM_TOKEN, Case, Mutation, apply_all, blob_values, make_case, mutation, mutations, regular_bytes
 
 CI_EXAMPLES = 100
 EXAMPLES = int(os.environ.get("MIL_SPARSITY_FUZZ_EXAMPLES", CI_EXAMPLES))
@@ -154,12 +154,6 @@ def snapshot(root: Path, skip: tuple[Path, ...]) -> dict[str, tuple[Any, ...]]:
     return entries
 
 
-def _regular_bytes(path: str) -> bytes:
-    if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO
-        raise ValueError(f"{path} is not a regular file")
-    return Path(path).read_bytes()
-
-
 def package_problems(package: Path, written: bool) -> list[str]:
     """What in a package leads outside it, after '..' and symlinks: Manifest.json, a manifest
     item path, a blob fileName of the root model. For a package we ``written`` (an output) also
@@ -177,12 +171,12 @@ def package_problems(package: Path, written: bool) -> list[str]:
     if not _inside(manifest_path, root):
         return problems + ["Manifest.json leads outside"]
     try:
-        manifest = json.loads(_regular_bytes(manifest_path))
+        manifest = json.loads(regular_bytes(manifest_path))
         paths = {key: os.path.join(package, "Data", entry["path"]) for key, entry in manifest["itemInfoEntries"].items()}
         problems += [f"manifest item path {path!r} leads outside" for path in paths.values() if not _inside(path, root)]
         spec_path = paths[manifest["rootModelIdentifier"]]
         spec = Model_pb2.Model()
-        spec.ParseFromString(_regular_bytes(spec_path) if _inside(spec_path, root) else b"")
+        spec.ParseFromString(regular_bytes(spec_path) if _inside(spec_path, root) else b"")
     except Exception as error:  # the manifest or spec of an input may be anything
         return problems + ([f"unreadable manifest or root model ({type(error).__name__}: {error})"] if written else [])
     for value in blob_values(spec):
