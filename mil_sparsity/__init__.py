@@ -24,6 +24,8 @@ from mil_sparsity.configs import (
     config_to_dict,
 )
 from mil_sparsity.calibration import ActivationStats, collect_activation_stats
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError, MilSparsityError, UnsafePackageError
+from mil_sparsity.model.inventory import Weight, weights
 from mil_sparsity.passes import register_passes
 from mil_sparsity.posthoc import apply_pipeline
 from mil_sparsity.oneshot import pack_weights, prune_weights
@@ -43,6 +45,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStats",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "MilSparsityError",
+    "UnsafePackageError",
+    "Weight",
     "BlockConfig",
     "MagnitudeConfig",
     "NMConfig",
@@ -69,4 +76,5 @@ __all__ = [
     "prune_weights",
     "reference",
     "sweep",
+    "weights",
 ]

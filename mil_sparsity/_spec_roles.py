@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Union
 
 from mil_sparsity.products import NotAProduct, ProductRole, product_role
-from mil_sparsity.rules import Consumer
+from mil_sparsity.model.inventory import Consumer
 
 
 def op_name(op: Any) -> str:

@@ -1,5 +1,13 @@
 """Config type -> handler. A handler turns one weight array into its sparse form or a skip.
 
+The outcome contract is **mask + values**: a :class:`~mil_sparsity.kernels.SparseWeight`
+holds which elements are stored (``mask``) and the values stored for them
+(``nonzero_data``, row-major). Today's handlers store the kept weights as they were
+(method ``"prune"``; ``"pack"`` stores every value as it was); a reconstruction handler may
+store new values for the kept weights (SparseGPT, ADMM), as long as none of them is zero.
+Nothing downstream (the rewriters, the streaming cache, blob de-duplication, the report,
+``sweep``) assumes the stored values equal the original ones.
+
 Handlers are pure numpy (they call the kernels) and never touch the program, so the passes can
 compute every replacement before rewriting anything. Add a new sparsity scheme by adding a
 config class and registering a handler for it here.
@@ -74,6 +82,20 @@ def run_handler(weight: NDArray[Any], config: SparsityConfig, context: Optional[
     except KeyError:
         raise TypeError(f"no handler registered for {type(config).__name__}") from None
     return handler(weight, config, context)
+
+
+#: how a handler chooses the values it stores (the report's ``method`` column)
+PRUNE_METHOD = "prune"
+PACK_METHOD = "pack"
+
+
+def method_of(config: SparsityConfig) -> str:
+    """The config's method: its own ``method`` field if it has one, else ``"pack"`` for pack
+    configs and ``"prune"`` (the kept weights unchanged) for the others."""
+    own = getattr(config, "method", None)
+    if isinstance(own, str):
+        return own
+    return PACK_METHOD if isinstance(config, PackConfig) else PRUNE_METHOD
 
 
 def resolved_dim(config: Union[BlockConfig, NMConfig], context: Optional[ScoreContext]) -> int:

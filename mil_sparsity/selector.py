@@ -2,9 +2,11 @@
 
 Precedence for one const and one op consuming it (first hit wins):
 
-1. ``op_name_configs[const name]``, then ``op_name_configs[consumer name]`` (exact keys);
-2. the first glob key (``*``, ``?``, ``[``; in insertion order) matching the const's or the
-   consumer's name;
+1. ``op_name_configs[const name]``, then ``op_name_configs[consumer name]`` (exact keys),
+   then the same two names as a saved model spells them
+   (:func:`mil_sparsity.sparse_format.saved_name`: inside ``ct.convert`` a pass sees
+   ``fc.weight``, the saved model, its report and ``ms.weights`` say ``fc_weight``);
+2. the first glob key (``*``, ``?``, ``[``; in insertion order) matching any of those names;
 3. ``op_type_configs[consumer op type]`` (``"conv"``, ``"linear"``, ``"matmul"``, ...);
 4. ``global_config``.
 
@@ -31,6 +33,7 @@ from mil_sparsity.configs import (
     config_to_dict,
     is_config,
 )
+from mil_sparsity.sparse_format import saved_name
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -93,13 +96,14 @@ class OpSelector:
         self, const_name: str, consumer_name: Optional[str], consumer_type: Optional[str]
     ) -> Resolution:
         """The config for a const as seen from one consuming op (see module docstring)."""
-        for name in (const_name, consumer_name):
-            if name is not None and name in self.op_name_configs:
+        given = [name for name in (const_name, consumer_name) if name is not None]
+        names = given + [saved for saved in map(saved_name, given) if saved not in given]
+        for name in names:
+            if name in self.op_name_configs:
                 return Resolution(self.op_name_configs[name], f"op_name_configs[{name!r}]", True)
         for key, config in self.op_name_configs.items():
             if not _is_glob(key):
                 continue
-            names = (const_name,) if consumer_name is None else (const_name, consumer_name)
             if any(fnmatch.fnmatchcase(name, key) for name in names):
                 return Resolution(config, f"op_name_configs[{key!r}]", True)
         if consumer_type is not None and consumer_type in self.op_type_configs:

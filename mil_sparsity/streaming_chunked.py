@@ -45,7 +45,8 @@ from mil_sparsity.kernels import (
     packed_nbytes,
 )
 from mil_sparsity.kernels.chunked import Pattern
-from mil_sparsity.rules import Decision, Selected, WeightSite, run_selected
+from mil_sparsity.model.inventory import Weight
+from mil_sparsity.rules import Decision, Selected, run_selected
 from mil_sparsity.scoring import ScoreContext
 from mil_sparsity.sparse_format import SparseForm, SparseTensor, sparse_tensor_layout
 from mil_sparsity.weight_roles import scoring_of
@@ -148,7 +149,7 @@ def _pattern(
 
 def decide_selected(
     selected: Selected,
-    weight: WeightSite,
+    weight: Weight,
     info: BlobInfo,
     reader: BlobReader,
     load: Callable[[], NDArray[Any]],

@@ -41,6 +41,7 @@ import coremltools as ct
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import sparse_format
+from mil_sparsity.plan import catalog
 from mil_sparsity.report import SparsityReport
 
 LOGGER = logging.getLogger("mil_sparsity")
@@ -66,7 +67,7 @@ def version_name(version: int) -> str:
 
 def writes_sparse(pass_names: Iterable[str]) -> bool:
     """True if one of the passes is a mil_sparsity pass (every one of them writes sparse ops)."""
-    return any(name.startswith(f"{sparse_format.NAMESPACE}::") for name in pass_names)
+    return any(catalog.is_ours(name) for name in pass_names)
 
 
 def requested_version(requested: Any, model_version: int, option: str = OPTION) -> Optional[int]:

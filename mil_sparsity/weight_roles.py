@@ -1,6 +1,6 @@
 """How the ops that read a weight use it, for ``dim=None`` and ``scoring="activation"``.
 
-Graph-independent: works on a :class:`~mil_sparsity.rules.WeightSite` whose consumers carry
+Graph-independent: works on a :class:`~mil_sparsity.rules.Weight` whose consumers carry
 their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (PyMIL:
 ``_graph.consumers``; streaming: ``_spec_roles``). Called by the selection
 (:func:`mil_sparsity.rules.select`) after every other check, before any value is read:
@@ -11,39 +11,26 @@ their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (Py
 * :func:`score_context`: the :class:`~mil_sparsity.scoring.ScoreContext` for a selected config
   (the reduction axis for ``dim=None``; the statistics' channel scale, laid out on the weight,
   and the output rows for activation scoring), a skip reason, or ValueError (no statistics for
-  the weight, or a channel count that does not match);
-* :func:`check_calibration`: ValueError when a selector asks for activation scoring and the
-  pass has no ``calibration`` option.
+  the weight, or a channel count that does not match). (A missing ``calibration`` option is the catalog's check,
+  :meth:`mil_sparsity.plan.catalog.PassEntry.check_calibration`.)
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import attrs
 import numpy as np
 
 from mil_sparsity.calibration.stats import ActivationStats
+from mil_sparsity.model.inventory import Weight
 from mil_sparsity.configs import ACTIVATION_SCORING, BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig
 from mil_sparsity.products import NotAProduct, ProductRole
 from mil_sparsity.scoring import ScoreContext, grouped_conv_scale, row_layout, scale_digest
-from mil_sparsity.selector import OpSelector
+from mil_sparsity.sparse_format import saved_name
 
-if TYPE_CHECKING:
-    from mil_sparsity.rules import WeightSite
 
 CALIBRATION_OPTION = "calibration"
-
-
-def saved_name(name: str) -> str:
-    """The name a saved ML Program gives a MIL op named ``name``: names must match
-    ``[a-zA-Z_][a-zA-Z0-9_]*``, so every other character becomes ``_`` and a name that starts
-    with anything but a letter or ``_`` gets the prefix ``op_``. Inside ct.convert a pass sees
-    the names before the backend renames them (``conv.weight_to_fp16``); statistics collected
-    on the saved dense model hold the saved ones (``conv_weight_to_fp16``)."""
-    cleaned = re.sub("[^a-zA-Z0-9_]", "_", name)
-    return cleaned if re.match("[a-zA-Z_]", cleaned) else f"op_{cleaned}"
 
 
 @attrs.frozen
@@ -68,7 +55,7 @@ def needs_roles(config: SparsityConfig) -> bool:
     return _scoring(config) == ACTIVATION_SCORING
 
 
-def product_use(site: "WeightSite", pass_name: str) -> Union[ProductUse, NotAProduct]:
+def product_use(site: Weight, pass_name: str) -> Union[ProductUse, NotAProduct]:
     """The one product use of ``site`` by its consumers, or why there is none.
 
     Raises ValueError naming the ops if two of them read the const with different reduction
@@ -106,7 +93,7 @@ def _channel_groups(role: ProductRole) -> int:
 
 
 def score_context(
-    site: "WeightSite",
+    site: Weight,
     config: SparsityConfig,
     source: str,
     pass_name: str,
@@ -171,19 +158,6 @@ def score_context(
         rows=row_layout(use.op_type, shape, output_axis, use.groups),
         scale_digest=scale_digest(scale),
     )
-
-
-def check_calibration(selector: OpSelector, calibration: Optional[ActivationStats], pass_name: str) -> None:
-    """ValueError if a config of ``selector`` has scoring='activation' and there are no stats."""
-    if calibration is not None:
-        return
-    for where, config in selector.entries():
-        if config is not None and _scoring(config) == ACTIVATION_SCORING:
-            raise ValueError(
-                f"{pass_name}: {where} has scoring='activation', which needs the pass option "
-                f"{CALIBRATION_OPTION!r} (an ActivationStats, or the path of one written by "
-                "ActivationStats.save or `mil-sparsity calibrate`); it is not set"
-            )
 
 
 def scoring_of(config: Optional[SparsityConfig]) -> Optional[str]:

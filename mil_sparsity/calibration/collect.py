@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import attrs
 
-from mil_sparsity.calibration.stats import ActivationStats, channel_sum_squares
+from mil_sparsity.calibration.stats import ActivationStats, channel_gram, channel_sum_squares
 from mil_sparsity.products import PRODUCT_OPS, ProductRole
 from mil_sparsity.progress import progress_bar
 from mil_sparsity.sparse_format import JOINT_SUFFIXES, replacement_name
@@ -34,6 +34,8 @@ _COMPRESSION_SUFFIXES = (
     "_palettized",
     "_quantized",
 )
+#: the product ops whose activation rows meet the weight directly (no patches): Gram is X^T X
+_GRAM_OPS = frozenset({"linear", "matmul"})
 _WEIGHT_PARAMS = {"linear": ("weight",), "conv": ("weight",), "conv_transpose": ("weight",),
                   "matmul": ("x", "y")}
 
@@ -113,13 +115,19 @@ def collect_activation_stats(
     function_name: str = "main",
     stats: Optional[ActivationStats] = None,
     progress: Optional[bool] = None,
+    gram: bool = False,
 ) -> ActivationStats:
     """Run ``model`` on every sample and return the statistics of each product weight.
 
     ``model``: what :func:`mil_sparsity.reference.run` accepts. ``samples``: input dicts (any
     iterable; consumed once). ``stats``: add to these statistics instead of new ones.
-    ``progress``: a tqdm bar (default: when stderr is a TTY).
+    ``progress``: a tqdm bar (default: when stderr is a TTY). ``gram``: also accumulate X^T X
+    (:data:`~mil_sparsity.calibration.stats.GRAM`) for the weights of linear ops and constant
+    matmul operands (the rows of the activation against its contraction axis); conv and
+    conv_transpose weights get the channel statistics only. Only what is asked is computed.
     """
+    if not isinstance(gram, bool):
+        raise TypeError(f"gram must be a bool, got {type(gram).__name__} {gram!r}")
     from mil_sparsity.reference import ReferenceEvaluator
 
     evaluator = ReferenceEvaluator(model, function_name=function_name)
@@ -132,9 +140,12 @@ def collect_activation_stats(
         if sites is None:
             sites = cache[key] = product_sites(op) if op.op_type in PRODUCT_OPS else ()
         for site in sites:
-            sums, rows = channel_sum_squares(args[site.role.activation_param],
-                                             site.role.activation_axis)
-            result.add(function_name, site.weight_name, sums, rows)
+            activation = args[site.role.activation_param]
+            sums, rows = channel_sum_squares(activation, site.role.activation_axis)
+            matrix = None
+            if gram and site.role.op_type in _GRAM_OPS:
+                matrix = channel_gram(activation, site.role.activation_axis)
+            result.add(function_name, site.weight_name, sums, rows, matrix)
 
     count = 0
     for sample in progress_bar(samples, desc="calibrate", enabled=progress):

@@ -17,18 +17,15 @@ from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity import sparse_format
-from mil_sparsity.configs import PackConfig
 from mil_sparsity.passes._base import Planned, SparsityPass
 from mil_sparsity.passes._joint import plan_joint
+from mil_sparsity.plan import catalog
 from mil_sparsity.report import WeightRecord
 from mil_sparsity.selector import OpSelector
 
 
 class SparsePack(SparsityPass):
-    pass_name = "mil_sparsity::sparse_pack"
-    description = "Pack weights that already hold zeros (training-time pruning) without changing them."
-    accepted_configs = (PackConfig,)
-    supported_dtypes = frozenset({"float16", "float32", "int8", "uint8"})
+    entry = catalog.SPARSE_PACK
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,14 +38,8 @@ class SparsePack(SparsityPass):
 
     @joint_compression.setter
     def joint_compression(self, value: object) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(
-                f"{self.pass_name}: option joint_compression must be a bool, got {type(value).__name__} {value!r}"
-            )
-        self._joint_compression = value
-
-    def default_selector(self) -> OpSelector:
-        return OpSelector(global_config=PackConfig())
+        checked = self.entry.check_option(catalog.JOINT_COMPRESSION, value)
+        self._joint_compression = bool(checked)
 
     def apply(self, prog: Program) -> None:
         if self._joint_compression:

@@ -27,7 +27,7 @@ from coremltools.converters.mil.mil.var import Var
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.reference import ops_constexpr, ops_control
 from mil_sparsity.reference._registry import OP_TABLE
-from mil_sparsity.reference.inputs import InputSpec, compute_dtype, spec_from_placeholder
+from mil_sparsity.reference.inputs import InputSpec, compute_dtype
 
 # import for their side effect: registering kernels in OP_TABLE
 from mil_sparsity.reference import (  # noqa: F401,E402
