@@ -26,14 +26,15 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.configs import (
-    ACTIVATION_SCORING,
     BlockConfig,
     MagnitudeConfig,
     NMConfig,
     PackConfig,
     SparsityConfig,
     ThresholdConfig,
+    is_activation_scored,
 )
 from mil_sparsity.kernels import (
     SparseWeight,
@@ -80,7 +81,7 @@ def run_handler(weight: NDArray[Any], config: SparsityConfig, context: Optional[
     try:
         handler = HANDLERS[type(config)]
     except KeyError:
-        raise TypeError(f"no handler registered for {type(config).__name__}") from None
+        raise InvalidTypeError(f"no handler registered for {type(config).__name__}") from None
     return handler(weight, config, context)
 
 
@@ -103,7 +104,7 @@ def resolved_dim(config: Union[BlockConfig, NMConfig], context: Optional[ScoreCo
     if config.dim is not None:
         return config.dim
     if context is None or context.axis is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{type(config).__name__}.dim=None means the reduction axis of the op reading the "
             "weight, which only a pass knows: run the config through a pass, or set dim"
         )
@@ -115,7 +116,7 @@ def _activation_scores(
 ) -> tuple[NDArray[Any], RowLayout]:
     """Wanda scores ``|w| * scale`` from the selection's context, and the output rows."""
     if context is None or context.scale is None or context.rows is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{type(config).__name__}(scoring='activation') needs calibration statistics: run it "
             "through prune_by_magnitude with the pass option 'calibration'"
         )
@@ -123,7 +124,7 @@ def _activation_scores(
 
 
 def _is_activation(config: Union[MagnitudeConfig, BlockConfig, NMConfig]) -> bool:
-    return config.scoring == ACTIVATION_SCORING
+    return is_activation_scored(config)
 
 
 @register_handler(ThresholdConfig)

@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import coremltools as ct
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.plan import catalog
 from mil_sparsity.posthoc import ModelLike, apply_pipeline
 from mil_sparsity.report import SparsityReport
@@ -66,14 +67,14 @@ def prune_weights(
     selector = as_selector(config)
     parts = split_by_pass(selector)
     if not parts:
-        raise ValueError("prune_weights: config: no config set (every entry is None): nothing to do")
+        raise InvalidInputError("prune_weights: config: no config set (every entry is None): nothing to do")
     if any(name == SPARSE_PACK for name, _ in parts):
-        raise ValueError(
+        raise InvalidInputError(
             "prune_weights: config holds pack configs (PackConfig), which prune nothing; use "
             "mil_sparsity.pack_weights for those"
         )
     if calibration is not None and not any(name == PRUNE_BY_MAGNITUDE for name, _ in parts):
-        raise ValueError(
+        raise InvalidInputError(
             "prune_weights: calibration is used by magnitude, block and n:m configs with "
             "scoring='activation', but config holds threshold configs only"
         )
@@ -100,7 +101,7 @@ def pack_weights(
         selector = as_selector(config)
         name = catalog.pass_for_selector(selector, "pack_weights: config").name
         if name != SPARSE_PACK:
-            raise ValueError(
+            raise InvalidInputError(
                 f"pack_weights: config holds configs of {name} (kinds "
                 f"{sorted({c.kind for _, c in selector.entries() if c is not None})}), which prune; "
                 "use mil_sparsity.prune_weights for those, and PackConfig here"

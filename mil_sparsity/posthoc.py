@@ -19,7 +19,7 @@ from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import package_guard, targets
-from mil_sparsity.errors import InvalidInputError
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.plan.pipeline import PipelinePlan, make_plan
 from mil_sparsity.report import SparsityReport
 
@@ -42,7 +42,7 @@ def load_model(model: ModelLike) -> Any:
             return ct.models.MLModel(path, skip_model_load=True)
         except Exception as error:  # protobuf's DecodeError, coremltools' own
             raise InvalidInputError(f"model: coremltools cannot read {path}: {_one_line(error)}") from error
-    raise TypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
+    raise InvalidTypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
 
 
 def _one_line(error: BaseException) -> str:
@@ -54,7 +54,7 @@ def ml_program_spec(mlmodel: Any) -> Any:
     spec = mlmodel.get_spec()
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
-        raise TypeError(
+        raise InvalidTypeError(
             f"mil_sparsity works on ML Program models, but this model is a {kind!r}. Re-convert it "
             'with ct.convert(..., convert_to="mlprogram").'
         )
@@ -143,10 +143,10 @@ def apply_pipeline(
     from mil_sparsity import streaming as streaming_path
 
     if not isinstance(pipeline, PassPipeline):
-        raise TypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
+        raise InvalidTypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
     path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     if streaming and path is None:
-        raise TypeError("streaming=True needs the path of a saved .mlpackage, not an MLModel")
+        raise InvalidTypeError("streaming=True needs the path of a saved .mlpackage, not an MLModel")
     if path is not None and not os.path.exists(path):
         raise FileNotFoundError(f"model: no such file or package: {path}")
     source = None

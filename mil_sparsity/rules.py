@@ -14,24 +14,22 @@ from typing import Any, Callable, Optional, Protocol, Union
 import attrs
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import BlockConfig, NMConfig, SparsityConfig, config_to_dict
 from mil_sparsity.handlers import Skip, method_of, run_handler
 from mil_sparsity.kernels import SparseWeight, zero_fraction
 from mil_sparsity.model.inventory import Weight, is_constexpr
+from mil_sparsity.products import WEIGHT_OPERANDS
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
 from mil_sparsity.scoring import ScoreContext
 from mil_sparsity.selector import OpSelector
 from mil_sparsity.sparse_format import saved_name
 from mil_sparsity.weight_roles import score_context, scoring_of
 
-# (consumer op type, input names) that structured sparsity applies to by default
-STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
-    "conv": frozenset({"weight"}),
-    "conv_transpose": frozenset({"weight"}),
-    "linear": frozenset({"weight"}),
-    "matmul": frozenset({"x", "y"}),
-}
+# (consumer op type, input names) that structured sparsity applies to by default: the weight
+# operands of the product ops
+STRUCTURED_SCOPE: dict[str, frozenset[str]] = {op: frozenset(inputs) for op, inputs in WEIGHT_OPERANDS.items()}
 
 # skipped weights up to this size get their current sparsity in the report
 _CHEAP_SPARSITY_SIZE = 1 << 16
@@ -76,7 +74,7 @@ def check_selector(selector: OpSelector, rules: PassRules) -> OpSelector:
     accepted = ", ".join(cls.__name__ for cls in rules.accepted_configs)
     for where, config in selector.entries():
         if config is not None and not isinstance(config, rules.accepted_configs):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{rules.pass_name} takes {accepted}; {where} is a {type(config).__name__}"
             )
     return selector
@@ -102,7 +100,7 @@ def resolve(site: Weight, selector: OpSelector, rules: PassRules) -> tuple[Optio
     first_consumer, first = resolutions[0]
     for consumer, other in resolutions[1:]:
         if effective(other.config) != effective(first.config):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{rules.pass_name}: const {site.name!r} is shared by ops {first_consumer.name!r} "
                 f"({first_consumer.op_type}, {first.source} = {first.config}) and "
                 f"{consumer.name!r} ({consumer.op_type}, {other.source} = {other.config}), whose "

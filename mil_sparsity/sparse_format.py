@@ -26,6 +26,7 @@ import coremltools as ct
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.kernels import SparseWeight, pack_mask_bits
 
@@ -117,7 +118,7 @@ def target_name(target: Any) -> str:
 def target_of_opset(function_name: str, opset: str) -> Any:
     """The deployment target of an ML Program function's opset name; ValueError if unknown."""
     if opset not in TARGET_OF_OPSET:
-        raise ValueError(f"function {function_name!r}: unknown opset {opset!r}")
+        raise InvalidInputError(f"function {function_name!r}: unknown opset {opset!r}")
     return TARGET_OF_OPSET[opset]
 
 
@@ -132,7 +133,7 @@ def checked_form(function_name: str, target: Any, prefix: str = "") -> SparseFor
     """:func:`sparse_form`, or ValueError naming the function and the target to convert with."""
     form = sparse_form(target)
     if form is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{prefix}function {function_name!r} targets {target_name(target)}, but "
             f"{OP_TYPE} needs {target_name(MINIMUM_TARGET)} or later. Convert with "
             f"minimum_deployment_target=ct.target.{target_name(MINIMUM_TARGET)} (or later; "

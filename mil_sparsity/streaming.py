@@ -4,7 +4,7 @@
 program, so a model larger than memory can be pruned or packed:
 
 1. Parse the ML Program spec (``model.mlmodel``: small, no weight data). Describe every const
-   whose value lives in the weight file as a :class:`~mil_sparsity.rules.Weight`
+   whose value lives in the weight file as a :class:`~mil_sparsity.model.inventory.Weight`
    (names, op types and consumers come from the spec) and run the passes' own selection
    (:func:`mil_sparsity.rules.select`) on all of them first: config conflicts and config
    errors surface before anything is read or written.
@@ -40,6 +40,7 @@ from typing import Any, Optional, Union
 import attrs
 import numpy as np
 
+from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity import package_guard, sparse_format, targets
 from mil_sparsity._atomic import atomic_output
 from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter
@@ -189,7 +190,7 @@ def _load_spec(path: str) -> Any:
     spec = package_guard.read_spec(path)
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
-        raise TypeError(
+        raise InvalidTypeError(
             f"streaming works on ML Program models, but this model is a {kind!r}; re-convert with "
             'convert_to="mlprogram" and minimum_deployment_target=ct.target.iOS16 or later'
         )

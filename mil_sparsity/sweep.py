@@ -34,6 +34,7 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import _graph
 from mil_sparsity.inspect_model import materialize, package_size, weight_sources
 from mil_sparsity.passes import PruneByMagnitude
@@ -203,7 +204,7 @@ def sweep(
     ``backend="coreml"`` off macOS.
     """
     if samples is not None and quality is not None:
-        raise ValueError(
+        raise InvalidInputError(
             "samples and quality: give one (samples measures output quality itself; quality is "
             "a callable for any other per-point measurement)"
         )

@@ -1,6 +1,6 @@
 """How the ops that read a weight use it, for ``dim=None`` and ``scoring="activation"``.
 
-Graph-independent: works on a :class:`~mil_sparsity.rules.Weight` whose consumers carry
+Graph-independent: works on a :class:`~mil_sparsity.model.inventory.Weight` whose consumers carry
 their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (PyMIL:
 ``_graph.consumers``; streaming: ``_spec_roles``). Called by the selection
 (:func:`mil_sparsity.rules.select`) after every other check, before any value is read:
@@ -22,9 +22,10 @@ from typing import Optional, Union
 import attrs
 import numpy as np
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.model.inventory import Weight
-from mil_sparsity.configs import ACTIVATION_SCORING, BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig
+from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig, is_activation_scored
 from mil_sparsity.products import NotAProduct, ProductRole
 from mil_sparsity.scoring import ScoreContext, grouped_conv_scale, row_layout, scale_digest
 from mil_sparsity.sparse_format import saved_name
@@ -52,7 +53,7 @@ def needs_roles(config: SparsityConfig) -> bool:
     activation scoring."""
     if isinstance(config, (BlockConfig, NMConfig)) and config.dim is None:
         return True
-    return _scoring(config) == ACTIVATION_SCORING
+    return is_activation_scored(config)
 
 
 def product_use(site: Weight, pass_name: str) -> Union[ProductUse, NotAProduct]:
@@ -76,7 +77,7 @@ def product_use(site: Weight, pass_name: str) -> Union[ProductUse, NotAProduct]:
     distinct = {(role.weight_axis, role.output_axis, _channel_groups(role)) for _, role in uses}
     if len(distinct) > 1:
         readers = ", ".join(f"{name!r} ({role.description})" for name, role in uses)
-        raise ValueError(
+        raise InvalidInputError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}) is read along "
             f"different reduction axes (or output axes, or conv groups) by {readers}; dim=None "
             f"and scoring='activation' need one. Give it its own config with an explicit dim and scoring='magnitude' through "
@@ -103,7 +104,7 @@ def score_context(
     if not needs_roles(config):
         return None
     use = product_use(site, pass_name)
-    activation = _scoring(config) == ACTIVATION_SCORING
+    activation = is_activation_scored(config)
     if isinstance(use, NotAProduct):
         if activation:
             return (
@@ -121,12 +122,12 @@ def score_context(
     if not activation:
         return ScoreContext(axis=axis)
     if calibration is None:  # the pass checks this up front; kept for direct callers
-        raise ValueError(f"{pass_name}: scoring='activation' needs the pass option {CALIBRATION_OPTION!r}")
+        raise InvalidInputError(f"{pass_name}: scoring='activation' needs the pass option {CALIBRATION_OPTION!r}")
     stats = calibration.get(site.name, site.function)
     if stats is None and saved_name(site.name) != site.name:
         stats = calibration.get(saved_name(site.name), site.function)
     if stats is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}) is selected with "
             f"scoring='activation' ({source}) but the calibration statistics have no entry for "
             f"it; collect them on a model with the same const names, or give it a magnitude "
@@ -142,7 +143,7 @@ def score_context(
             if grouped
             else f"weight.shape[{use.weight_axis}]"
         )
-        raise ValueError(
+        raise InvalidInputError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}): the calibration "
             f"statistics have {stats.channels} channels, expected {expected} ({detail} of "
             f"shape {list(shape)})"

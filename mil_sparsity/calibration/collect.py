@@ -21,8 +21,10 @@ from typing import Any, Iterable, Mapping, Optional
 
 import attrs
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.calibration.stats import ActivationStats, channel_gram, channel_sum_squares
-from mil_sparsity.products import PRODUCT_OPS, ProductRole
+from mil_sparsity.model.inventory import is_constexpr
+from mil_sparsity.products import PRODUCT_OPS, WEIGHT_OPERANDS, ProductRole
 from mil_sparsity.progress import progress_bar
 from mil_sparsity.sparse_format import JOINT_SUFFIXES, replacement_name
 
@@ -36,8 +38,6 @@ _COMPRESSION_SUFFIXES = (
 )
 #: the product ops whose activation rows meet the weight directly (no patches): Gram is X^T X
 _GRAM_OPS = frozenset({"linear", "matmul"})
-_WEIGHT_PARAMS = {"linear": ("weight",), "conv": ("weight",), "conv_transpose": ("weight",),
-                  "matmul": ("x", "y")}
 
 
 @attrs.frozen
@@ -59,14 +59,14 @@ def source_const_name(var: Any) -> Optional[str]:
         return None
     if op.op_type == "const":
         return str(op.name)
-    if not op.op_type.startswith("constexpr_"):
+    if not is_constexpr(op.op_type):
         return None
     while True:
         upstream = [
             v.op
             for v in op.inputs.values()
             if not isinstance(v, (list, tuple)) and v.op is not None
-            and v.op.op_type.startswith("constexpr_")
+            and is_constexpr(v.op.op_type)
         ]
         if not upstream:
             break
@@ -89,7 +89,7 @@ def _without_suffix(name: str, suffixes: tuple[str, ...]) -> str:
 
 def product_sites(op: Any) -> tuple[ProductSite, ...]:
     """The weights ``op`` multiplies with an activation, each with its product role."""
-    params = _WEIGHT_PARAMS.get(op.op_type)
+    params = WEIGHT_OPERANDS.get(op.op_type)
     if params is None:
         return ()
     from mil_sparsity._graph import input_role  # lazy: _graph -> rules -> calibration
@@ -127,7 +127,7 @@ def collect_activation_stats(
     conv_transpose weights get the channel statistics only. Only what is asked is computed.
     """
     if not isinstance(gram, bool):
-        raise TypeError(f"gram must be a bool, got {type(gram).__name__} {gram!r}")
+        raise InvalidTypeError(f"gram must be a bool, got {type(gram).__name__} {gram!r}")
     from mil_sparsity.reference import ReferenceEvaluator
 
     evaluator = ReferenceEvaluator(model, function_name=function_name)
@@ -152,5 +152,5 @@ def collect_activation_stats(
         evaluator.run(sample, capture)
         count += 1
     if count == 0:
-        raise ValueError("samples: need at least one calibration sample, got none")
+        raise InvalidInputError("samples: need at least one calibration sample, got none")
     return result

@@ -24,6 +24,8 @@ from typing import Iterator, Optional
 import attrs
 import numpy as np
 
+from mil_sparsity.errors import InvalidInputError
+
 FORMAT_VERSION = 2
 #: the format versions :meth:`ActivationStats.load` reads
 READABLE_VERSIONS = (1, 2)
@@ -105,11 +107,11 @@ class ActivationStats:
             return
         where = f"activation stats for {const_name!r} (function {function!r})"
         if entry.channels != sum_squares.shape[0]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where}: {entry.channels} channels so far, but this activation has {sum_squares.shape[0]}"
             )
         if (entry.gram is None) != (gram is None):
-            raise ValueError(f"{where}: a gram statistic for some activations and not for others")
+            raise InvalidInputError(f"{where}: a gram statistic for some activations and not for others")
         entry.sum_squares += sum_squares
         if entry.gram is not None and gram is not None:
             entry.gram += gram
@@ -145,13 +147,13 @@ class ActivationStats:
             with np.load(where, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"calibration: cannot read {where!r} as a .npz file: {error}") from error
+            raise InvalidInputError(f"calibration: cannot read {where!r} as a .npz file: {error}") from error
         return cls.from_arrays(arrays, where=where)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], *, where: str) -> "ActivationStats":
         if _FORMAT_KEY not in arrays:
-            raise ValueError(
+            raise InvalidInputError(
                 f"calibration: {where!r} is not an activation statistics file (no format key); "
                 "write one with ActivationStats.save or `mil-sparsity calibrate`"
             )
@@ -159,9 +161,9 @@ class ActivationStats:
             header = json.loads(bytes(arrays.pop(_FORMAT_KEY).astype(np.uint8)).decode())
             version = header["version"]
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"calibration: {where!r} has a corrupt format header") from error
+            raise InvalidInputError(f"calibration: {where!r} has a corrupt format header") from error
         if version not in READABLE_VERSIONS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"calibration: {where!r} has format version {version!r}, this mil_sparsity reads "
                 f"versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
@@ -171,23 +173,23 @@ class ActivationStats:
             sums = arrays[key]
             rows_key = _SEP.join((function, name, "rows"))
             if rows_key not in arrays:
-                raise ValueError(f"calibration: {where!r} has no row count for {name!r}")
+                raise InvalidInputError(f"calibration: {where!r} has no row count for {name!r}")
             rows = arrays[rows_key]
             if sums.ndim != 1 or sums.dtype != np.float64 or rows.shape != () or rows < 0:
-                raise ValueError(
+                raise InvalidInputError(
                     f"calibration: {where!r}: entry {name!r} is malformed (sum_squares "
                     f"{sums.dtype}{list(sums.shape)}, rows {rows!r}); expected a float64 vector "
                     "and a non-negative count"
                 )
             if not np.all(np.isfinite(sums)) or np.any(sums < 0):
-                raise ValueError(
+                raise InvalidInputError(
                     f"calibration: {where!r}: entry {name!r} has negative or non-finite sums"
                 )
             gram = arrays.get(_SEP.join((function, name, GRAM))) if version >= 2 else None
             if gram is not None and (
                 gram.dtype != np.float64 or gram.shape != (sums.shape[0],) * 2 or not np.all(np.isfinite(gram))
             ):
-                raise ValueError(
+                raise InvalidInputError(
                     f"calibration: {where!r}: entry {name!r} has a malformed gram "
                     f"({gram.dtype}{list(gram.shape)}); expected finite float64 "
                     f"[{sums.shape[0]}, {sums.shape[0]}]"
@@ -196,7 +198,7 @@ class ActivationStats:
         known = tuple(_SEP + suffix for suffix in (*STATISTICS, ROWS)) if version >= 2 else (_SEP + SUM_SQUARES, _SEP + ROWS)
         leftovers = [k for k in arrays if not k.endswith(known)]
         if leftovers:
-            raise ValueError(f"calibration: {where!r} has unknown entries {leftovers[:5]}")
+            raise InvalidInputError(f"calibration: {where!r} has unknown entries {leftovers[:5]}")
         return stats
 
 
@@ -209,7 +211,7 @@ def channel_sum_squares(activation: np.ndarray, channel_axis: int) -> tuple[np.n
     """
     x = np.asarray(activation, dtype=np.float32)
     if x.ndim == 0:
-        raise ValueError("activation: a channel axis needs rank >= 1, got a scalar")
+        raise InvalidInputError("activation: a channel axis needs rank >= 1, got a scalar")
     axis = channel_axis % x.ndim
     letters = "abcdefghijklmnopqrstuvwxyz"[: x.ndim]
     subscripts = f"{letters},{letters}->{letters[axis]}"
@@ -225,6 +227,6 @@ def channel_gram(activation: np.ndarray, channel_axis: int) -> np.ndarray:
     SparseGPT does) and returned as float64 for accumulation."""
     x = np.asarray(activation, dtype=np.float32)
     if x.ndim == 0:
-        raise ValueError("activation: a channel axis needs rank >= 1, got a scalar")
+        raise InvalidInputError("activation: a channel axis needs rank >= 1, got a scalar")
     rows = np.moveaxis(x, channel_axis % x.ndim, -1).reshape(-1, x.shape[channel_axis % x.ndim])
     return (rows.T @ rows).astype(np.float64)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity.passes._base import SparsityPass
+from mil_sparsity.passes._base import PassResult, SparsityPass
 from mil_sparsity.passes.prune_by_magnitude import PruneByMagnitude
 from mil_sparsity.passes.prune_by_threshold import PruneByThreshold
 from mil_sparsity.passes.sparse_pack import SparsePack
@@ -30,4 +30,4 @@ def register_passes() -> None:
         private.register_pass(cls, namespace, name)
 
 
-__all__ = ["PASS_CLASSES", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]
+__all__ = ["PASS_CLASSES", "PassResult", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]

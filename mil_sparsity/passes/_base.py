@@ -27,6 +27,7 @@ from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity import _graph, sparse_format
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
@@ -52,6 +53,20 @@ class Planned:
     block: Block
     op: Operation
     build: Callable[[], Var]
+
+
+@attrs.frozen
+class PassResult:
+    """What one run of a pass did (as onnx-ir's ``PassResult``): whether it changed the
+    program, and one report row per weight it considered (also appended to its ``report``)."""
+
+    modified: bool
+    records: tuple[WeightRecord, ...]
+
+    @property
+    def packed(self) -> tuple[str, ...]:
+        """The names of the weights now stored sparse."""
+        return tuple(record.name for record in self.records if record.packed)
 
 
 class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
@@ -104,9 +119,11 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         return self.entry.default_selector()
 
     # ----- the pass ----------------------------------------------------------------------
-    def apply(self, prog: Program) -> None:
+    def apply(self, prog: Program) -> PassResult:
+        """Select, plan, commit (see the module doc); returns what changed. coremltools'
+        pipeline manager ignores the result; direct callers may read it."""
         if not isinstance(prog, Program):
-            raise TypeError(f"{self.pass_name} applies to a PyMIL Program, got {type(prog).__name__}")
+            raise InvalidTypeError(f"{self.pass_name} applies to a PyMIL Program, got {type(prog).__name__}")
         selector = self._selector if self._selector is not None else self.default_selector()
         _graph.check_opsets(prog, self.pass_name)
         self.entry.check_calibration(selector, self._calibration)
@@ -114,6 +131,7 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         _commit(planned)
         if self.report is not None:
             self.report.extend(records)
+        return PassResult(bool(planned), tuple(records))
 
     def _plan(
         self, prog: Program, selector: OpSelector

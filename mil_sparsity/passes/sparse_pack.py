@@ -16,8 +16,9 @@ from typing import Iterator, Optional
 from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.program import Program
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import sparse_format
-from mil_sparsity.passes._base import Planned, SparsityPass
+from mil_sparsity.passes._base import PassResult, Planned, SparsityPass
 from mil_sparsity.passes._joint import plan_joint
 from mil_sparsity.plan import catalog
 from mil_sparsity.report import WeightRecord
@@ -41,16 +42,16 @@ class SparsePack(SparsityPass):
         checked = self.entry.check_option(catalog.JOINT_COMPRESSION, value)
         self._joint_compression = bool(checked)
 
-    def apply(self, prog: Program) -> None:
+    def apply(self, prog: Program) -> PassResult:
         if self._joint_compression:
             for name, function in prog.functions.items():
                 if sparse_format.sparse_form(function.opset_version) is not sparse_format.UINT1_MASK_FORM:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"{self.pass_name}: joint_compression needs iOS18 or later, but function "
                         f"{name!r} targets {sparse_format.target_name(function.opset_version)}. Convert with "
                         "minimum_deployment_target=ct.target.iOS18, or drop joint_compression."
                     )
-        super().apply(prog)
+        return super().apply(prog)
 
     def _plan_more(
         self, function_name: str, block: Block, selector: OpSelector

@@ -19,13 +19,13 @@ import attrs
 
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import (
-    ACTIVATION_SCORING,
     BlockConfig,
     MagnitudeConfig,
     NMConfig,
     PackConfig,
     SparsityConfig,
     ThresholdConfig,
+    is_activation_scored,
 )
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.report import SparsityReport
@@ -120,7 +120,7 @@ class PassEntry:
         if calibration is not None:
             return
         for where, config in selector.entries():
-            if config is not None and getattr(config, "scoring", None) == ACTIVATION_SCORING:
+            if config is not None and is_activation_scored(config):
                 raise InvalidInputError(
                     f"{self.name}: {where} has scoring='activation', which needs the pass option "
                     f"{CALIBRATION!r} (an ActivationStats, or the path of one written by "
