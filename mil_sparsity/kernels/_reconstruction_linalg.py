@@ -61,10 +61,13 @@ def _cholesky(h: F64, what: str) -> F64:
     return factor
 
 
-def upper_cholesky_of_inverse(h: F64) -> F64:
-    """Upper-triangular ``U`` with ``U.T @ U == inv(h)`` for a symmetric positive definite ``h``."""
-    lower = _cholesky(np.ascontiguousarray(h[::-1, ::-1]), "Cholesky of the reversed matrix")
-    upper: F64 = np.ascontiguousarray(lower_triangular_inverse(lower)[::-1, ::-1])
+def upper_cholesky_of_inverse(h: F64, dtype: type[np.floating[Any]] = np.float64) -> Floats:
+    """Upper-triangular ``U`` with ``U.T @ U == inv(h)`` for a symmetric positive definite ``h``,
+    computed in float64 and returned C-contiguous in ``dtype`` (one copy, no float64 one)."""
+    lower = _cholesky(h[::-1, ::-1], "Cholesky of the reversed matrix")
+    inverse = lower_triangular_inverse(lower)
+    del lower
+    upper: Floats = np.ascontiguousarray(inverse[::-1, ::-1], dtype=dtype)
     return upper
 
 

@@ -237,7 +237,7 @@ def sparsegpt(
     w, h = _working_copies(weight, gram)
     rows, cols = w.shape
     _add_to_diagonal(h, damp * float(np.mean(np.diagonal(h))))
-    factor = upper_cholesky_of_inverse(h).astype(w.dtype)
+    factor = upper_cholesky_of_inverse(h, w.dtype.type)
     del h
     width = max(pattern.m, block_size // pattern.m * pattern.m) if pattern.is_nm else block_size
     starts = list(range(0, cols, width))
