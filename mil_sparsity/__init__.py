@@ -24,7 +24,10 @@ from mil_sparsity.configs import (
     config_to_dict,
 )
 from mil_sparsity.calibration import ActivationStats, collect_activation_stats
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError, MilSparsityError, UnsafePackageError
+from mil_sparsity.model.inventory import Weight, weights
 from mil_sparsity.passes import register_passes
+from mil_sparsity.plan import catalog
 from mil_sparsity.posthoc import apply_pipeline
 from mil_sparsity.oneshot import pack_weights, prune_weights
 from mil_sparsity import reference
@@ -35,14 +38,19 @@ from mil_sparsity.sweep import SweepResult, sweep
 
 register_passes()
 
-PRUNE_BY_THRESHOLD = "mil_sparsity::prune_by_threshold"
-PRUNE_BY_MAGNITUDE = "mil_sparsity::prune_by_magnitude"
-SPARSE_PACK = "mil_sparsity::sparse_pack"
+PRUNE_BY_THRESHOLD = catalog.PRUNE_BY_THRESHOLD.name
+PRUNE_BY_MAGNITUDE = catalog.PRUNE_BY_MAGNITUDE.name
+SPARSE_PACK = catalog.SPARSE_PACK.name
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStats",
+    "InvalidInputError",
+    "InvalidTypeError",
+    "MilSparsityError",
+    "UnsafePackageError",
+    "Weight",
     "BlockConfig",
     "MagnitudeConfig",
     "NMConfig",
@@ -69,4 +77,5 @@ __all__ = [
     "prune_weights",
     "reference",
     "sweep",
+    "weights",
 ]

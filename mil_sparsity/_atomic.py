@@ -37,6 +37,8 @@ import shutil
 import tempfile
 from typing import Iterator, Union
 
+from mil_sparsity.errors import InvalidInputError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -49,7 +51,7 @@ def check_destination(destination: PathLike, overwrite: bool) -> str:
     path = os.path.abspath(os.fspath(destination))
     name = os.path.basename(path)
     if not name:
-        raise ValueError(f"not a valid output path: {os.fspath(destination)!r}")
+        raise InvalidInputError(f"not a valid output path: {os.fspath(destination)!r}")
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"output directory does not exist: {parent}")

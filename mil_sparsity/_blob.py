@@ -191,14 +191,14 @@ class BlobSink:
 
     def append(self, data: NDArray[np.uint8]) -> None:
         if data.size > self._left:
-            raise ValueError(f"blob at byte {self.offset}: {data.size} more bytes but only {self._left} left")
+            raise InvalidInputError(f"blob at byte {self.offset}: {data.size} more bytes but only {self._left} left")
         self._left -= data.size
         self._writer._append(data)
 
     def close(self) -> int:
         """The blob's offset; ValueError unless exactly the announced bytes were appended."""
         if self._left:
-            raise ValueError(f"blob at byte {self.offset}: {self._left} announced bytes never written")
+            raise InvalidInputError(f"blob at byte {self.offset}: {self._left} announced bytes never written")
         self._writer._sink = None
         return self.offset
 
@@ -222,7 +222,7 @@ class BlobWriter:
 
     def _begin(self, code: int, nbytes: int, padding_bits: int) -> BlobSink:
         if self._sink is not None:
-            raise ValueError(f"{self.path}: blob at byte {self._sink.offset} is still open")
+            raise InvalidInputError(f"{self.path}: blob at byte {self._sink.offset} is still open")
         offset = -(-self._end // _RECORD) * _RECORD
         metadata = bytearray(_RECORD)
         _METADATA.pack_into(metadata, 0, _SENTINEL, code, nbytes, offset + _RECORD, padding_bits)
@@ -263,7 +263,7 @@ class BlobWriter:
             return
         try:
             if self._sink is not None:
-                raise ValueError(f"{self.path}: blob at byte {self._sink.offset} was never finished")
+                raise InvalidInputError(f"{self.path}: blob at byte {self._sink.offset} was never finished")
             self._file.seek(0)
             self._file.write(_HEADER.pack(self._count, _VERSION))
         finally:

@@ -16,7 +16,7 @@ used, so ``import mil_sparsity`` does not need them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, MutableMapping, Optional
+from typing import Any, Mapping, MutableMapping, Optional
 
 import numpy as np
 from numpy.typing import NDArray

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.configs import (
     DEFAULT_WEIGHT_THRESHOLD,
     BlockConfig,
@@ -70,7 +71,7 @@ def config_from_coremltools(op_config: Any, where: str) -> Optional[SparsityConf
         return MagnitudeConfig(
             target_sparsity=op_config.target_sparsity, weight_threshold=weight_threshold
         )
-    raise ValueError(
+    raise InvalidInputError(
         f"{where}: only OpThresholdPrunerConfig and OpMagnitudePrunerConfig can be translated, "
         f"got {type(op_config).__name__}"
     )

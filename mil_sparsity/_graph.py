@@ -14,7 +14,7 @@ from coremltools.converters.mil.mil.var import Var
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import sparse_format
 from mil_sparsity.products import NotAProduct, ProductRole, product_role
-from mil_sparsity.rules import Consumer, WeightSite
+from mil_sparsity.model.inventory import Consumer, Weight, is_constexpr
 from mil_sparsity.sparse_format import SparseForm, SparseReplacement
 
 
@@ -45,7 +45,7 @@ def weight_consts(block: Block) -> Iterator[Operation]:
 def _is_constant(var: Var) -> bool:
     """A const, or a constexpr op's output (a weight stored compressed)."""
     op = var.op
-    return op is not None and (op.op_type == "const" or str(op.op_type).startswith("constexpr_"))
+    return op is not None and (op.op_type == "const" or is_constexpr(op.op_type))
 
 
 def _scalar(op: Operation, name: str) -> Any:
@@ -87,11 +87,11 @@ def consumers(var: Var) -> tuple[Consumer, ...]:
     return tuple(seen.values())
 
 
-def weight_site(function_name: str, op: Operation) -> WeightSite:
+def weight_site(function_name: str, op: Operation) -> Weight:
     """The selection rules' view of a PyMIL op's (first) output: a const, or a constexpr op's
     decompressed weight. Shape and dtype come from the var's type, not its value."""
     var = op.outputs[0]
-    return WeightSite(
+    return Weight(
         function=function_name,
         name=str(op.name),
         shape=tuple(int(d) for d in var.shape),
@@ -99,6 +99,21 @@ def weight_site(function_name: str, op: Operation) -> WeightSite:
         consumers=consumers(var),
         feeds_block_output=private.feeds_block_output(var),
     )
+
+
+def constexpr_chain(op: Operation) -> list[Operation]:
+    """``op`` and every constexpr op it reads from, transitively; ``op`` first, no repeats."""
+    found: list[Operation] = []
+    seen: set[int] = set()
+    pending = [op]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        pending.extend(var.op for var in current.get_flattened_inputs() if var.op is not None and is_constexpr(var.op.op_type))
+    return found
 
 
 def function_form(name: str, function: Function) -> SparseForm:
@@ -147,5 +162,5 @@ def remove_with_orphans(block: Block, ops: list[Operation]) -> None:
                 continue
             seen.add(id(op))
             unused = all(not out.child_ops and not private.feeds_block_output(out) for out in op.outputs)
-            if unused and (op.op_type == "const" or op.op_type.startswith("constexpr_")):
+            if unused and (op.op_type == "const" or is_constexpr(op.op_type)):
                 ops.append(op)

@@ -1,7 +1,7 @@
 """Who reads each var of an ML Program spec, and as what: the streaming rewriter's counterpart
 of ``_graph.consumers``, on the protobuf spec instead of a PyMIL program.
 
-For every op input bound to a var name it records a :class:`~mil_sparsity.rules.Consumer`
+For every op input bound to a var name it records a :class:`~mil_sparsity.model.inventory.Consumer`
 with the input names and, for each, its product role (:func:`mil_sparsity.products.product_role`).
 The flags the role needs are read from the op's arguments as the spec stores them: an inline
 value, or a reference to a const op (``transpose_x``, ``transpose_y``: bools; ``groups``: an
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional, Union
 
 from mil_sparsity.products import NotAProduct, ProductRole, product_role
-from mil_sparsity.rules import Consumer
+from mil_sparsity.model.inventory import Consumer, is_constexpr
 
 
 def op_name(op: Any) -> str:
@@ -47,7 +47,7 @@ class _Vars:
         if binding.WhichOneof("binding") == "value":
             return True
         producer = self.producers.get(binding.name)
-        return producer is not None and (producer.type == "const" or str(producer.type).startswith("constexpr_"))
+        return producer is not None and (producer.type == "const" or is_constexpr(producer.type))
 
     def scalar(self, op: Any, name: str) -> Any:
         """The value of ``op``'s argument ``name``: inline, or a const op's; None otherwise."""

@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import attrs
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
+
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
@@ -16,17 +18,17 @@ def _where(instance: Any, attribute: "attrs.Attribute[Any]") -> str:
 
 def _require_number(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{_where(instance, attribute)} must be a number, got {type(value).__name__} {value!r}"
         )
     if not math.isfinite(value):
-        raise ValueError(f"{_where(instance, attribute)} must be finite, got {value!r}")
+        raise InvalidInputError(f"{_where(instance, attribute)} must be finite, got {value!r}")
     return float(value)
 
 
 def _require_int(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{_where(instance, attribute)} must be an int, got {type(value).__name__} {value!r}"
         )
     return value
@@ -36,7 +38,7 @@ def fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> No
     """A finite number in [0, 1]."""
     number = _require_number(instance, attribute, value)
     if not 0.0 <= number <= 1.0:
-        raise ValueError(f"{_where(instance, attribute)} must be in [0, 1], got {value!r}")
+        raise InvalidInputError(f"{_where(instance, attribute)} must be in [0, 1], got {value!r}")
 
 
 def optional_fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -48,7 +50,7 @@ def optional_fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: A
 def non_negative_number(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     """A finite number >= 0."""
     if _require_number(instance, attribute, value) < 0:
-        raise ValueError(f"{_where(instance, attribute)} must be >= 0, got {value!r}")
+        raise InvalidInputError(f"{_where(instance, attribute)} must be >= 0, got {value!r}")
 
 
 def int_at_least(minimum: int) -> Validator:
@@ -56,7 +58,7 @@ def int_at_least(minimum: int) -> Validator:
 
     def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if _require_int(instance, attribute, value) < minimum:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{_where(instance, attribute)} must be an int >= {minimum}, got {value!r}"
             )
 
@@ -80,7 +82,7 @@ def one_of(*allowed: str) -> Validator:
 
     def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if not isinstance(value, str) or value not in allowed:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{_where(instance, attribute)} must be one of {list(allowed)}, got {value!r}"
             )
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Mapping, Optional, cast
 
 import attrs
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity._validators import (
     fraction,
     int_at_least,
@@ -34,13 +35,18 @@ FORMAT_VERSION = 1
 FORMAT_VERSION_KEY = "format_version"
 
 
+def is_activation_scored(config: object) -> bool:
+    """True for a config that ranks by activation scores (``scoring="activation"``, Wanda)."""
+    return getattr(config, "scoring", None) == ACTIVATION_SCORING
+
+
 def check_format_version(data: Mapping[str, Any], where: str) -> None:
     """ValueError unless ``data``'s format version (if given) is one this version reads."""
     if FORMAT_VERSION_KEY not in data:
         return  # written before the version was recorded: version 1
     version = data[FORMAT_VERSION_KEY]
     if isinstance(version, bool) or version != FORMAT_VERSION:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}.{FORMAT_VERSION_KEY} must be {FORMAT_VERSION} (the config format this "
             f"mil_sparsity reads), got {version!r}"
         )
@@ -155,7 +161,7 @@ class NMConfig(SparsityConfig):
     @m.validator
     def _n_at_most_m(self, attribute: "attrs.Attribute[int]", value: int) -> None:
         if self.n > value:
-            raise ValueError(f"NMConfig.n must be <= NMConfig.m, got n={self.n}, m={value}")
+            raise InvalidInputError(f"NMConfig.n must be <= NMConfig.m, got n={self.n}, m={value}")
 
     @property
     def sparsity(self) -> float:
@@ -200,11 +206,11 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> Sparsity
     """Inverse of :func:`config_to_dict`. Unknown kinds, unknown keys, missing required fields
     and an unsupported ``format_version`` raise ValueError naming the field."""
     if not isinstance(data, Mapping):
-        raise TypeError(f"{where} must be a dict with a 'kind' key, got {type(data).__name__}")
+        raise InvalidTypeError(f"{where} must be a dict with a 'kind' key, got {type(data).__name__}")
     check_format_version(data, where)
     kind = data.get("kind")
     if kind not in CONFIG_KINDS:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}.kind must be one of {sorted(CONFIG_KINDS)}, got {kind!r}"
         )
     cls = CONFIG_KINDS[kind]
@@ -212,12 +218,12 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> Sparsity
     known = {field.name for field in fields}
     unknown = sorted(set(data) - known - {"kind", FORMAT_VERSION_KEY})
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed keys are {sorted(known)}"
         )
     missing = [field.name for field in fields if field.default is attrs.NOTHING and field.name not in data]
     if missing:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}: {cls.__name__} needs {', '.join(repr(name) for name in missing)} "
             f"(required field{'s' if len(missing) > 1 else ''} missing)"
         )

@@ -1,5 +1,13 @@
 """Config type -> handler. A handler turns one weight array into its sparse form or a skip.
 
+The outcome contract is **mask + values**: a :class:`~mil_sparsity.kernels.SparseWeight`
+holds which elements are stored (``mask``) and the values stored for them
+(``nonzero_data``, row-major). Today's handlers store the kept weights as they were
+(method ``"prune"``; ``"pack"`` stores every value as it was); a reconstruction handler may
+store new values for the kept weights (SparseGPT, ADMM), as long as none of them is zero.
+Nothing downstream (the rewriters, the streaming cache, blob de-duplication, the report,
+``sweep``) assumes the stored values equal the original ones.
+
 Handlers are pure numpy (they call the kernels) and never touch the program, so the passes can
 compute every replacement before rewriting anything. Add a new sparsity scheme by adding a
 config class and registering a handler for it here.
@@ -18,14 +26,15 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.configs import (
-    ACTIVATION_SCORING,
     BlockConfig,
     MagnitudeConfig,
     NMConfig,
     PackConfig,
     SparsityConfig,
     ThresholdConfig,
+    is_activation_scored,
 )
 from mil_sparsity.kernels import (
     SparseWeight,
@@ -72,8 +81,22 @@ def run_handler(weight: NDArray[Any], config: SparsityConfig, context: Optional[
     try:
         handler = HANDLERS[type(config)]
     except KeyError:
-        raise TypeError(f"no handler registered for {type(config).__name__}") from None
+        raise InvalidTypeError(f"no handler registered for {type(config).__name__}") from None
     return handler(weight, config, context)
+
+
+#: how a handler chooses the values it stores (the report's ``method`` column)
+PRUNE_METHOD = "prune"
+PACK_METHOD = "pack"
+
+
+def method_of(config: SparsityConfig) -> str:
+    """The config's method: its own ``method`` field if it has one, else ``"pack"`` for pack
+    configs and ``"prune"`` (the kept weights unchanged) for the others."""
+    own = getattr(config, "method", None)
+    if isinstance(own, str):
+        return own
+    return PACK_METHOD if isinstance(config, PackConfig) else PRUNE_METHOD
 
 
 def resolved_dim(config: Union[BlockConfig, NMConfig], context: Optional[ScoreContext]) -> int:
@@ -81,7 +104,7 @@ def resolved_dim(config: Union[BlockConfig, NMConfig], context: Optional[ScoreCo
     if config.dim is not None:
         return config.dim
     if context is None or context.axis is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{type(config).__name__}.dim=None means the reduction axis of the op reading the "
             "weight, which only a pass knows: run the config through a pass, or set dim"
         )
@@ -93,7 +116,7 @@ def _activation_scores(
 ) -> tuple[NDArray[Any], RowLayout]:
     """Wanda scores ``|w| * scale`` from the selection's context, and the output rows."""
     if context is None or context.scale is None or context.rows is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{type(config).__name__}(scoring='activation') needs calibration statistics: run it "
             "through prune_by_magnitude with the pass option 'calibration'"
         )
@@ -101,7 +124,7 @@ def _activation_scores(
 
 
 def _is_activation(config: Union[MagnitudeConfig, BlockConfig, NMConfig]) -> bool:
-    return config.scoring == ACTIVATION_SCORING
+    return is_activation_scored(config)
 
 
 @register_handler(ThresholdConfig)

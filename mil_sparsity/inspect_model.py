@@ -38,26 +38,14 @@ from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import _graph, sparse_format
+from mil_sparsity.model import inventory
 from mil_sparsity.kernels import SparseWeight, unpack_sparse, zero_fraction
 
-DENSE = "dense"
-SPARSE = "sparse"
-PALETTIZED = "palettized"
-QUANTIZED = "quantized"
-JOINT = "joint"
-
-CONSTEXPR_PREFIX = "constexpr_"
-
-# the compression(s) each constexpr op stands for; unknown constexpr ops count as their own kind
-COMPRESSIONS: dict[str, tuple[str, ...]] = {
-    "constexpr_sparse_to_dense": (SPARSE,),
-    "constexpr_lut_to_dense": (PALETTIZED,),
-    "constexpr_lut_to_sparse": (PALETTIZED, SPARSE),
-    "constexpr_affine_dequantize": (QUANTIZED,),
-    "constexpr_blockwise_shift_scale": (QUANTIZED,),
-    "constexpr_sparse_blockwise_shift_scale": (QUANTIZED, SPARSE),
-    "constexpr_cast": (),  # a precision cast of a stored const, not a compression
-}
+# storage kinds and the compression table live in the inventory (one place)
+DENSE, SPARSE, PALETTIZED, QUANTIZED, JOINT = inventory.DENSE, inventory.SPARSE, inventory.PALETTIZED, inventory.QUANTIZED, inventory.JOINT
+CONSTEXPR_PREFIX = inventory.CONSTEXPR_PREFIX
+COMPRESSIONS = inventory.COMPRESSIONS
+storage_kind = inventory.storage_kind
 
 
 @attrs.frozen
@@ -188,30 +176,7 @@ def totals(weights: "tuple[WeightInfo, ...] | list[WeightInfo]") -> dict[str, An
 
 # ----- the walk -------------------------------------------------------------------------------
 def is_constexpr(op: Optional[Operation]) -> bool:
-    return op is not None and str(op.op_type).startswith(CONSTEXPR_PREFIX)
-
-
-def _input_vars(op: Operation) -> Iterator[Var]:
-    for value in op.inputs.values():
-        if isinstance(value, (list, tuple)):
-            yield from value
-        else:
-            yield value
-
-
-def _readers(var: Var) -> list[Operation]:
-    """The ops reading ``var``, each once, in program order."""
-    readers: dict[int, Operation] = {}
-    for op in var.child_ops:
-        readers.setdefault(id(op), op)
-    return list(readers.values())
-
-
-def _static_size(var: Var) -> int:
-    shape = var.shape if private.is_tensor_type(var.sym_type) else ()
-    if any(not isinstance(d, (int, np.integer)) for d in shape):
-        return -1
-    return int(math.prod(int(d) for d in shape))
+    return op is not None and inventory.is_constexpr(op.op_type)
 
 
 def var_nbytes(var: Var) -> int:
@@ -224,18 +189,6 @@ def var_nbytes(var: Var) -> int:
     if bitwidth is None:
         return int(array.nbytes)
     return (int(array.size) * bitwidth + 7) // 8
-
-
-def storage_kind(chain: tuple[str, ...]) -> str:
-    """dense / sparse / palettized / quantized, or joint for more than one compression."""
-    kinds: list[str] = []
-    for op_type in chain:
-        for kind in COMPRESSIONS.get(op_type, (op_type[len(CONSTEXPR_PREFIX):],)):
-            if kind not in kinds:
-                kinds.append(kind)
-    if not kinds:
-        return DENSE
-    return kinds[0] if len(kinds) == 1 else JOINT
 
 
 @attrs.frozen
@@ -252,7 +205,7 @@ class WeightSource:
     def stored_bytes(self) -> int:
         """Bytes as stored, without decompressing anything."""
         if is_constexpr(self.op):
-            return sum(var_nbytes(var) for var in _chain_consts(_chain(self.op)))
+            return sum(var_nbytes(var) for var in _chain_consts(_graph.constexpr_chain(self.op)))
         return var_nbytes(self.op.outputs[0])
 
     def dense_value(self) -> np.ndarray:
@@ -266,8 +219,8 @@ class WeightSource:
         op = self.op
         dense = self.dense_value()
         stored = self.stored_bytes()
-        chain = tuple(str(item.op_type) for item in _chain(op)) if is_constexpr(op) else ()
-        readers = [reader for var in op.outputs for reader in _readers(var)]
+        chain = tuple(str(item.op_type) for item in _graph.constexpr_chain(op)) if is_constexpr(op) else ()
+        readers = {id(reader): reader for var in op.outputs for reader in var.child_ops}.values()
         return WeightInfo(
             function=self.function,
             name=self.name,
@@ -282,26 +235,11 @@ class WeightSource:
         )
 
 
-def _chain(op: Operation) -> list[Operation]:
-    """``op`` and every constexpr op it reads from, transitively; ``op`` first, no repeats."""
-    found: list[Operation] = []
-    seen: set[int] = set()
-    pending = [op]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        found.append(current)
-        pending.extend(var.op for var in _input_vars(current) if is_constexpr(var.op))
-    return found
-
-
 def _chain_consts(chain: list[Operation]) -> list[Var]:
     """The const vars the chain reads, each once."""
     consts: dict[int, Var] = {}
     for op in chain:
-        for var in _input_vars(op):
+        for var in op.get_flattened_inputs():
             if var.op is not None and var.op.op_type == "const":
                 consts.setdefault(id(var), var)
     return list(consts.values())
@@ -326,25 +264,17 @@ def materialize(op: Operation) -> np.ndarray:
 
 
 def weight_sources(prog: Program, weight_threshold: int = 0) -> list[WeightSource]:
-    """Every weight of every function (see module docstring), in program order."""
+    """Every weight of every function (see module docstring), in program order: the
+    inventory's (:func:`mil_sparsity.model.inventory.program_weights`) consts that no constexpr
+    op reads, and its chain ends, above ``weight_threshold`` elements (or of unknown size)."""
     sources: list[WeightSource] = []
-    for function_name, function in prog.functions.items():
-        for block in _graph.iter_blocks(function):
-            weight_consts = {id(op) for op in _graph.weight_consts(block)}
-            for op in block.operations:
-                if id(op) in weight_consts:
-                    var = op.outputs[0]
-                    if any(is_constexpr(reader) for reader in _readers(var)):
-                        continue
-                    size = int(np.asarray(var.val).size)
-                elif is_constexpr(op):
-                    if any(is_constexpr(r) for var in op.outputs for r in _readers(var)):
-                        continue
-                    size = max(_static_size(var) for var in op.outputs)
-                else:
-                    continue
-                if size < 0 or size > weight_threshold:
-                    sources.append(WeightSource(str(function_name), op))
+    for found in inventory.program_weights(prog):
+        weight = found.weight
+        if weight.feeds_constexpr and not weight.compressed:
+            continue
+        size = -1 if any(not isinstance(d, (int, np.integer)) for d in weight.shape) else weight.size
+        if size < 0 or size > weight_threshold:
+            sources.append(WeightSource(weight.function, found.op))
     return sources
 
 

@@ -13,8 +13,9 @@ from typing import Any, Optional
 
 import attrs
 
-from mil_sparsity.configs import SparsityConfig, config_to_dict
+from mil_sparsity.configs import config_to_dict
 from mil_sparsity.passes import PASS_CLASSES, SparsityPass
+from mil_sparsity.plan import catalog
 
 CONFIG_OPTION_TYPE = (
     "{configs} | OpSelector | dict (OpSelector.from_dict form) | str (its JSON) | "
@@ -43,15 +44,8 @@ def config_fields(cls: type) -> dict[str, dict[str, Any]]:
     return fields
 
 
-def _default_config(cls: type[SparsityPass]) -> Optional[SparsityConfig]:
-    try:
-        return cls().default_selector().global_config
-    except ValueError:
-        return None
-
-
 def pass_entry(cls: type[SparsityPass]) -> dict[str, Any]:
-    default = _default_config(cls)
+    default = cls.entry.default_config
     configs = " | ".join(config.__name__ for config in cls.accepted_configs)
     config_option: dict[str, Any] = {"type": CONFIG_OPTION_TYPE.format(configs=configs)}
     if default is None:
@@ -75,7 +69,7 @@ def pass_entry(cls: type[SparsityPass]) -> dict[str, Any]:
 
 
 def build_manifest() -> dict[str, Any]:
-    return {"namespace": "mil_sparsity", "passes": [pass_entry(cls) for cls in PASS_CLASSES]}
+    return {"namespace": catalog.NAMESPACE, "passes": [pass_entry(cls) for cls in PASS_CLASSES]}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -23,48 +23,22 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import attrs
 import coremltools as ct
 
-from mil_sparsity.configs import SparsityConfig
-from mil_sparsity.passes import PASS_CLASSES, PruneByMagnitude, SparsePack, pass_for_selector
+from mil_sparsity.errors import InvalidInputError
+from mil_sparsity.plan import catalog
 from mil_sparsity.posthoc import ModelLike, apply_pipeline
 from mil_sparsity.report import SparsityReport
 from mil_sparsity.selector import OpSelector, as_selector
 
-PRUNE_BY_MAGNITUDE = PruneByMagnitude.pass_name
-SPARSE_PACK = SparsePack.pass_name
-
-
-def _owner(config: Optional[SparsityConfig]) -> Optional[str]:
-    """The pass that takes ``config`` (None for None)."""
-    if config is None:
-        return None
-    return next(cls.pass_name for cls in PASS_CLASSES if isinstance(config, cls.accepted_configs))
-
-
-def _keep_only(selector: OpSelector, pass_name: str) -> OpSelector:
-    """``selector`` with every config of another pass replaced by None (module doc)."""
-
-    def keep(config: Optional[SparsityConfig]) -> Optional[SparsityConfig]:
-        return config if _owner(config) == pass_name else None
-
-    return attrs.evolve(
-        selector,
-        global_config=keep(selector.global_config),
-        op_type_configs={key: keep(value) for key, value in selector.op_type_configs.items()},
-        op_name_configs={key: keep(value) for key, value in selector.op_name_configs.items()},
-    )
+PRUNE_BY_MAGNITUDE = catalog.PRUNE_BY_MAGNITUDE.name
+SPARSE_PACK = catalog.SPARSE_PACK.name
 
 
 def split_by_pass(selector: OpSelector) -> list[tuple[str, OpSelector]]:
-    """(pass name, its selector) for each pass that has a config in ``selector``, in pass order."""
-    owners = {_owner(config) for _, config in selector.entries()} - {None}
-    return [
-        (cls.pass_name, _keep_only(selector, cls.pass_name))
-        for cls in PASS_CLASSES
-        if cls.pass_name in owners
-    ]
+    """(pass name, its selector) for each pass that has a config in ``selector``, in pass order
+    (:func:`mil_sparsity.plan.catalog.split_by_pass`)."""
+    return [(entry.name, part) for entry, part in catalog.split_by_pass(selector)]
 
 
 def _run(model: ModelLike, passes: list[tuple[str, dict[str, Any]]], report: Optional[SparsityReport]) -> Any:
@@ -93,14 +67,14 @@ def prune_weights(
     selector = as_selector(config)
     parts = split_by_pass(selector)
     if not parts:
-        raise ValueError("prune_weights: config: no config set (every entry is None): nothing to do")
+        raise InvalidInputError("prune_weights: config: no config set (every entry is None): nothing to do")
     if any(name == SPARSE_PACK for name, _ in parts):
-        raise ValueError(
+        raise InvalidInputError(
             "prune_weights: config holds pack configs (PackConfig), which prune nothing; use "
             "mil_sparsity.pack_weights for those"
         )
     if calibration is not None and not any(name == PRUNE_BY_MAGNITUDE for name, _ in parts):
-        raise ValueError(
+        raise InvalidInputError(
             "prune_weights: calibration is used by magnitude, block and n:m configs with "
             "scoring='activation', but config holds threshold configs only"
         )
@@ -125,9 +99,9 @@ def pack_weights(
     options: dict[str, Any] = {}
     if config is not None:
         selector = as_selector(config)
-        name = pass_for_selector(selector, "pack_weights: config")
+        name = catalog.pass_for_selector(selector, "pack_weights: config").name
         if name != SPARSE_PACK:
-            raise ValueError(
+            raise InvalidInputError(
                 f"pack_weights: config holds configs of {name} (kinds "
                 f"{sorted({c.kind for _, c in selector.entries() if c is not None})}), which prune; "
                 "use mil_sparsity.prune_weights for those, and PackConfig here"

@@ -18,8 +18,9 @@ from coremltools import PassPipeline
 from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import package_guard, sparse_format, targets
-from mil_sparsity.errors import InvalidInputError
+from mil_sparsity import package_guard, targets
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
+from mil_sparsity.plan.pipeline import PipelinePlan, make_plan
 from mil_sparsity.report import SparsityReport
 
 ModelLike = Union["ct.models.MLModel", str, "os.PathLike[str]"]
@@ -41,7 +42,7 @@ def load_model(model: ModelLike) -> Any:
             return ct.models.MLModel(path, skip_model_load=True)
         except Exception as error:  # protobuf's DecodeError, coremltools' own
             raise InvalidInputError(f"model: coremltools cannot read {path}: {_one_line(error)}") from error
-    raise TypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
+    raise InvalidTypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
 
 
 def _one_line(error: BaseException) -> str:
@@ -53,7 +54,7 @@ def ml_program_spec(mlmodel: Any) -> Any:
     spec = mlmodel.get_spec()
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
-        raise TypeError(
+        raise InvalidTypeError(
             f"mil_sparsity works on ML Program models, but this model is a {kind!r}. Re-convert it "
             'with ct.convert(..., convert_to="mlprogram").'
         )
@@ -93,34 +94,6 @@ def program_to_model(prog: Program, mlmodel: Any, specification_version: Optiona
         compute_units=mlmodel.compute_unit,
         model_description=description,
     )
-
-
-def with_report(pipeline: PassPipeline, report: SparsityReport) -> PassPipeline:
-    """A copy of ``pipeline`` whose mil_sparsity passes without a report option get ``report``."""
-    copy = PassPipeline(pass_names=list(pipeline.passes), pipeline_name=pipeline.pipeline_name)
-    for name in copy.passes:
-        options = {option.option_name: option.option_val for option in pipeline.get_options(name) or []}
-        if name.startswith("mil_sparsity::"):
-            options.setdefault("report", report)
-        if options:
-            copy.set_options(name, options)
-    return copy
-
-
-def option_reports(pipeline: PassPipeline) -> list[SparsityReport]:
-    """The reports the pipeline's passes got as their own ``report`` option."""
-    return [
-        option.option_val
-        for name in pipeline.passes
-        for option in pipeline.get_options(name) or []
-        if option.option_name == "report" and isinstance(option.option_val, SparsityReport)
-    ]
-
-
-def _streamable(pipeline: PassPipeline) -> bool:
-    """Only mil_sparsity passes, with no option but ``config``, ``report`` and ``calibration``."""
-    options = sparse_format.pipeline_options(pipeline)
-    return bool(pipeline.passes) and sparse_format.streaming_obstacle(pipeline.passes, options) is None
 
 
 def apply_pipeline(
@@ -167,32 +140,42 @@ def apply_pipeline(
       results do (``MLModel._get_mil_internal()``). A streamed result, like any model loaded
       from disk, has None: :func:`load_program` gives its program.
     """
+    from mil_sparsity import streaming as streaming_path
+
     if not isinstance(pipeline, PassPipeline):
-        raise TypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
-    if streaming is None:
-        streaming = (
-            isinstance(model, (str, os.PathLike))
-            and os.path.isdir(os.fspath(model))
-            and _streamable(pipeline)
-        )
-    if streaming:
-        return _apply_streaming(model, pipeline, report, minimum_deployment_target)
-    mlmodel = load_model(model)
-    version = int(ml_program_spec(mlmodel).specificationVersion)
-    change = targets.plan(version, minimum_deployment_target, pipeline.passes)
-    if change is not None:
-        version = change.new
-    prog = load_program(mlmodel, version)
-    reports = [report, *option_reports(pipeline)]
-    if report is not None:
-        pipeline = with_report(pipeline, report)
-    private.run_pipeline(prog, pipeline)
-    exported = program_to_model(prog, mlmodel, version)
+        raise InvalidTypeError(f"pipeline must be a ct.PassPipeline, got {type(pipeline).__name__}")
+    path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if streaming and path is None:
+        raise InvalidTypeError("streaming=True needs the path of a saved .mlpackage, not an MLModel")
+    if path is not None and not os.path.exists(path):
+        raise FileNotFoundError(f"model: no such file or package: {path}")
+    source = None
+    if path is not None and os.path.isdir(path) and streaming is not False:
+        source = streaming_path.open_source(path)
+        version = source.version
+    else:
+        mlmodel = load_model(model)
+        version = int(ml_program_spec(mlmodel).specificationVersion)
+    plan = make_plan(
+        pipeline,
+        version,
+        report=report,
+        minimum_deployment_target=minimum_deployment_target,
+        streaming=streaming,
+        streamable_source=source is not None,
+    )
+    if plan.streams and source is not None:
+        return _apply_streaming(plan, source)
+    if source is not None:
+        mlmodel = load_model(model)
+    prog = load_program(mlmodel, plan.version)
+    private.run_pipeline(prog, plan.pipeline)
+    exported = program_to_model(prog, mlmodel, plan.version)
     _keep_program_attributes(exported, mlmodel.get_spec())
     result = _temporary_model(
         exported.package_path, mlmodel.compute_unit, load=private.is_loaded(mlmodel), program=prog
     )
-    targets.announce(change, reports)
+    targets.announce(plan.change, plan.reports)
     return result
 
 
@@ -223,9 +206,7 @@ def _temporary_model(
     )
 
 
-def _apply_streaming(
-    model: ModelLike, pipeline: PassPipeline, report: Optional[SparsityReport], minimum_deployment_target: Any
-) -> Any:
+def _apply_streaming(plan: PipelinePlan, source: Any) -> Any:
     """Stream into a temporary package owned by the returned MLModel (``is_temp_package``:
     coremltools deletes it when the interpreter exits; ``save`` copies it where you want it).
     The input is a path, never a loaded model: the result is not loaded either, and has no
@@ -234,17 +215,11 @@ def _apply_streaming(
     import tempfile
     import uuid
 
-    from mil_sparsity.streaming import compress_package
+    from mil_sparsity.streaming import run_plan
 
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError("streaming=True needs the path of a saved .mlpackage, not an MLModel")
-    if not os.path.exists(os.fspath(model)):
-        raise FileNotFoundError(f"model: no such file or package: {os.fspath(model)}")
     package = os.path.join(tempfile.gettempdir(), f"mil_sparsity-{uuid.uuid4().hex}.mlpackage")
     try:
-        compress_package(
-            model, package, pipeline, report=report, minimum_deployment_target=minimum_deployment_target
-        )
+        run_plan(plan, source, package)
         return _temporary_model(package, load=False)
     except BaseException:
         shutil.rmtree(package, ignore_errors=True)

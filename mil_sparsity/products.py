@@ -27,7 +27,14 @@ from typing import Optional, Union
 
 import attrs
 
-PRODUCT_OPS = ("linear", "conv", "conv_transpose", "matmul")
+#: op type -> the inputs through which it multiplies a weight with an activation
+WEIGHT_OPERANDS: dict[str, tuple[str, ...]] = {
+    "linear": ("weight",),
+    "conv": ("weight",),
+    "conv_transpose": ("weight",),
+    "matmul": ("x", "y"),
+}
+PRODUCT_OPS = tuple(WEIGHT_OPERANDS)
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import attrs
 import numpy as np
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import package_guard
 from mil_sparsity.progress import progress_bar
 
@@ -139,7 +140,7 @@ class _OutputAccumulator:
 
     def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if ref.shape != cand.shape:
-            raise ValueError(
+            raise InvalidInputError(
                 f"output {self.name!r}: the candidate's shape {cand.shape} differs from the "
                 f"reference's {ref.shape}"
             )
@@ -208,7 +209,7 @@ def check_backend(backend: str) -> None:
     """ValueError for a name not in :data:`BACKENDS`; RuntimeError for ``"coreml"`` where the
     Core ML runtime does not exist (anywhere but macOS)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "coreml" and sys.platform != "darwin":
         raise RuntimeError(
             f"backend='coreml' needs the Core ML runtime, which only exists on macOS (this is "
@@ -263,7 +264,7 @@ def _coreml_evaluator(model: Any, function_name: str, template: Any) -> Evaluato
     workdir = None
     if isinstance(model, Program):
         if template is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "template: backend='coreml' needs the MLModel a PyMIL Program came from, to "
                 "export the program with its description"
             )
@@ -308,7 +309,7 @@ def _summarise(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> 
     count = 0
     for ref_out, cand_out in pairs:
         if set(ref_out) != set(cand_out):
-            raise ValueError(
+            raise InvalidInputError(
                 f"the models' outputs differ: reference has {sorted(ref_out)}, candidate has "
                 f"{sorted(cand_out)}"
             )
@@ -318,7 +319,7 @@ def _summarise(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> 
             )
         count += 1
     if count == 0:
-        raise ValueError("samples: need at least one input sample, got none")
+        raise InvalidInputError("samples: need at least one input sample, got none")
     return QualityReport(
         outputs=tuple(acc.result() for acc in accumulators.values()), samples=count
     )
@@ -375,7 +376,7 @@ class ReferenceOutputs:
             outputs.append(run(sample))
             kept.append(sample)
         if not kept:
-            raise ValueError("samples: need at least one input sample, got none")
+            raise InvalidInputError("samples: need at least one input sample, got none")
         return cls(tuple(kept), tuple(outputs), backend, function_name,
                    model if backend == "coreml" else None)
 

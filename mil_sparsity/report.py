@@ -36,6 +36,9 @@ class WeightRecord:
     # "activation"; None when no ranking handler ran)
     axis: Optional[int] = None
     scoring: Optional[str] = None
+    # how the stored values were chosen: "prune" (the kept weights as they were), "pack"
+    # (every value as it was), or a reconstruction method's name; None when no handler ran
+    method: Optional[str] = None
 
     @property
     def packed(self) -> bool:
@@ -101,7 +104,7 @@ class SparsityReport:
 
     def format_table(self, include_skipped: bool = True) -> str:
         """A plain-text table, one row per weight."""
-        header = ("pass", "weight", "shape", "dtype", "ops", "decision", "sparsity", "scoring", "axis", "bytes", "note")
+        header = ("pass", "weight", "shape", "dtype", "ops", "decision", "sparsity", "scoring", "axis", "method", "bytes", "note")
         rows = [header]
         for record in self.records:
             if not include_skipped and not record.packed:
@@ -118,6 +121,7 @@ class SparsityReport:
                     "-" if record.sparsity is None else f"{record.sparsity:.3f}",
                     record.scoring or "-",
                     "-" if record.axis is None else str(record.axis),
+                    record.method or "-",
                     f"{record.dense_bytes}->{after}",
                     record.reason,
                 )

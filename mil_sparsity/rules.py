@@ -1,81 +1,40 @@
 """Which weights a pass packs, and why not the others: the one implementation of the rules.
 
-Both the PyMIL passes and the streaming package rewriter describe each const as a
-:class:`WeightSite` (plain data: name, shape, dtype, who reads it) and call :func:`decide`.
+Both the PyMIL passes and the streaming package rewriter read each const from the weight
+inventory (:class:`~mil_sparsity.model.inventory.Weight`: plain data: name, shape, dtype, who
+reads it) and call :func:`select`, then :func:`run_selected`.
 Nothing here touches a program or a file; the weight's value is loaded through a callable and
 only when a handler needs it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Protocol, Union
 
 import attrs
-import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import BlockConfig, NMConfig, SparsityConfig, config_to_dict
-from mil_sparsity.handlers import Skip, run_handler
+from mil_sparsity.handlers import Skip, method_of, run_handler
 from mil_sparsity.kernels import SparseWeight, zero_fraction
-from mil_sparsity.products import NotAProduct, ProductRole
+from mil_sparsity.model.inventory import Weight, is_constexpr
+from mil_sparsity.products import WEIGHT_OPERANDS
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
 from mil_sparsity.scoring import ScoreContext
 from mil_sparsity.selector import OpSelector
-from mil_sparsity.weight_roles import saved_name, score_context, scoring_of
+from mil_sparsity.sparse_format import saved_name
+from mil_sparsity.weight_roles import score_context, scoring_of
 
-# (consumer op type, input names) that structured sparsity applies to by default
-STRUCTURED_SCOPE: dict[str, frozenset[str]] = {
-    "conv": frozenset({"weight"}),
-    "conv_transpose": frozenset({"weight"}),
-    "linear": frozenset({"weight"}),
-    "matmul": frozenset({"x", "y"}),
-}
+# (consumer op type, input names) that structured sparsity applies to by default: the weight
+# operands of the product ops
+STRUCTURED_SCOPE: dict[str, frozenset[str]] = {op: frozenset(inputs) for op, inputs in WEIGHT_OPERANDS.items()}
 
 # skipped weights up to this size get their current sparsity in the report
 _CHEAP_SPARSITY_SIZE = 1 << 16
 
 ValueLoader = Callable[[], NDArray[Any]]
-
-
-@attrs.frozen
-class Consumer:
-    """One op reading a const, the input names under which it reads it, and for each of those
-    inputs its product role (:func:`mil_sparsity.products.product_role`; None: not read)."""
-
-    name: str
-    op_type: str
-    input_names: tuple[str, ...]
-    roles: tuple[Union[ProductRole, NotAProduct, None], ...] = ()
-
-
-@attrs.frozen
-class WeightSite:
-    """A const weight as the selection rules see it."""
-
-    function: str
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    consumers: tuple[Consumer, ...]
-    feeds_block_output: bool
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
-
-    @property
-    def consumer_types(self) -> tuple[str, ...]:
-        return tuple(consumer.op_type for consumer in self.consumers)
 
 
 @attrs.frozen
@@ -107,6 +66,7 @@ class Decision:
     source: str = ""
     axis: Optional[int] = None  # the block / n:m axis, or the axis activation scores scale
     scoring: Optional[str] = None  # the scoring the handler ran with (None: no handler ran)
+    method: Optional[str] = None  # how the handler chose the stored values (None: none ran)
 
 
 def check_selector(selector: OpSelector, rules: PassRules) -> OpSelector:
@@ -114,13 +74,13 @@ def check_selector(selector: OpSelector, rules: PassRules) -> OpSelector:
     accepted = ", ".join(cls.__name__ for cls in rules.accepted_configs)
     for where, config in selector.entries():
         if config is not None and not isinstance(config, rules.accepted_configs):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{rules.pass_name} takes {accepted}; {where} is a {type(config).__name__}"
             )
     return selector
 
 
-def resolve(site: WeightSite, selector: OpSelector, rules: PassRules) -> tuple[Optional[SparsityConfig], str, bool]:
+def resolve(site: Weight, selector: OpSelector, rules: PassRules) -> tuple[Optional[SparsityConfig], str, bool]:
     """One config for the const, or ValueError if its consumers' configs differ.
 
     Configs that would not consider the weight anyway (None, or weight_threshold not exceeded)
@@ -140,7 +100,7 @@ def resolve(site: WeightSite, selector: OpSelector, rules: PassRules) -> tuple[O
     first_consumer, first = resolutions[0]
     for consumer, other in resolutions[1:]:
         if effective(other.config) != effective(first.config):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{rules.pass_name}: const {site.name!r} is shared by ops {first_consumer.name!r} "
                 f"({first_consumer.op_type}, {first.source} = {first.config}) and "
                 f"{consumer.name!r} ({consumer.op_type}, {other.source} = {other.config}), whose "
@@ -150,7 +110,7 @@ def resolve(site: WeightSite, selector: OpSelector, rules: PassRules) -> tuple[O
     return first.config, first.source, by_name
 
 
-def in_structured_scope(site: WeightSite) -> bool:
+def in_structured_scope(site: Weight) -> bool:
     """True if every consumer reads the const as a conv/linear weight or a matmul operand."""
     for consumer in site.consumers:
         allowed = STRUCTURED_SCOPE.get(consumer.op_type)
@@ -177,7 +137,7 @@ class Selected:
 
 
 def select(
-    site: WeightSite,
+    site: Weight,
     selector: OpSelector,
     rules: PassRules,
     calibration: Optional[ActivationStats] = None,
@@ -191,7 +151,7 @@ def select(
     """
     if site.feeds_block_output:
         return Decision(Skip("feeds a block output directly"))
-    constexpr_users = sorted(t for t in site.consumer_types if t.startswith("constexpr_"))
+    constexpr_users = sorted(t for t in site.consumer_types if is_constexpr(t))
     if constexpr_users:
         return Decision(Skip(f"already feeds {constexpr_users[0]}"))
     if not site.consumers:
@@ -227,11 +187,11 @@ def run_selected(selected: Selected, value: NDArray[Any]) -> Decision:
     """Run the selected config's handler on the weight's value (with its score context, if any)."""
     config = selected.config
     outcome = run_handler(value, config) if selected.context is None else run_handler(value, config, selected.context)
-    return Decision(outcome, config, selected.source, selected.axis, scoring_of(config))
+    return Decision(outcome, config, selected.source, selected.axis, scoring_of(config), method_of(config))
 
 
 def decide(
-    site: WeightSite,
+    site: Weight,
     selector: OpSelector,
     rules: PassRules,
     load: ValueLoader,
@@ -242,7 +202,7 @@ def decide(
     return chosen if isinstance(chosen, Decision) else run_selected(chosen, load())
 
 
-def record(site: WeightSite, decision: Decision, rules: PassRules, load: ValueLoader) -> WeightRecord:
+def record(site: Weight, decision: Decision, rules: PassRules, load: ValueLoader) -> WeightRecord:
     """The report row for one decision (a small skipped weight's current sparsity is measured).
 
     The row names the weight as the saved model does (:func:`saved_name`): inside ct.convert
@@ -260,6 +220,7 @@ def record(site: WeightSite, decision: Decision, rules: PassRules, load: ValueLo
         dense_bytes=site.nbytes,
         axis=None if decision.axis is None else decision.axis % max(site.rank, 1),
         scoring=decision.scoring,
+        method=decision.method,
     )
     if isinstance(outcome, Skip):
         sparsity = outcome.sparsity

@@ -17,10 +17,10 @@ import re
 import zipfile
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-import attrs
 import numpy as np
 
-from mil_sparsity.errors import UnsafePackageError
+from mil_sparsity.errors import InvalidInputError, UnsafePackageError
+from mil_sparsity.reference.inputs import InputSpec
 from mil_sparsity.package_guard import memory_bytes
 
 Sample = dict[str, np.ndarray]
@@ -28,19 +28,6 @@ Sample = dict[str, np.ndarray]
 # Core ML's ArrayFeatureType.ArrayDataType codes (Model.proto) -> the numpy dtype of a sample.
 _ARRAY_DATA_TYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32}
 _INDEXED = re.compile(r"^(?P<name>.+)_(?P<index>\d+)$")
-
-
-@attrs.frozen
-class InputSpec:
-    """One model input as its description states it (default shape, rank, numpy dtype)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: Any
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
 
 
 def function_names(mlmodel: Any) -> tuple[str, ...]:
@@ -64,7 +51,7 @@ def input_specs(mlmodel: Any, function_name: Optional[str] = None) -> tuple[Inpu
     names = function_names(mlmodel)
     name = names[0] if function_name is None else function_name
     if name not in names:
-        raise ValueError(f"function_name: {name!r} is not in the model; it has {list(names)}")
+        raise InvalidInputError(f"function_name: {name!r} is not in the model; it has {list(names)}")
     features = description.input
     for function in description.functions:
         if function.name == name:
@@ -73,13 +60,13 @@ def input_specs(mlmodel: Any, function_name: Optional[str] = None) -> tuple[Inpu
     for feature in features:
         kind = feature.type.WhichOneof("Type")
         if kind != "multiArrayType":
-            raise ValueError(
+            raise InvalidInputError(
                 f"input {feature.name!r}: only multi-array inputs can be sampled, got {kind}"
             )
         array = feature.type.multiArrayType
         dtype = _ARRAY_DATA_TYPES.get(array.dataType)
         if dtype is None:
-            raise ValueError(f"input {feature.name!r}: unknown array data type {array.dataType}")
+            raise InvalidInputError(f"input {feature.name!r}: unknown array data type {array.dataType}")
         shape = tuple(int(d) for d in array.shape)
         if not shape and array.HasField("shapeRange"):
             shape = tuple(int(r.lowerBound) for r in array.shapeRange.sizeRanges)
@@ -114,17 +101,17 @@ def random_samples(
     integer input's dtype cannot hold.
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an int >= 1, got {count!r}")
+        raise InvalidInputError(f"count must be an int >= 1, got {count!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        raise InvalidInputError(f"seed must be an int >= 0, got {seed!r}")
     low, high = int_range
     if high <= low:
-        raise ValueError(f"int_range must have low < high, got {int_range!r}")
+        raise InvalidInputError(f"int_range must have low < high, got {int_range!r}")
     for spec in specs:
         if np.issubdtype(spec.dtype, np.integer):
             info = np.iinfo(spec.dtype)
             if low < info.min or high - 1 > info.max:
-                raise ValueError(
+                raise InvalidInputError(
                     f"int_range {low}..{high} does not fit input {spec.name!r} "
                     f"({np.dtype(spec.dtype).name}: {info.min}..{int(info.max) + 1})"
                 )
@@ -149,7 +136,7 @@ def load_samples(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> li
         with np.load(os.fspath(path), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(
+        raise InvalidInputError(
             f"data: cannot read {os.fspath(path)!r} as a .npz file: {error}"
         ) from error
     return samples_from_arrays(arrays, specs, where=os.fspath(path))
@@ -177,7 +164,7 @@ def samples_from_arrays(
         else:
             unknown.append(key)
     if not indexed:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}: holds {sorted(arrays)}, but the model's inputs are {names} "
             f"(name arrays after the inputs, or name_0, name_1, ... per sample)"
         )
@@ -187,10 +174,10 @@ def samples_from_arrays(
     for index in sorted(indexed):
         missing = sorted(set(names) - set(indexed[index]))
         if missing:
-            raise ValueError(f"{where}: sample {index} has no array for input(s) {missing}")
+            raise InvalidInputError(f"{where}: sample {index} has no array for input(s) {missing}")
         for name, value in indexed[index].items():
             if value.ndim != ranks[name]:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{where}: {name}_{index} has shape {value.shape}, but the model's input "
                     f"{name!r} has rank {ranks[name]}"
                 )
@@ -200,7 +187,7 @@ def samples_from_arrays(
 
 def _reject_unknown(unknown: Sequence[str], names: Sequence[str], where: str) -> None:
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}: array(s) {sorted(unknown)} name no input of the model; the model's inputs "
             f"are {list(names)} (name arrays after the inputs, or name_0, name_1, ... per sample)"
         )
@@ -217,13 +204,13 @@ def _stacked_samples(
         elif value.ndim == spec.rank:
             counts.add(0)
         else:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where}: input {spec.name!r} has shape {value.shape}, but the model's input has "
                 f"rank {spec.rank} (give rank {spec.rank}, or rank {spec.rank + 1} with samples "
                 f"stacked on the leading axis)"
             )
     if len(counts) != 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}: inputs disagree on the number of stacked samples: "
             + ", ".join(f"{s.name} {arrays[s.name].shape}" for s in specs)
         )

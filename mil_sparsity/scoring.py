@@ -23,6 +23,7 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.kernels import score_row_prune_mask
 
@@ -102,7 +103,7 @@ def load_calibration(value: object, where: str) -> Optional[ActivationStats]:
         return value
     if isinstance(value, (str, os.PathLike)):
         return ActivationStats.load(value)
-    raise TypeError(
+    raise InvalidTypeError(
         f"{where} must be an ActivationStats or the path of a .npz written by "
         f"ActivationStats.save, got {type(value).__name__} {value!r}"
     )

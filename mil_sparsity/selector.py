@@ -2,9 +2,11 @@
 
 Precedence for one const and one op consuming it (first hit wins):
 
-1. ``op_name_configs[const name]``, then ``op_name_configs[consumer name]`` (exact keys);
-2. the first glob key (``*``, ``?``, ``[``; in insertion order) matching the const's or the
-   consumer's name;
+1. ``op_name_configs[const name]``, then ``op_name_configs[consumer name]`` (exact keys),
+   then the same two names as a saved model spells them
+   (:func:`mil_sparsity.sparse_format.saved_name`: inside ``ct.convert`` a pass sees
+   ``fc.weight``, the saved model, its report and ``ms.weights`` say ``fc_weight``);
+2. the first glob key (``*``, ``?``, ``[``; in insertion order) matching any of those names;
 3. ``op_type_configs[consumer op type]`` (``"conv"``, ``"linear"``, ``"matmul"``, ...);
 4. ``global_config``.
 
@@ -21,6 +23,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import attrs
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity._ct_compat import is_coremltools_config, selector_fields_from_coremltools
 from mil_sparsity.configs import (
     FORMAT_VERSION,
@@ -31,6 +34,7 @@ from mil_sparsity.configs import (
     config_to_dict,
     is_config,
 )
+from mil_sparsity.sparse_format import saved_name
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -41,7 +45,7 @@ def _is_glob(key: str) -> bool:
 
 def _optional_config(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if value is not None and not is_config(value):
-        raise TypeError(
+        raise InvalidTypeError(
             f"OpSelector.{attribute.name} must be a sparsity config or None, "
             f"got {type(value).__name__}"
         )
@@ -50,11 +54,11 @@ def _optional_config(instance: Any, attribute: "attrs.Attribute[Any]", value: An
 def _config_map(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     for key, config in value.items():
         if not isinstance(key, str):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"OpSelector.{attribute.name} keys must be str, got {type(key).__name__} {key!r}"
             )
         if config is not None and not is_config(config):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"OpSelector.{attribute.name}[{key!r}] must be a sparsity config or None, "
                 f"got {type(config).__name__}"
             )
@@ -64,7 +68,7 @@ def _as_dict(value: Any) -> dict[str, Optional[SparsityConfig]]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise TypeError(f"expected a dict of name -> config, got {type(value).__name__}")
+        raise InvalidTypeError(f"expected a dict of name -> config, got {type(value).__name__}")
     return dict(value)
 
 
@@ -93,13 +97,14 @@ class OpSelector:
         self, const_name: str, consumer_name: Optional[str], consumer_type: Optional[str]
     ) -> Resolution:
         """The config for a const as seen from one consuming op (see module docstring)."""
-        for name in (const_name, consumer_name):
-            if name is not None and name in self.op_name_configs:
+        given = [name for name in (const_name, consumer_name) if name is not None]
+        names = given + [saved for saved in map(saved_name, given) if saved not in given]
+        for name in names:
+            if name in self.op_name_configs:
                 return Resolution(self.op_name_configs[name], f"op_name_configs[{name!r}]", True)
         for key, config in self.op_name_configs.items():
             if not _is_glob(key):
                 continue
-            names = (const_name,) if consumer_name is None else (const_name, consumer_name)
             if any(fnmatch.fnmatchcase(name, key) for name in names):
                 return Resolution(config, f"op_name_configs[{key!r}]", True)
         if consumer_type is not None and consumer_type in self.op_type_configs:
@@ -133,12 +138,12 @@ class OpSelector:
     def from_dict(cls, data: Mapping[str, Any]) -> "OpSelector":
         """Inverse of :meth:`to_dict`. Unknown keys and kinds raise ValueError."""
         if not isinstance(data, Mapping):
-            raise TypeError(f"OpSelector.from_dict expects a dict, got {type(data).__name__}")
+            raise InvalidTypeError(f"OpSelector.from_dict expects a dict, got {type(data).__name__}")
         check_format_version(data, "OpSelector")
         allowed = {"global_config", "op_type_configs", "op_name_configs"}
         unknown = sorted(set(data) - allowed - {FORMAT_VERSION_KEY})
         if unknown:
-            raise ValueError(
+            raise InvalidInputError(
                 f"OpSelector.from_dict: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}"
             )
 
@@ -150,7 +155,7 @@ class OpSelector:
             if value is None:
                 return {}
             if not isinstance(value, Mapping):
-                raise TypeError(f"OpSelector.{field} must be a dict, got {type(value).__name__}")
+                raise InvalidTypeError(f"OpSelector.{field} must be a dict, got {type(value).__name__}")
             return {key: load(item, f"{field}[{key!r}]") for key, item in value.items()}
 
         return cls(
@@ -184,11 +189,11 @@ def as_selector(value: Any) -> OpSelector:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f"config: not valid JSON ({error})") from None
+            raise InvalidInputError(f"config: not valid JSON ({error})") from None
         return OpSelector.from_dict(parsed)
     if is_coremltools_config(value):
         return OpSelector(**selector_fields_from_coremltools(value))
-    raise TypeError(
+    raise InvalidTypeError(
         "config must be a sparsity config, an OpSelector, a dict in OpSelector.from_dict form, "
         f"JSON text, or a coremltools OptimizationConfig; got {type(value).__name__}"
     )

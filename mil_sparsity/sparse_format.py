@@ -12,20 +12,21 @@
   (``<w>_sparse``), its form, and its tensors under PyMIL's input names. ``_graph`` renders it
   with the Builder, ``streaming`` as blobs plus spec fields. :func:`joint_name`: the name of
   the op joint compression puts in place of a palettized / quantized op.
-* :func:`streaming_obstacle`: which pipelines the streaming rewriter can run.
 
 Changing an opset's form or the op's encoding is one edit here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, Iterable, Mapping, Optional
+import re
+from typing import Any, Final, Mapping, Optional
 
 import attrs
 import coremltools as ct
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.kernels import SparseWeight, pack_mask_bits
 
@@ -63,7 +64,7 @@ DTYPES: Final[tuple[MilDtype, ...]] = (
 BY_NAME: Final[Mapping[str, MilDtype]] = {dtype.name: dtype for dtype in DTYPES}
 BY_BLOB_CODE: Final[Mapping[int, MilDtype]] = {dtype.blob_code: dtype for dtype in DTYPES}
 BY_SPEC_NAME: Final[Mapping[str, MilDtype]] = {dtype.spec_name: dtype for dtype in DTYPES}
-#: numpy dtype names of weights (what ``WeightSite.dtype`` holds)
+#: numpy dtype names of weights (what ``Weight.dtype`` holds)
 WEIGHT_NUMPY_DTYPES: Final = frozenset(dtype.numpy for dtype in DTYPES if dtype.weight)
 #: numpy dtype name of a weight -> its MIL type
 WEIGHT_DTYPE_OF_NUMPY: Final[Mapping[str, MilDtype]] = {
@@ -117,7 +118,7 @@ def target_name(target: Any) -> str:
 def target_of_opset(function_name: str, opset: str) -> Any:
     """The deployment target of an ML Program function's opset name; ValueError if unknown."""
     if opset not in TARGET_OF_OPSET:
-        raise ValueError(f"function {function_name!r}: unknown opset {opset!r}")
+        raise InvalidInputError(f"function {function_name!r}: unknown opset {opset!r}")
     return TARGET_OF_OPSET[opset]
 
 
@@ -132,7 +133,7 @@ def checked_form(function_name: str, target: Any, prefix: str = "") -> SparseFor
     """:func:`sparse_form`, or ValueError naming the function and the target to convert with."""
     form = sparse_form(target)
     if form is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{prefix}function {function_name!r} targets {target_name(target)}, but "
             f"{OP_TYPE} needs {target_name(MINIMUM_TARGET)} or later. Convert with "
             f"minimum_deployment_target=ct.target.{target_name(MINIMUM_TARGET)} (or later; "
@@ -166,6 +167,16 @@ class SparseReplacement:
     name: str
     form: SparseForm
     tensors: tuple[SparseTensor, ...]
+
+
+def saved_name(name: str) -> str:
+    """The name a saved ML Program gives a MIL op named ``name``: names must match
+    ``[a-zA-Z_][a-zA-Z0-9_]*``, so every other character becomes ``_`` and a name that starts
+    with anything but a letter or ``_`` gets the prefix ``op_``. Inside ct.convert a pass sees
+    the names before the backend renames them (``conv.weight_to_fp16``); statistics collected
+    on the saved dense model hold the saved ones (``conv_weight_to_fp16``)."""
+    cleaned = re.sub("[^a-zA-Z0-9_]", "_", name)
+    return cleaned if re.match("[a-zA-Z_]", cleaned) else f"op_{cleaned}"
 
 
 def replacement_name(const_name: str) -> str:
@@ -227,36 +238,3 @@ def sparse_tensor_layout(
     if form.with_shape:
         tensors.append(SparseTensor(SHAPE, "uint32", (len(shape),), np.asarray(shape, dtype=np.uint32), inline=True))
     return tuple(tensors)
-
-
-# ---- what streaming can run -------------------------------------------------------------------
-
-NAMESPACE: Final = "mil_sparsity"
-STREAMING_OPTIONS: Final = ("config", "report", "calibration")
-
-
-def streaming_obstacle(pass_names: Iterable[str], options: Mapping[str, Iterable[str]]) -> Optional[str]:
-    """Why the streaming rewriter cannot run these passes (None if it can): it runs only
-    mil_sparsity passes with no option but ``config``, ``report`` and ``calibration`` (the
-    statistics are small: loaded up front). ``options``: pass name -> its option names."""
-    for name in pass_names:
-        if not name.startswith(f"{NAMESPACE}::"):
-            return (
-                f"streaming runs only mil_sparsity passes; the pipeline has {name!r} "
-                "(use mil_sparsity.apply_pipeline for other passes)"
-            )
-        for option in options.get(name, ()):
-            if option not in STREAMING_OPTIONS:
-                return (
-                    f"{name}: option {option!r} is not supported when streaming "
-                    f"(only {', '.join(STREAMING_OPTIONS)}); use apply_pipeline(..., streaming=False)"
-                )
-    return None
-
-
-def pipeline_options(pipeline: Any) -> dict[str, list[str]]:
-    """Pass name -> the option names a ``ct.PassPipeline`` sets for it."""
-    return {
-        name: [option.option_name for option in pipeline.get_options(name) or []]
-        for name in pipeline.passes
-    }

@@ -4,7 +4,7 @@
 program, so a model larger than memory can be pruned or packed:
 
 1. Parse the ML Program spec (``model.mlmodel``: small, no weight data). Describe every const
-   whose value lives in the weight file as a :class:`~mil_sparsity.rules.WeightSite`
+   whose value lives in the weight file as a :class:`~mil_sparsity.model.inventory.Weight`
    (names, op types and consumers come from the spec) and run the passes' own selection
    (:func:`mil_sparsity.rules.select`) on all of them first: config conflicts and config
    errors surface before anything is read or written.
@@ -35,24 +35,22 @@ import contextlib
 import json
 import os
 import uuid
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import attrs
 import numpy as np
 
+from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity import package_guard, sparse_format, targets
 from mil_sparsity._atomic import atomic_output
-from mil_sparsity._spec_roles import op_name as _op_name, readers as _readers
 from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter
-from mil_sparsity.package_guard import PackageLayout, StorageCheck, function_block, iter_blocks, op_values
-from mil_sparsity.calibration.stats import ActivationStats
-from mil_sparsity.configs import SparsityConfig
+from mil_sparsity.package_guard import PackageLayout, StorageCheck, function_block, iter_blocks
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
-from mil_sparsity.rules import Consumer, Decision, Selected, WeightSite, check_selector, record, select
-from mil_sparsity.weight_roles import check_calibration
-from mil_sparsity.selector import OpSelector, as_selector
-from mil_sparsity.sparse_format import BY_NAME, BY_SPEC_NAME, SparseForm, SparseTensor
+from mil_sparsity.plan.pipeline import PipelineLike, PipelinePlan, PlannedPass, make_plan
+from mil_sparsity.model.inventory import BLOB, Weight, spec_weights
+from mil_sparsity.rules import Decision, Selected, record, select
+from mil_sparsity.sparse_format import BY_NAME, SparseForm, SparseTensor
 from mil_sparsity.streaming_chunked import (
     CHUNKED_ABOVE_BYTES,
     ChunkedSparse,
@@ -65,76 +63,35 @@ from mil_sparsity.streaming_chunked import (
 class _Site:
     """A blob-backed const in the spec and what the passes decided for it."""
 
-    weight: WeightSite
+    weight: Weight
     op: Any  # proto Operation
     value: Any  # proto Value of attribute "val"
     form: SparseForm
     chosen: list[tuple[Any, Decision | Selected]] = attrs.field(factory=list)
 
 
-def _pass_classes() -> dict[str, Any]:
-    from mil_sparsity.passes import PASS_CLASSES
-
-    return {cls.pass_name: cls for cls in PASS_CLASSES}
-
-
-PipelineLike = Union[Any, OpSelector, SparsityConfig, dict[str, Any], str]
-
-
 @attrs.frozen
-class PlannedPass:
-    """One pass to run: its class, its checked selector, its own ``report`` option and its
-    ``calibration`` statistics (loaded once, up front)."""
+class StreamSource:
+    """A package checked for streaming (:mod:`mil_sparsity.package_guard`): its layout, its
+    spec and every stored value's file and metadata."""
 
-    cls: Any
-    selector: OpSelector
-    report: Optional[SparsityReport] = None
-    calibration: Optional[ActivationStats] = None
+    layout: PackageLayout
+    spec: Any
+    storage: StorageCheck
+
+    @property
+    def version(self) -> int:
+        return int(self.spec.specificationVersion)
 
 
-def plan_passes(config_or_pipeline: PipelineLike) -> list[PlannedPass]:
-    """The passes to run, in order.
-
-    Accepts a ``ct.PassPipeline`` made only of mil_sparsity passes (their ``config`` and
-    ``report`` options, or each pass's default config), or anything a pass's ``config`` option
-    accepts (the pass is chosen from the config kinds).
-    """
-    from coremltools import PassPipeline
-
-    classes = _pass_classes()
-    if isinstance(config_or_pipeline, PassPipeline):
-        obstacle = sparse_format.streaming_obstacle(
-            config_or_pipeline.passes, sparse_format.pipeline_options(config_or_pipeline)
-        )
-        if obstacle is not None:
-            raise ValueError(obstacle)
-        planned = []
-        for name in config_or_pipeline.passes:
-            graph_pass = classes[name]()
-            for option in config_or_pipeline.get_options(name) or []:
-                setattr(graph_pass, option.option_name, option.option_val)
-            selector = graph_pass.config if graph_pass.config is not None else graph_pass.default_selector()
-            calibration = getattr(graph_pass, "calibration", None)
-            check_calibration(selector, calibration, name)
-            planned.append(PlannedPass(classes[name], selector, graph_pass.report, calibration))
-        return planned
-    from mil_sparsity.passes import pass_for_selector
-
-    selector = as_selector(config_or_pipeline)
-    cls = classes[pass_for_selector(selector)]
-    check_calibration(selector, None, cls.pass_name)
-    return [PlannedPass(cls, check_selector(selector, cls.rules()))]
+def open_source(src: Union[str, "os.PathLike[str]"]) -> StreamSource:
+    """Check a package and read its spec; nothing of its weights is read yet."""
+    layout = package_guard.open_package(src)
+    spec = _load_spec(layout.spec_path)
+    return StreamSource(layout, spec, package_guard.check_storage(spec, layout))
 
 
 # ---- reading the spec -----------------------------------------------------------------------
-
-def _tensor_type(value: Any) -> tuple[str, tuple[int, ...]]:
-    """(spec DataType name, shape) of a proto Value's tensor type."""
-    from coremltools.proto import MIL_pb2
-
-    tensor = value.type.tensorType
-    return MIL_pb2.DataType.Name(tensor.dataType), tuple(int(d.constant.size) for d in tensor.dimensions)
-
 
 def _function_form(name: str, function: Any) -> SparseForm:
     """The sparse form of the function's opset; ValueError for an unknown opset or below iOS16."""
@@ -142,64 +99,13 @@ def _function_form(name: str, function: Any) -> SparseForm:
 
 
 def _sites(spec: Any) -> list[_Site]:
-    sites: list[_Site] = []
-    for function_name, function in spec.mlProgram.functions.items():
-        form = _function_form(function_name, function)
-        blocks = list(iter_blocks(function_block(function)))
-        readers = _readers(function, blocks)
-        block_outputs: set[str] = set()
-        for block in blocks:
-            block_outputs.update(block.outputs)
-        for block in blocks:
-            for op in block.operations:
-                if op.type.startswith("constexpr_"):
-                    sites.extend(_constexpr_input_sites(function_name, op, form))
-                    continue
-                if op.type != "const" or "val" not in op.attributes:
-                    continue
-                value = op.attributes["val"]
-                if value.WhichOneof("value") != "blobFileValue":
-                    continue
-                data_type, shape = _tensor_type(value)
-                dtype = BY_SPEC_NAME.get(data_type)
-                if dtype is None or not dtype.weight:
-                    continue
-                output = op.outputs[0].name
-                weight = WeightSite(
-                    function=function_name,
-                    name=_op_name(op),
-                    shape=shape,
-                    dtype=dtype.numpy,
-                    consumers=tuple(readers.get(output, ())),
-                    feeds_block_output=output in block_outputs,
-                )
-                sites.append(_Site(weight, op, value, form))
-    return sites
-
-
-def _blob_inputs(op: Any) -> Iterator[tuple[str, Any]]:
-    """(input or attribute name, Value) for the values of ``op`` stored in a weight file."""
-    return ((key, value) for key, value in op_values(op) if value.WhichOneof("value") == "blobFileValue")
-
-
-def _constexpr_input_sites(function_name: str, op: Any, form: SparseForm) -> Iterator[_Site]:
-    """Report-only sites for a constexpr op's stored inputs (PyMIL sees them as consts that
-    feed a constexpr op, which the selection always skips)."""
-    op_name = _op_name(op)
-    for key, value in _blob_inputs(op):
-        data_type, shape = _tensor_type(value)
-        numpy_dtype = sparse_format.numpy_dtype_of_spec(data_type)
-        if numpy_dtype is None:
-            continue
-        weight = WeightSite(
-            function=function_name,
-            name=f"{op_name}_{key}",
-            shape=shape,
-            dtype=numpy_dtype,
-            consumers=(Consumer(op_name, str(op.type), (key,)),),
-            feeds_block_output=False,
-        )
-        yield _Site(weight, op, value, form)
+    """The inventory's weights stored in a weight file (inline consts are never packed here)."""
+    forms = {name: _function_form(name, function) for name, function in spec.mlProgram.functions.items()}
+    return [
+        _Site(item.weight, item.op, item.value, forms[item.weight.function])
+        for item in spec_weights(spec)
+        if item.weight.storage == BLOB
+    ]
 
 
 # ---- rewriting the spec ---------------------------------------------------------------------
@@ -284,7 +190,7 @@ def _load_spec(path: str) -> Any:
     spec = package_guard.read_spec(path)
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
-        raise TypeError(
+        raise InvalidTypeError(
             f"streaming works on ML Program models, but this model is a {kind!r}; re-convert with "
             'convert_to="mlprogram" and minimum_deployment_target=ct.target.iOS16 or later'
         )
@@ -314,36 +220,52 @@ def compress_package(
     Weights stored in more than ``chunked_above_bytes`` are pruned and written chunk by chunk
     (:mod:`mil_sparsity.streaming_chunked`), so peak memory stays well below the largest weight.
     """
-    src, dst = os.fspath(src), os.fspath(dst)
     chunked_above_bytes = check_chunked_above_bytes(chunked_above_bytes)
     report = SparsityReport() if report is None else report
-    passes = plan_passes(config_or_pipeline)
-    layout = package_guard.open_package(src)
-    spec = _load_spec(layout.spec_path)
-    storage = package_guard.check_storage(spec, layout)  # every blob checked before any is read
-    change = targets.plan(
-        int(spec.specificationVersion), minimum_deployment_target, [p.cls.pass_name for p in passes]
+    source = open_source(src)
+    plan = make_plan(
+        config_or_pipeline,
+        source.version,
+        report=report,
+        minimum_deployment_target=minimum_deployment_target,
+        streaming=True,
     )
-    if change is not None:
-        targets.raise_spec(spec, change.new)
+    run_plan(plan, source, dst, overwrite=overwrite, chunked_above_bytes=chunked_above_bytes)
+    return report
+
+
+def run_plan(
+    plan: PipelinePlan,
+    source: StreamSource,
+    dst: Union[str, "os.PathLike[str]"],
+    *,
+    overwrite: bool = False,
+    chunked_above_bytes: int = CHUNKED_ABOVE_BYTES,
+) -> None:
+    """Execute a streaming plan on ``source`` into the package ``dst`` (written atomically).
+    Records go to each pass's own report, else the plan's; the target change is announced."""
+    spec = source.spec
+    if plan.change is not None:
+        targets.raise_spec(spec, plan.change.new)
+    passes = list(plan.passes)
     sites = _sites(spec)
     for site in sites:  # phase 1: every check that needs no value, up to the selecting pass
         for planned in passes:
-            chosen = select(site.weight, planned.selector, planned.cls.rules(), planned.calibration)
-            site.chosen.append((planned.cls, chosen))
+            chosen = select(site.weight, planned.selector, planned.rules, planned.calibration)
+            site.chosen.append((planned.entry, chosen))
             if isinstance(chosen, Selected):
                 break
     with atomic_output(dst, overwrite=overwrite) as staging:
-        weight_file = _write_layout(staging, has_weights=bool(storage.files))
-        records = _stream(spec, sites, passes, storage, weight_file, chunked_above_bytes)
+        weight_file = _write_layout(staging, has_weights=bool(source.storage.files))
+        records = _stream(spec, sites, passes, source.storage, weight_file, chunked_above_bytes)
         with _create(os.path.join(staging, package_guard.DATA_DIR, package_guard.CANONICAL_SPEC)) as handle:
             handle.write(spec.SerializeToString())
-    own_reports = {planned.cls.pass_name: planned.report for planned in passes}
+    by_name = {planned.name: planned for planned in passes}
     for row in records:
-        target = own_reports.get(row.pass_name)
-        (target if target is not None else report).records.append(row)
-    targets.announce(change, [report, *own_reports.values()])
-    return report
+        target = plan.report_of(by_name[row.pass_name])
+        if target is not None:
+            target.records.append(row)
+    targets.announce(plan.change, plan.reports)
 
 
 def _create(path: str) -> Any:
@@ -466,8 +388,7 @@ def _process_site(
         return cache["value"]
 
     for index, planned in enumerate(passes):
-        cls = planned.cls
-        rules = cls.rules()
+        rules = planned.rules
         chosen = (
             site.chosen[index][1]
             if index < len(site.chosen)
@@ -476,7 +397,7 @@ def _process_site(
         if isinstance(chosen, Decision):
             records.append(record(site.weight, chosen, rules, load))
             continue
-        key = (cls.pass_name, chosen.config, site.form, chosen.context)
+        key = (planned.name, chosen.config, site.form, chosen.context)
         if key not in cache:
             cache[key] = decide_selected(chosen, site.weight, info, reader, load, chunked_above_bytes)
         decision = attrs.evolve(cache[key], source=chosen.source)  # same key: same config

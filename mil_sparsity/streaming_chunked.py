@@ -26,9 +26,10 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter, encode
-from mil_sparsity.configs import ACTIVATION_SCORING, BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig
-from mil_sparsity.handlers import Skip, nm_skip, pack_skip, resolved_dim, threshold_skip
+from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig, is_activation_scored
+from mil_sparsity.handlers import PACK_METHOD, PRUNE_METHOD, Skip, method_of, nm_skip, pack_skip, resolved_dim, threshold_skip
 from mil_sparsity.kernels import (
     NM,
     Block,
@@ -45,7 +46,8 @@ from mil_sparsity.kernels import (
     packed_nbytes,
 )
 from mil_sparsity.kernels.chunked import Pattern
-from mil_sparsity.rules import Decision, Selected, WeightSite, run_selected
+from mil_sparsity.model.inventory import Weight
+from mil_sparsity.rules import Decision, Selected, run_selected
 from mil_sparsity.scoring import ScoreContext
 from mil_sparsity.sparse_format import SparseForm, SparseTensor, sparse_tensor_layout
 from mil_sparsity.weight_roles import scoring_of
@@ -61,9 +63,9 @@ Reader = Callable[[int, int], NDArray[Any]]
 def check_chunked_above_bytes(value: object) -> int:
     """``chunked_above_bytes`` as given, or TypeError/ValueError naming it and the range."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"chunked_above_bytes must be an int >= 0, got {type(value).__name__} {value!r}")
+        raise InvalidTypeError(f"chunked_above_bytes must be an int >= 0, got {type(value).__name__} {value!r}")
     if value < 0:
-        raise ValueError(f"chunked_above_bytes must be >= 0 (0: every weight chunked), got {value}")
+        raise InvalidInputError(f"chunked_above_bytes must be >= 0 (0: every weight chunked), got {value}")
     return value
 
 
@@ -119,6 +121,8 @@ def _pattern(
 ) -> Optional[tuple[Pattern, Optional[Reader]]]:
     """The chunked pattern of a selected config (and its scores reader), or None: run whole."""
     config, context = selected.config, selected.context
+    if method_of(config) not in (PRUNE_METHOD, PACK_METHOD):  # reconstruction needs the whole weight
+        return None
     if isinstance(config, ThresholdConfig):
         return Threshold(config.threshold), None
     if isinstance(config, PackConfig):
@@ -126,7 +130,7 @@ def _pattern(
     if not isinstance(config, (MagnitudeConfig, BlockConfig, NMConfig)):
         return None
     read_scores: Optional[Reader] = None
-    if config.scoring == ACTIVATION_SCORING:
+    if is_activation_scored(config):
         if context is None or context.rows is None:
             return None
         read_scores = _scale_reader(read, shape, context)
@@ -148,7 +152,7 @@ def _pattern(
 
 def decide_selected(
     selected: Selected,
-    weight: WeightSite,
+    weight: Weight,
     info: BlobInfo,
     reader: BlobReader,
     load: Callable[[], NDArray[Any]],
@@ -181,7 +185,9 @@ def decide_selected(
         skip = threshold_skip(config, outcome.sparsity)
     elif isinstance(config, PackConfig):
         skip = pack_skip(config, outcome.sparsity, outcome.packed_nbytes, outcome.dense_nbytes, str(dtype))
-    return Decision(outcome if skip is None else skip, config, selected.source, selected.axis, scoring_of(config))
+    return Decision(
+        outcome if skip is None else skip, config, selected.source, selected.axis, scoring_of(config), method_of(config)
+    )
 
 
 def write_chunked(

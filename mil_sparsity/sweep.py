@@ -34,6 +34,7 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import _graph
 from mil_sparsity.inspect_model import materialize, package_size, weight_sources
 from mil_sparsity.passes import PruneByMagnitude
@@ -122,8 +123,10 @@ def _run_point(
         sparse_op = (value[index] if index is not None else value).op
         if sparse_op is None or sparse_op.op_type != "constexpr_sparse_to_dense":
             raise RuntimeError(f"{record.name} was reported packed but is not read in sparse form")
-        # pruning only zeroes elements, so the difference is exact in the weight's own dtype
-        difference = np.subtract(original, materialize(sparse_op), dtype=original.dtype)
+        # the stored values may differ from the original (reconstruction): subtract at float32
+        # precision at least (exact for pruning, which only zeroes elements)
+        precision = np.result_type(original.dtype, np.float32)
+        difference = np.subtract(original, materialize(sparse_op), dtype=precision)
         layer_error_sq, layer_norm_sq = _sum_of_squares(difference), _sum_of_squares(original)
         error_sq += layer_error_sq
         norm_sq += layer_norm_sq
@@ -201,7 +204,7 @@ def sweep(
     ``backend="coreml"`` off macOS.
     """
     if samples is not None and quality is not None:
-        raise ValueError(
+        raise InvalidInputError(
             "samples and quality: give one (samples measures output quality itself; quality is "
             "a callable for any other per-point measurement)"
         )

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence, Union, cast
 
 import attrs
 
+from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig
 
 DEFAULT_SPARSITIES = (0.5, 0.75, 0.9)
@@ -48,7 +49,7 @@ class SweepPoint:
             return cls(f"block:{config.block_size}", config.target_sparsity, config)
         if isinstance(config, NMConfig):
             return cls(f"n:m:{config.n}:{config.m}", config.sparsity, config)
-        raise TypeError(
+        raise InvalidTypeError(
             "a sweep point's config must be a MagnitudeConfig, BlockConfig or NMConfig (the "
             f"configs of prune_by_magnitude), got {type(config).__name__}"
         )

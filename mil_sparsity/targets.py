@@ -39,8 +39,10 @@ from typing import Any, Iterable, Optional
 import attrs
 import coremltools as ct
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import sparse_format
+from mil_sparsity.plan import catalog
 from mil_sparsity.report import SparsityReport
 
 LOGGER = logging.getLogger("mil_sparsity")
@@ -66,7 +68,7 @@ def version_name(version: int) -> str:
 
 def writes_sparse(pass_names: Iterable[str]) -> bool:
     """True if one of the passes is a mil_sparsity pass (every one of them writes sparse ops)."""
-    return any(name.startswith(f"{sparse_format.NAMESPACE}::") for name in pass_names)
+    return any(catalog.is_ours(name) for name in pass_names)
 
 
 def requested_version(requested: Any, model_version: int, option: str = OPTION) -> Optional[int]:
@@ -77,19 +79,19 @@ def requested_version(requested: Any, model_version: int, option: str = OPTION) 
         return None
     allowed = f"{version_name(model_version)} to {version_name(NEWEST_VERSION)}"
     if not isinstance(requested, ct.target):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{option} must be a ct.target member ({allowed}), got {type(requested).__name__} "
             f"{requested!r}"
         )
     version = int(requested.value)
     if version < model_version:
-        raise ValueError(
+        raise InvalidInputError(
             f"{option}={version_name(version)} is below the model's target "
             f"{version_name(model_version)}: the post-hoc path raises a target, never lowers it "
             f"(allowed: {allowed}, or omit it to keep {version_name(model_version)})"
         )
     if version not in private.OPSET_NAMES:
-        raise ValueError(f"{option}={version_name(version)} has no ML Program opset (allowed: {allowed})")
+        raise InvalidInputError(f"{option}={version_name(version)} has no ML Program opset (allowed: {allowed})")
     return version
 
 

@@ -1,6 +1,6 @@
 """How the ops that read a weight use it, for ``dim=None`` and ``scoring="activation"``.
 
-Graph-independent: works on a :class:`~mil_sparsity.rules.WeightSite` whose consumers carry
+Graph-independent: works on a :class:`~mil_sparsity.model.inventory.Weight` whose consumers carry
 their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (PyMIL:
 ``_graph.consumers``; streaming: ``_spec_roles``). Called by the selection
 (:func:`mil_sparsity.rules.select`) after every other check, before any value is read:
@@ -11,39 +11,27 @@ their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (Py
 * :func:`score_context`: the :class:`~mil_sparsity.scoring.ScoreContext` for a selected config
   (the reduction axis for ``dim=None``; the statistics' channel scale, laid out on the weight,
   and the output rows for activation scoring), a skip reason, or ValueError (no statistics for
-  the weight, or a channel count that does not match);
-* :func:`check_calibration`: ValueError when a selector asks for activation scoring and the
-  pass has no ``calibration`` option.
+  the weight, or a channel count that does not match). (A missing ``calibration`` option is the catalog's check,
+  :meth:`mil_sparsity.plan.catalog.PassEntry.check_calibration`.)
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import attrs
 import numpy as np
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
-from mil_sparsity.configs import ACTIVATION_SCORING, BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig
+from mil_sparsity.model.inventory import Weight
+from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig, is_activation_scored
 from mil_sparsity.products import NotAProduct, ProductRole
 from mil_sparsity.scoring import ScoreContext, grouped_conv_scale, row_layout, scale_digest
-from mil_sparsity.selector import OpSelector
+from mil_sparsity.sparse_format import saved_name
 
-if TYPE_CHECKING:
-    from mil_sparsity.rules import WeightSite
 
 CALIBRATION_OPTION = "calibration"
-
-
-def saved_name(name: str) -> str:
-    """The name a saved ML Program gives a MIL op named ``name``: names must match
-    ``[a-zA-Z_][a-zA-Z0-9_]*``, so every other character becomes ``_`` and a name that starts
-    with anything but a letter or ``_`` gets the prefix ``op_``. Inside ct.convert a pass sees
-    the names before the backend renames them (``conv.weight_to_fp16``); statistics collected
-    on the saved dense model hold the saved ones (``conv_weight_to_fp16``)."""
-    cleaned = re.sub("[^a-zA-Z0-9_]", "_", name)
-    return cleaned if re.match("[a-zA-Z_]", cleaned) else f"op_{cleaned}"
 
 
 @attrs.frozen
@@ -65,10 +53,10 @@ def needs_roles(config: SparsityConfig) -> bool:
     activation scoring."""
     if isinstance(config, (BlockConfig, NMConfig)) and config.dim is None:
         return True
-    return _scoring(config) == ACTIVATION_SCORING
+    return is_activation_scored(config)
 
 
-def product_use(site: "WeightSite", pass_name: str) -> Union[ProductUse, NotAProduct]:
+def product_use(site: Weight, pass_name: str) -> Union[ProductUse, NotAProduct]:
     """The one product use of ``site`` by its consumers, or why there is none.
 
     Raises ValueError naming the ops if two of them read the const with different reduction
@@ -89,7 +77,7 @@ def product_use(site: "WeightSite", pass_name: str) -> Union[ProductUse, NotAPro
     distinct = {(role.weight_axis, role.output_axis, _channel_groups(role)) for _, role in uses}
     if len(distinct) > 1:
         readers = ", ".join(f"{name!r} ({role.description})" for name, role in uses)
-        raise ValueError(
+        raise InvalidInputError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}) is read along "
             f"different reduction axes (or output axes, or conv groups) by {readers}; dim=None "
             f"and scoring='activation' need one. Give it its own config with an explicit dim and scoring='magnitude' through "
@@ -106,7 +94,7 @@ def _channel_groups(role: ProductRole) -> int:
 
 
 def score_context(
-    site: "WeightSite",
+    site: Weight,
     config: SparsityConfig,
     source: str,
     pass_name: str,
@@ -116,7 +104,7 @@ def score_context(
     if not needs_roles(config):
         return None
     use = product_use(site, pass_name)
-    activation = _scoring(config) == ACTIVATION_SCORING
+    activation = is_activation_scored(config)
     if isinstance(use, NotAProduct):
         if activation:
             return (
@@ -134,12 +122,12 @@ def score_context(
     if not activation:
         return ScoreContext(axis=axis)
     if calibration is None:  # the pass checks this up front; kept for direct callers
-        raise ValueError(f"{pass_name}: scoring='activation' needs the pass option {CALIBRATION_OPTION!r}")
+        raise InvalidInputError(f"{pass_name}: scoring='activation' needs the pass option {CALIBRATION_OPTION!r}")
     stats = calibration.get(site.name, site.function)
     if stats is None and saved_name(site.name) != site.name:
         stats = calibration.get(saved_name(site.name), site.function)
     if stats is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}) is selected with "
             f"scoring='activation' ({source}) but the calibration statistics have no entry for "
             f"it; collect them on a model with the same const names, or give it a magnitude "
@@ -155,7 +143,7 @@ def score_context(
             if grouped
             else f"weight.shape[{use.weight_axis}]"
         )
-        raise ValueError(
+        raise InvalidInputError(
             f"{pass_name}: const {site.name!r} (function {site.function!r}): the calibration "
             f"statistics have {stats.channels} channels, expected {expected} ({detail} of "
             f"shape {list(shape)})"
@@ -171,19 +159,6 @@ def score_context(
         rows=row_layout(use.op_type, shape, output_axis, use.groups),
         scale_digest=scale_digest(scale),
     )
-
-
-def check_calibration(selector: OpSelector, calibration: Optional[ActivationStats], pass_name: str) -> None:
-    """ValueError if a config of ``selector`` has scoring='activation' and there are no stats."""
-    if calibration is not None:
-        return
-    for where, config in selector.entries():
-        if config is not None and _scoring(config) == ACTIVATION_SCORING:
-            raise ValueError(
-                f"{pass_name}: {where} has scoring='activation', which needs the pass option "
-                f"{CALIBRATION_OPTION!r} (an ActivationStats, or the path of one written by "
-                "ActivationStats.save or `mil-sparsity calibrate`); it is not set"
-            )
 
 
 def scoring_of(config: Optional[SparsityConfig]) -> Optional[str]:

@@ -28,7 +28,7 @@ from mil_sparsity.calibration import collect_activation_stats
 from mil_sparsity.posthoc import load_model, load_program
 from mil_sparsity.products import NotAProduct, ProductRole
 from mil_sparsity.streaming import compress_package
-from mil_sparsity.weight_roles import saved_name
+from mil_sparsity.sparse_format import saved_name
 from _mil_helpers import all_ops, one_pass
 from _models import iter_ops
 from _reference import ref_wanda
@@ -168,10 +168,10 @@ def test_fp16_package_matches_the_reference(package: Path, package_stats: Path) 
 
 
 def test_streaming_with_calibration_is_automatic_and_checks_the_option(package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mil_sparsity import posthoc
+    from mil_sparsity.plan.pipeline import make_plan
 
     pipeline = one_pass(MAG, config=STREAM_CONFIGS["magnitude"], calibration=synthetic_stats())
-    assert posthoc._streamable(pipeline)
+    assert make_plan(pipeline, ct.target.iOS18.value).streams
     with pytest.raises(ValueError, match="needs the pass option 'calibration'"):
         compress_package(package, tmp_path / "out.mlpackage", STREAM_CONFIGS["magnitude"])
     assert not (tmp_path / "out.mlpackage").exists()

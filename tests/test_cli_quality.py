@@ -316,6 +316,21 @@ def test_calibrate_equals_the_library_force_and_json(
     assert stats_path.read_bytes() != before and leftovers(tmp_path) == []
 
 
+def test_calibrate_gram_equals_the_library(run_main: Main, packages: Packages, tmp_path: Path) -> None:
+    stats_path = tmp_path / "gram.npz"
+    samples = random_samples(specs(packages.ios18), 2, seed=4)
+    expected = collect_activation_stats(str(packages.ios18), samples, gram=True)
+    code, out, err = run_main("calibrate", packages.ios18, "-o", stats_path, "--random-inputs", 2,
+                              "--seed", 4, "--gram")
+    assert code == 0 and err == ""
+    saved = ActivationStats.load(stats_path)
+    grams = {key: entry.gram for key, entry in expected.entries.items() if entry.gram is not None}
+    assert grams and all(saved.entries[key].gram is not None for key in grams)
+    for key, gram in grams.items():
+        np.testing.assert_array_equal(saved.entries[key].gram, gram)
+    assert saved.get("conv1_weight_0").gram is None  # conv weights: channel statistics only
+
+
 def test_calibrate_multifunction_and_data(run_main: Main, packages: Packages, tmp_path: Path) -> None:
     x = np.random.default_rng(3).standard_normal((2, 1, 8, 6, 6)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)

@@ -490,3 +490,25 @@ def test_structured_configs_apply_to_conv_transpose_weights_by_default() -> None
     run_pass(prog, MAG, ms.NMConfig(2, 4, dim=1, weight_threshold=0))
     [op] = sparse_ops(prog)
     np.testing.assert_array_equal(private.materialized_value(op), ref_n_m(weight, 2, 4, 1))
+
+
+def test_apply_returns_what_changed() -> None:
+    """A pass's apply returns a PassResult (modified, one record per weight), as onnx-ir's do."""
+    from coremltools.converters.mil import Builder as mb
+
+    from mil_sparsity.passes import PassResult, PruneByMagnitude
+
+    weight = np.arange(1, 65, dtype=np.float32).reshape(8, 8)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8))], opset_version=ct.target.iOS18)
+    def prog(x):
+        return mb.linear(x=x, weight=mb.const(val=weight, name="w"), name="fc")
+
+    graph_pass = PruneByMagnitude()
+    graph_pass.config = ms.MagnitudeConfig(target_sparsity=0.5, weight_threshold=0)
+    result = graph_pass.apply(prog)
+    assert isinstance(result, PassResult) and result.modified and result.packed == ("w",)
+    again = PruneByMagnitude()
+    again.config = ms.MagnitudeConfig(target_sparsity=0.5, weight_threshold=0)
+    second = again.apply(prog)  # nothing left to prune: the const now feeds a constexpr op
+    assert not second.modified and second.packed == ()

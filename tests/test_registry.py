@@ -89,3 +89,14 @@ def test_unknown_option_is_rejected_by_coremltools() -> None:
 
     with pytest.raises(NotImplementedError):
         private.pass_instance("mil_sparsity::sparse_pack").set_options([PassOption("sparsity", 0.5)])
+
+
+def test_one_pass_class_per_catalog_entry_in_order() -> None:
+    from mil_sparsity.passes import PASS_CLASSES
+    from mil_sparsity.plan import catalog
+
+    assert tuple(cls.entry for cls in PASS_CLASSES) == catalog.CATALOG
+    for cls in PASS_CLASSES:
+        assert (cls.pass_name, cls.accepted_configs, cls.supported_dtypes) == (
+            cls.entry.name, cls.entry.configs, cls.entry.dtypes
+        )

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import mil_sparsity as ms
 from mil_sparsity.calibration.stats import ActivationStats, channel_sum_squares
 from mil_sparsity.samples import InputSpec, load_samples, random_samples, samples_from_arrays
 
@@ -114,3 +115,67 @@ def test_stats_load_errors(tmp_path):
     np.savez(tampered, **arrays)
     with pytest.raises(ValueError, match="negative or non-finite"):
         ActivationStats.load(tampered)
+
+
+def _write_stats_file(path, header_version, arrays):
+    """An .npz in the stats file layout, written by hand (independent of ActivationStats.save)."""
+    import json
+
+    header = np.frombuffer(json.dumps({"version": header_version}).encode(), dtype=np.uint8)
+    np.savez(path, __mil_sparsity_activation_stats__=header, **arrays)
+
+
+def test_stats_version_1_files_still_load(tmp_path):
+    path = tmp_path / "v1.npz"
+    _write_stats_file(path, 1, {"main\x1fw\x1fsum_squares": np.array([4.0, 9.0]), "main\x1fw\x1frows": np.array(1)})
+    loaded = ActivationStats.load(path)
+    np.testing.assert_array_equal(loaded.get("w").channel_scale(), [2.0, 3.0])
+    assert loaded.get("w").gram is None and set(loaded.get("w").statistics) == {"sum_squares"}
+    _write_stats_file(path, 1, {"main\x1fw\x1fsum_squares": np.ones(2), "main\x1fw\x1frows": np.array(1),
+                                "main\x1fw\x1fgram": np.eye(2)})
+    with pytest.raises(ValueError, match="unknown entries"):  # a version 1 file has no gram
+        ActivationStats.load(path)
+    _write_stats_file(path, 3, {})
+    with pytest.raises(ValueError, match="format version 3.*reads versions 1, 2"):
+        ActivationStats.load(path)
+
+
+def test_stats_gram_accumulates_saves_and_is_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+    stats = ActivationStats()
+    for x in (x1, x2):
+        stats.add("main", "w", (x * x).sum(axis=0), len(x), x.T @ x)
+    entry = stats.get("w")
+    x = np.concatenate([x1, x2])
+    np.testing.assert_allclose(entry.gram, x.T @ x)
+    np.testing.assert_allclose(np.diag(entry.gram), entry.sum_squares)
+    path = tmp_path / "gram.npz"
+    stats.save(path)
+    np.testing.assert_array_equal(ActivationStats.load(path).get("w").gram, entry.gram)
+    with pytest.raises(ValueError, match="gram statistic for some activations and not for others"):
+        stats.add("main", "w", np.ones(3), 1)
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files if not k.startswith("__")}
+    arrays["main\x1fw\x1fgram"] = np.eye(2)
+    _write_stats_file(path, 2, arrays)
+    with pytest.raises(ValueError, match="malformed gram"):
+        ActivationStats.load(path)
+
+
+def test_collect_gram_for_linear_rows_only_when_asked(sources):
+    from mil_sparsity.samples import input_specs, random_samples
+    from mil_sparsity.posthoc import load_model
+
+    model = load_model(sources.get("mlp", "iOS18"))
+    samples = random_samples(input_specs(model), 3, seed=1)
+    plain = ms.collect_activation_stats(model, samples)
+    assert all(plain.get(name).gram is None for _, name in plain)
+    with_gram = ms.collect_activation_stats(model, samples, gram=True)
+    first = with_gram.get("op_0_weight_to_fp16")
+    # the fp16 model casts its input to fp16 before the first linear
+    x = np.concatenate([sample["x"].reshape(-1, 64) for sample in samples]).astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(first.gram, x.T.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(first.sum_squares, plain.get("op_0_weight_to_fp16").sum_squares)
+    with pytest.raises(TypeError, match="gram must be a bool"):
+        ms.collect_activation_stats(model, samples, gram=1)

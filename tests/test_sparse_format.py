@@ -10,6 +10,7 @@ from coremltools.proto import MIL_pb2
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import sparse_format
+from mil_sparsity.plan import catalog
 from mil_sparsity.kernels import pack_sparse
 
 
@@ -65,11 +66,11 @@ def test_replacement_describes_the_sparse_op(form: sparse_format.SparseForm) -> 
 
 def test_streaming_obstacle() -> None:
     ok = {"mil_sparsity::sparse_pack": ["config", "report"]}
-    assert sparse_format.streaming_obstacle(list(ok), ok) is None
+    assert catalog.streaming_obstacle(list(ok), ok) is None
     assert "streaming runs only mil_sparsity passes; the pipeline has 'common::noop'" in str(
-        sparse_format.streaming_obstacle(["mil_sparsity::sparse_pack", "common::noop"], ok)
+        catalog.streaming_obstacle(["mil_sparsity::sparse_pack", "common::noop"], ok)
     )
     options = {"mil_sparsity::sparse_pack": ["joint_compression"]}
     assert "option 'joint_compression' is not supported when streaming" in str(
-        sparse_format.streaming_obstacle(list(options), options)
+        catalog.streaming_obstacle(list(options), options)
     )

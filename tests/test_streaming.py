@@ -412,7 +412,7 @@ def test_apply_pipeline_streams_package_paths(sources, tmp_path, monkeypatch):
     pipeline = one_pass(ms.PRUNE_BY_MAGNITUDE, config=ms.MagnitudeConfig(target_sparsity=0.5))
 
     calls = []
-    original = streaming.compress_package
+    original = streaming.run_plan  # what apply_pipeline's streaming path executes
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
@@ -421,7 +421,7 @@ def test_apply_pipeline_streams_package_paths(sources, tmp_path, monkeypatch):
     def no_pymil(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("auto mode must not load the program into PyMIL")
 
-    monkeypatch.setattr(streaming, "compress_package", spy)
+    monkeypatch.setattr(streaming, "run_plan", spy)
     monkeypatch.setattr(posthoc, "load_program", no_pymil)
     report = ms.SparsityReport()
     siblings = sorted(os.listdir(src.parent))
@@ -467,7 +467,7 @@ def test_apply_pipeline_uses_pymil_for_mlmodels(sources, tmp_path, monkeypatch):
     def no_streaming(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("an MLModel input must go through PyMIL")
 
-    monkeypatch.setattr(streaming, "compress_package", no_streaming)
+    monkeypatch.setattr(streaming, "run_plan", no_streaming)
     result = ms.apply_pipeline(load(src), pipeline)
     with pytest.raises(TypeError, match="path"):
         ms.apply_pipeline(load(src), pipeline, streaming=True)

@@ -21,8 +21,10 @@ from typing import Any, Iterable, Mapping, Optional
 
 import attrs
 
-from mil_sparsity.calibration.stats import ActivationStats, channel_sum_squares
-from mil_sparsity.products import PRODUCT_OPS, ProductRole
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
+from mil_sparsity.calibration.stats import ActivationStats, channel_gram, channel_sum_squares
+from mil_sparsity.model.inventory import is_constexpr
+from mil_sparsity.products import PRODUCT_OPS, WEIGHT_OPERANDS, ProductRole
 from mil_sparsity.progress import progress_bar
 from mil_sparsity.sparse_format import JOINT_SUFFIXES, replacement_name
 
@@ -34,8 +36,8 @@ _COMPRESSION_SUFFIXES = (
     "_palettized",
     "_quantized",
 )
-_WEIGHT_PARAMS = {"linear": ("weight",), "conv": ("weight",), "conv_transpose": ("weight",),
-                  "matmul": ("x", "y")}
+#: the product ops whose activation rows meet the weight directly (no patches): Gram is X^T X
+_GRAM_OPS = frozenset({"linear", "matmul"})
 
 
 @attrs.frozen
@@ -57,14 +59,14 @@ def source_const_name(var: Any) -> Optional[str]:
         return None
     if op.op_type == "const":
         return str(op.name)
-    if not op.op_type.startswith("constexpr_"):
+    if not is_constexpr(op.op_type):
         return None
     while True:
         upstream = [
             v.op
             for v in op.inputs.values()
             if not isinstance(v, (list, tuple)) and v.op is not None
-            and v.op.op_type.startswith("constexpr_")
+            and is_constexpr(v.op.op_type)
         ]
         if not upstream:
             break
@@ -87,7 +89,7 @@ def _without_suffix(name: str, suffixes: tuple[str, ...]) -> str:
 
 def product_sites(op: Any) -> tuple[ProductSite, ...]:
     """The weights ``op`` multiplies with an activation, each with its product role."""
-    params = _WEIGHT_PARAMS.get(op.op_type)
+    params = WEIGHT_OPERANDS.get(op.op_type)
     if params is None:
         return ()
     from mil_sparsity._graph import input_role  # lazy: _graph -> rules -> calibration
@@ -113,13 +115,19 @@ def collect_activation_stats(
     function_name: str = "main",
     stats: Optional[ActivationStats] = None,
     progress: Optional[bool] = None,
+    gram: bool = False,
 ) -> ActivationStats:
     """Run ``model`` on every sample and return the statistics of each product weight.
 
     ``model``: what :func:`mil_sparsity.reference.run` accepts. ``samples``: input dicts (any
     iterable; consumed once). ``stats``: add to these statistics instead of new ones.
-    ``progress``: a tqdm bar (default: when stderr is a TTY).
+    ``progress``: a tqdm bar (default: when stderr is a TTY). ``gram``: also accumulate X^T X
+    (:data:`~mil_sparsity.calibration.stats.GRAM`) for the weights of linear ops and constant
+    matmul operands (the rows of the activation against its contraction axis); conv and
+    conv_transpose weights get the channel statistics only. Only what is asked is computed.
     """
+    if not isinstance(gram, bool):
+        raise InvalidTypeError(f"gram must be a bool, got {type(gram).__name__} {gram!r}")
     from mil_sparsity.reference import ReferenceEvaluator
 
     evaluator = ReferenceEvaluator(model, function_name=function_name)
@@ -132,14 +140,17 @@ def collect_activation_stats(
         if sites is None:
             sites = cache[key] = product_sites(op) if op.op_type in PRODUCT_OPS else ()
         for site in sites:
-            sums, rows = channel_sum_squares(args[site.role.activation_param],
-                                             site.role.activation_axis)
-            result.add(function_name, site.weight_name, sums, rows)
+            activation = args[site.role.activation_param]
+            sums, rows = channel_sum_squares(activation, site.role.activation_axis)
+            matrix = None
+            if gram and site.role.op_type in _GRAM_OPS:
+                matrix = channel_gram(activation, site.role.activation_axis)
+            result.add(function_name, site.weight_name, sums, rows, matrix)
 
     count = 0
     for sample in progress_bar(samples, desc="calibrate", enabled=progress):
         evaluator.run(sample, capture)
         count += 1
     if count == 0:
-        raise ValueError("samples: need at least one calibration sample, got none")
+        raise InvalidInputError("samples: need at least one calibration sample, got none")
     return result

@@ -1,9 +1,17 @@
-"""Activation statistics for calibration-aware pruning: per input channel, the sum of squares of
-the activation that multiplies each weight, and how many rows (vectors) were seen.
+"""Activation statistics for calibration-aware pruning: named statistics of the activation that
+multiplies each weight, and how many rows (vectors) were seen.
 
-``ActivationStats`` maps ``(function, const name)`` to a :class:`ChannelStats`. Its file form is a
-``.npz`` with one ``sum_squares`` and one ``rows`` array per weight plus a format version;
-:meth:`ActivationStats.load` rejects anything else with a ValueError naming the file and the key.
+``ActivationStats`` maps ``(function, const name)`` to a :class:`ChannelStats`, which holds:
+
+* ``sum_squares`` (always): per input channel j, the sum of x_j^2 (Wanda's scale);
+* ``gram`` (when collected with ``gram=True``): X^T X over the rows, [channels, channels]
+  (the Hessian of a layer's squared output error, for SparseGPT and ADMM). A 4096-wide linear
+  needs 4096^2 x 8 bytes = 128 MB.
+
+Both are float64 accumulators. The file form is a ``.npz`` with one array per statistic and
+weight, a ``rows`` count per weight and a format version: version 2 (this one) names each
+statistic; version 1 files (``sum_squares`` and ``rows`` only) still load.
+:meth:`ActivationStats.load` rejects anything else with a ValueError naming the file and key.
 """
 
 from __future__ import annotations
@@ -16,7 +24,16 @@ from typing import Iterator, Optional
 import attrs
 import numpy as np
 
-FORMAT_VERSION = 1
+from mil_sparsity.errors import InvalidInputError
+
+FORMAT_VERSION = 2
+#: the format versions :meth:`ActivationStats.load` reads
+READABLE_VERSIONS = (1, 2)
+SUM_SQUARES = "sum_squares"
+GRAM = "gram"
+ROWS = "rows"
+#: the statistics a file may hold per weight, besides its row count
+STATISTICS = (SUM_SQUARES, GRAM)
 _FORMAT_KEY = "__mil_sparsity_activation_stats__"
 _SEP = "\x1f"  # separates function, const name and field in the .npz keys (never in MIL names)
 
@@ -31,10 +48,19 @@ class ChannelStats:
 
     sum_squares: np.ndarray
     rows: int = 0
+    gram: Optional[np.ndarray] = None  # X^T X, [channels, channels] float64
 
     @property
     def channels(self) -> int:
         return int(self.sum_squares.shape[0])
+
+    @property
+    def statistics(self) -> dict[str, np.ndarray]:
+        """Every statistic held, by name (:data:`STATISTICS`)."""
+        held = {SUM_SQUARES: self.sum_squares}
+        if self.gram is not None:
+            held[GRAM] = self.gram
+        return held
 
     def mean_square(self) -> np.ndarray:
         """Per-channel mean of x^2 (float32); zeros before any row was seen."""
@@ -66,19 +92,29 @@ class ActivationStats:
     def get(self, const_name: str, function: str = "main") -> Optional[ChannelStats]:
         return self.entries.get((function, const_name))
 
-    def add(self, function: str, const_name: str, sum_squares: np.ndarray, rows: int) -> None:
-        """Accumulate one activation's per-channel sum of squares for a weight."""
+    def add(
+        self, function: str, const_name: str, sum_squares: np.ndarray, rows: int, gram: Optional[np.ndarray] = None
+    ) -> None:
+        """Accumulate one activation's statistics for a weight (``gram``: its X^T X, if collected)."""
         key = (function, const_name)
         entry = self.entries.get(key)
         if entry is None:
-            self.entries[key] = ChannelStats(np.asarray(sum_squares, dtype=np.float64).copy(), rows)
-            return
-        if entry.channels != sum_squares.shape[0]:
-            raise ValueError(
-                f"activation stats for {const_name!r} (function {function!r}): {entry.channels} "
-                f"channels so far, but this activation has {sum_squares.shape[0]}"
+            self.entries[key] = ChannelStats(
+                np.asarray(sum_squares, dtype=np.float64).copy(),
+                rows,
+                None if gram is None else np.asarray(gram, dtype=np.float64).copy(),
             )
+            return
+        where = f"activation stats for {const_name!r} (function {function!r})"
+        if entry.channels != sum_squares.shape[0]:
+            raise InvalidInputError(
+                f"{where}: {entry.channels} channels so far, but this activation has {sum_squares.shape[0]}"
+            )
+        if (entry.gram is None) != (gram is None):
+            raise InvalidInputError(f"{where}: a gram statistic for some activations and not for others")
         entry.sum_squares += sum_squares
+        if entry.gram is not None and gram is not None:
+            entry.gram += gram
         entry.rows += rows
 
     def merge(self, other: "ActivationStats") -> "ActivationStats":
@@ -86,7 +122,7 @@ class ActivationStats:
         merged = ActivationStats()
         for source in (self, other):
             for (function, name), entry in source.entries.items():
-                merged.add(function, name, entry.sum_squares, entry.rows)
+                merged.add(function, name, entry.sum_squares, entry.rows, entry.gram)
         return merged
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -97,8 +133,9 @@ class ActivationStats:
             )
         }
         for (function, name), entry in self.entries.items():
-            arrays[_SEP.join((function, name, "sum_squares"))] = entry.sum_squares
-            arrays[_SEP.join((function, name, "rows"))] = np.array(entry.rows, dtype=np.int64)
+            for statistic, values in entry.statistics.items():
+                arrays[_SEP.join((function, name, statistic))] = values
+            arrays[_SEP.join((function, name, ROWS))] = np.array(entry.rows, dtype=np.int64)
         with open(os.fspath(path), "wb") as stream:
             np.savez(stream, **arrays)  # type: ignore[arg-type]
 
@@ -110,13 +147,13 @@ class ActivationStats:
             with np.load(where, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"calibration: cannot read {where!r} as a .npz file: {error}") from error
+            raise InvalidInputError(f"calibration: cannot read {where!r} as a .npz file: {error}") from error
         return cls.from_arrays(arrays, where=where)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], *, where: str) -> "ActivationStats":
         if _FORMAT_KEY not in arrays:
-            raise ValueError(
+            raise InvalidInputError(
                 f"calibration: {where!r} is not an activation statistics file (no format key); "
                 "write one with ActivationStats.save or `mil-sparsity calibrate`"
             )
@@ -124,11 +161,11 @@ class ActivationStats:
             header = json.loads(bytes(arrays.pop(_FORMAT_KEY).astype(np.uint8)).decode())
             version = header["version"]
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"calibration: {where!r} has a corrupt format header") from error
-        if version != FORMAT_VERSION:
-            raise ValueError(
+            raise InvalidInputError(f"calibration: {where!r} has a corrupt format header") from error
+        if version not in READABLE_VERSIONS:
+            raise InvalidInputError(
                 f"calibration: {where!r} has format version {version!r}, this mil_sparsity reads "
-                f"version {FORMAT_VERSION}"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
         stats = cls()
         for key in sorted(k for k in arrays if k.endswith(_SEP + "sum_squares")):
@@ -136,22 +173,32 @@ class ActivationStats:
             sums = arrays[key]
             rows_key = _SEP.join((function, name, "rows"))
             if rows_key not in arrays:
-                raise ValueError(f"calibration: {where!r} has no row count for {name!r}")
+                raise InvalidInputError(f"calibration: {where!r} has no row count for {name!r}")
             rows = arrays[rows_key]
             if sums.ndim != 1 or sums.dtype != np.float64 or rows.shape != () or rows < 0:
-                raise ValueError(
+                raise InvalidInputError(
                     f"calibration: {where!r}: entry {name!r} is malformed (sum_squares "
                     f"{sums.dtype}{list(sums.shape)}, rows {rows!r}); expected a float64 vector "
                     "and a non-negative count"
                 )
             if not np.all(np.isfinite(sums)) or np.any(sums < 0):
-                raise ValueError(
+                raise InvalidInputError(
                     f"calibration: {where!r}: entry {name!r} has negative or non-finite sums"
                 )
-            stats.entries[(function, name)] = ChannelStats(sums.copy(), int(rows))
-        leftovers = [k for k in arrays if not k.endswith((_SEP + "sum_squares", _SEP + "rows"))]
+            gram = arrays.get(_SEP.join((function, name, GRAM))) if version >= 2 else None
+            if gram is not None and (
+                gram.dtype != np.float64 or gram.shape != (sums.shape[0],) * 2 or not np.all(np.isfinite(gram))
+            ):
+                raise InvalidInputError(
+                    f"calibration: {where!r}: entry {name!r} has a malformed gram "
+                    f"({gram.dtype}{list(gram.shape)}); expected finite float64 "
+                    f"[{sums.shape[0]}, {sums.shape[0]}]"
+                )
+            stats.entries[(function, name)] = ChannelStats(sums.copy(), int(rows), None if gram is None else gram.copy())
+        known = tuple(_SEP + suffix for suffix in (*STATISTICS, ROWS)) if version >= 2 else (_SEP + SUM_SQUARES, _SEP + ROWS)
+        leftovers = [k for k in arrays if not k.endswith(known)]
         if leftovers:
-            raise ValueError(f"calibration: {where!r} has unknown entries {leftovers[:5]}")
+            raise InvalidInputError(f"calibration: {where!r} has unknown entries {leftovers[:5]}")
         return stats
 
 
@@ -164,7 +211,7 @@ def channel_sum_squares(activation: np.ndarray, channel_axis: int) -> tuple[np.n
     """
     x = np.asarray(activation, dtype=np.float32)
     if x.ndim == 0:
-        raise ValueError("activation: a channel axis needs rank >= 1, got a scalar")
+        raise InvalidInputError("activation: a channel axis needs rank >= 1, got a scalar")
     axis = channel_axis % x.ndim
     letters = "abcdefghijklmnopqrstuvwxyz"[: x.ndim]
     subscripts = f"{letters},{letters}->{letters[axis]}"
@@ -172,3 +219,14 @@ def channel_sum_squares(activation: np.ndarray, channel_axis: int) -> tuple[np.n
     channels = x.shape[axis]
     rows = x.size // channels if channels else 0
     return sums.astype(np.float64), int(rows)
+
+
+def channel_gram(activation: np.ndarray, channel_axis: int) -> np.ndarray:
+    """X^T X of ``activation`` with the channel axis as X's columns and every other axis as
+    rows: [channels, channels], computed in float32 (the activation's precision, as
+    SparseGPT does) and returned as float64 for accumulation."""
+    x = np.asarray(activation, dtype=np.float32)
+    if x.ndim == 0:
+        raise InvalidInputError("activation: a channel axis needs rank >= 1, got a scalar")
+    rows = np.moveaxis(x, channel_axis % x.ndim, -1).reshape(-1, x.shape[channel_axis % x.ndim])
+    return (rows.T @ rows).astype(np.float64)

@@ -11,7 +11,6 @@ checks the options and prints the summary.
 from __future__ import annotations
 
 import argparse
-import os
 
 import mil_sparsity as ms
 from mil_sparsity.calibration import ActivationStats, collect_activation_stats
@@ -55,6 +54,12 @@ def register(commands: Commands) -> None:
     )
     add_sample_options(parser, required=True, backend=False)
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--gram",
+        action="store_true",
+        help="also record X^T X per linear / constant-matmul weight (for reconstruction; "
+        "channels^2 x 8 bytes each: 128 MB for a 4096-wide linear)",
+    )
     add_json(parser, "a summary")
     parser.set_defaults(run=run)
 
@@ -78,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     samples = read_samples(args, mlmodel, args.model, function)
     bar = progress(samples, total=len(samples), desc="calibrate", quiet=args.json)
     try:
-        stats = collect_activation_stats(mlmodel, bar, function_name=function, progress=False)
+        stats = collect_activation_stats(
+            mlmodel, bar, function_name=function, progress=False, gram=args.gram
+        )
     except (NotImplementedError, ValueError, TypeError) as error:
         raise CLIError(f"{args.model}: {one_line(error)}") from None
     finally:

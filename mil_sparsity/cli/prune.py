@@ -29,7 +29,7 @@ from mil_sparsity.cli._common import (
 )
 from mil_sparsity.cli._rewrite import add_model_output, add_target_option, add_write_options, rewrite
 from mil_sparsity.configs import ACTIVATION_SCORING, SCORINGS
-from mil_sparsity.passes import pass_for_selector
+from mil_sparsity.plan.catalog import pass_for_selector
 
 
 def register(commands: Commands) -> None:
@@ -161,7 +161,7 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
                              "weight_threshold in the file's configs)")
         selector = read_config_file(args.config)
         try:
-            return pass_for_selector(selector, f"config file {args.config}"), selector
+            return pass_for_selector(selector, f"config file {args.config}").name, selector
         except ValueError as error:
             raise CLIError(one_line(error)) from None
     common = {"weight_threshold": args.weight_threshold}

@@ -7,7 +7,9 @@ elements, bytes or groups) and keeps its temporaries in the weight's own width o
 Modules: ``masks`` (threshold, magnitude, block, n:m masks), ``selection`` (the exact k-smallest
 selection they share: whole array, per row, over chunks), ``scores`` (the same patterns ranking
 activation scores instead of magnitudes), ``packing`` (bitmask + nonzero values) and
-``chunked`` (every pattern over row-major chunks in bounded memory, bit-identical).
+``chunked`` (every pattern over row-major chunks in bounded memory, bit-identical) and
+``reconstruction`` (SparseGPT and ADMM: a mask plus new values for the kept weights, from the
+layer's Gram matrix X^T X; float32/float64 work arrays of the weight's size, not narrower).
 """
 
 from mil_sparsity.kernels.masks import (
@@ -39,6 +41,7 @@ from mil_sparsity.kernels.chunked import (
     Threshold,
     chunk_bounds,
 )
+from mil_sparsity.kernels.reconstruction import Reconstruction, admm, sparsegpt
 from mil_sparsity.kernels.packing import (
     SparseWeight,
     dense_nbytes,
@@ -60,16 +63,19 @@ __all__ = [
     "Magnitude",
     "MaskBitPacker",
     "Pack",
+    "Reconstruction",
     "RowLowest",
     "SparseChunk",
     "SparseCounts",
     "SparseWeight",
     "Threshold",
     "activation_scores",
+    "admm",
     "chunk_bounds",
     "row_lowest_k_mask",
     "score_block_prune_mask",
     "score_nm_prune_mask",
+    "sparsegpt",
     "score_row_prune_mask",
     "block_prune_mask",
     "dense_nbytes",

@@ -40,6 +40,7 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.kernels.masks import (
     block_score_keys,
     check_block_size,
@@ -199,13 +200,13 @@ def check_pattern(shape: tuple[int, ...], pattern: Pattern) -> None:
     if isinstance(pattern, Block):
         check_block_size(pattern.block_size)
     if isinstance(pattern, NM) and (not 0 <= pattern.n <= pattern.m or pattern.m < 1):
-        raise ValueError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {pattern.n}:{pattern.m}")
+        raise InvalidInputError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {pattern.n}:{pattern.m}")
     if isinstance(pattern, (Block, NM)):
         normalize_dim(pattern.dim, len(shape))
     if isinstance(pattern, RowLowest):
         normalize_dim(pattern.output_axis, len(shape), "output_axis")
     if isinstance(pattern, Threshold) and np.isnan(pattern.threshold):
-        raise ValueError("threshold must not be NaN")
+        raise InvalidInputError("threshold must not be NaN")
 
 
 def chunk_bounds(shape: tuple[int, ...], pattern: Pattern, max_elements: int) -> list[tuple[int, int]]:
@@ -219,7 +220,7 @@ def chunk_bounds(shape: tuple[int, ...], pattern: Pattern, max_elements: int) ->
     kernel's).
     """
     if max_elements < 1:
-        raise ValueError(f"max_elements must be >= 1, got {max_elements}")
+        raise InvalidInputError(f"max_elements must be >= 1, got {max_elements}")
     check_pattern(shape, pattern)
     size = _size(shape)
     if size == 0:
@@ -277,7 +278,7 @@ class ChunkedPruner:
         scores_dtype: np.dtype[Any] | type = np.float32,
     ) -> None:
         if read_scores is not None and not isinstance(pattern, _SCORED):
-            raise TypeError(f"{type(pattern).__name__} takes no scores")
+            raise InvalidTypeError(f"{type(pattern).__name__} takes no scores")
         self.shape = tuple(int(side) for side in shape)
         self.dtype = np.dtype(dtype)
         self.pattern = pattern
@@ -386,7 +387,7 @@ class ChunkedPruner:
         for start, stop in self.bounds:
             weight = self.read(start, stop).reshape(-1)
             if weight.size != stop - start or weight.dtype != self.dtype:
-                raise ValueError(
+                raise InvalidInputError(
                     f"read({start}, {stop}) returned {weight.size} {weight.dtype} elements; "
                     f"expected {stop - start} {self.dtype}"
                 )
@@ -422,7 +423,7 @@ class ChunkedPruner:
             chunk = self._ranked(start, stop).reshape(_as_slices(self.shape, axis, start, stop))
             return nm_prune_mask(chunk, pattern.n, pattern.m, 1).reshape(-1)
         if not isinstance(pattern, RowLowest):
-            raise TypeError(f"{type(pattern).__name__} does not prune")
+            raise InvalidTypeError(f"{type(pattern).__name__} does not prune")
         row = self.size // self.shape[0]
         rows = self._ranked(start, stop).reshape(-1, row)
         k = target_count(pattern.target_sparsity, row)
@@ -431,6 +432,6 @@ class ChunkedPruner:
     def chunks(self) -> Iterator[SparseChunk]:
         """Writing pass: each chunk's stored mask and values (after :meth:`count`)."""
         if self._counts is None:
-            raise ValueError("ChunkedPruner.count() must run before chunks()")
+            raise InvalidInputError("ChunkedPruner.count() must run before chunks()")
         for start, stop, stored, weight in self._masks():
             yield SparseChunk(start=start, stop=stop, mask=stored, values=gather(weight, stored))

@@ -17,6 +17,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.kernels.selection import lowest_k_mask, target_count
 
 BoolArray = NDArray[np.bool_]
@@ -32,7 +33,7 @@ def _key_layout(dtype: np.dtype[Any]) -> tuple[type[np.unsignedinteger[Any]], in
     try:
         return _KEY_LAYOUT[np.dtype(dtype)]
     except KeyError:
-        raise TypeError(
+        raise InvalidTypeError(
             f"weight dtype must be float16, float32 or float64, got {np.dtype(dtype)}"
         ) from None
 
@@ -54,7 +55,7 @@ def magnitude_keys_in_place(scratch: NDArray[Any]) -> NDArray[np.unsignedinteger
 def normalize_dim(dim: int, rank: int, field: str = "dim") -> int:
     """Return ``dim`` as a non-negative axis of a rank-``rank`` tensor or raise ValueError."""
     if not -rank <= dim < rank:
-        raise ValueError(
+        raise InvalidInputError(
             f"{field}={dim} is out of range for a rank-{rank} weight; "
             f"allowed range is [{-rank}, {rank - 1}]"
         )
@@ -68,7 +69,7 @@ def threshold_prune_mask(weight: NDArray[Any], threshold: float) -> BoolArray:
     then keys are compared as integers. NaN is never pruned.
     """
     if np.isnan(threshold):
-        raise ValueError("threshold must not be NaN")
+        raise InvalidInputError("threshold must not be NaN")
     if threshold < 0:
         return np.zeros(weight.shape, dtype=np.bool_)
     float_type = np.dtype(weight.dtype).type
@@ -138,7 +139,7 @@ def expand_blocks(pruned_blocks: BoolArray, length: int, block_size: int) -> Boo
 
 def check_block_size(block_size: int) -> None:
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise InvalidInputError(f"block_size must be >= 1, got {block_size}")
 
 
 def block_prune_mask(
@@ -228,7 +229,7 @@ def nm_prune_mask(weight: NDArray[Any], n: int, m: int, dim: int) -> BoolArray:
     what n:m hardware sees, and the rule matches coremltools' zero padding.
     """
     if not 0 <= n <= m or m < 1:
-        raise ValueError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {n}:{m}")
+        raise InvalidInputError(f"n:m must satisfy 0 <= n <= m and m >= 1, got {n}:{m}")
     axis = normalize_dim(dim, weight.ndim)
     pre, length, post = split_at(weight.shape, axis)
     by_dim = weight.reshape(pre, length, post)

@@ -13,6 +13,7 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.kernels.masks import magnitude_keys
 from mil_sparsity.kernels.selection import chunk_counts
 
@@ -101,7 +102,7 @@ def pack_sparse(weight: NDArray[Any], prune_mask: BoolArray | None = None) -> Sp
     mask = nonzero_mask(weight)
     if prune_mask is not None:
         if prune_mask.shape != weight.shape:
-            raise ValueError(
+            raise InvalidInputError(
                 f"prune_mask shape {prune_mask.shape} does not match weight shape {weight.shape}"
             )
         # for bools, a > b is a and not b: no temporary for ~prune_mask
@@ -116,7 +117,7 @@ def pack_kept(weight: NDArray[Any], keep_mask: BoolArray) -> SparseWeight:
     threshold's ``|w| > t`` with ``t >= 0``, for example). The mask becomes the sparse mask.
     """
     if keep_mask.shape != weight.shape:
-        raise ValueError(f"keep_mask shape {keep_mask.shape} does not match weight shape {weight.shape}")
+        raise InvalidInputError(f"keep_mask shape {keep_mask.shape} does not match weight shape {weight.shape}")
     return SparseWeight(nonzero_data=gather(weight, keep_mask), mask=keep_mask)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.kernels.masks import (
     block_prune_mask,
     magnitude_keys,
@@ -39,17 +40,17 @@ def activation_scores(weight: NDArray[Any], channel_scale: NDArray[Any], input_a
     scale = np.asarray(channel_scale, dtype=np.float32)
     if scale.ndim == 1:
         if scale.shape[0] != weight.shape[axis]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"channel_scale has {scale.shape[0]} entries; the weight's input axis {axis} has "
                 f"{weight.shape[axis]} channels (shape {weight.shape})"
             )
         scale = scale.reshape([-1 if i == axis else 1 for i in range(weight.ndim)])
     elif scale.ndim != weight.ndim or np.broadcast_shapes(scale.shape, weight.shape) != weight.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"channel_scale of shape {scale.shape} does not broadcast to the weight's shape {weight.shape}"
         )
     if not bool(np.all(np.isfinite(scale))) or bool(np.any(scale < 0)):
-        raise ValueError("channel_scale must be finite and >= 0 everywhere")
+        raise InvalidInputError("channel_scale must be finite and >= 0 everywhere")
     magnitudes = np.abs(weight).astype(np.float32, copy=False)
     scores: NDArray[np.float32] = np.multiply(magnitudes, scale, dtype=np.float32)
     return scores
@@ -58,9 +59,9 @@ def activation_scores(weight: NDArray[Any], channel_scale: NDArray[Any], input_a
 def check_scores(scores: NDArray[Any], field: str = "scores") -> None:
     """Raise TypeError for a non-float array and ValueError for a negative score."""
     if np.dtype(scores.dtype) not in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{field} must be float16, float32 or float64, got {scores.dtype}")
+        raise InvalidTypeError(f"{field} must be float16, float32 or float64, got {scores.dtype}")
     if bool(np.any(scores < 0)):
-        raise ValueError(f"{field} must be >= 0 (NaN allowed); found a negative score")
+        raise InvalidInputError(f"{field} must be >= 0 (NaN allowed); found a negative score")
 
 
 def rows_view(array: NDArray[Any], output_axis: int) -> NDArray[Any]:

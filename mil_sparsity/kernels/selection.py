@@ -37,6 +37,8 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from mil_sparsity.errors import InvalidInputError
+
 BoolArray = NDArray[np.bool_]
 KeyArray = NDArray[np.unsignedinteger[Any]]
 
@@ -73,7 +75,7 @@ class KthKey:
 def target_count(target_sparsity: float, total: int) -> int:
     """``round(target_sparsity * total)`` with Python's round-half-to-even, clipped to range."""
     if not 0.0 <= target_sparsity <= 1.0:
-        raise ValueError(f"target_sparsity must be in [0, 1], got {target_sparsity!r}")
+        raise InvalidInputError(f"target_sparsity must be in [0, 1], got {target_sparsity!r}")
     return min(total, max(0, round(target_sparsity * total)))
 
 
@@ -141,7 +143,7 @@ def kth_key(keys: KeyArray, k: int) -> KthKey:
     """The selection of the ``k`` smallest of ``keys`` (1 <= k <= keys.size), any shape."""
     flat = keys.reshape(-1)
     if not 1 <= k <= flat.size:
-        raise ValueError(f"k must be in [1, {flat.size}], got {k}")
+        raise InvalidInputError(f"k must be in [1, {flat.size}], got {k}")
     if flat.size < _SAMPLED_MIN:
         return _partition_kth(flat, k)
     found = _sampled_kth(flat, k)

@@ -1,42 +1,15 @@
-"""The three passes, one per module, and their registration in coremltools' pass registry."""
+"""The passes, one per module (their metadata is their catalog entry,
+:mod:`mil_sparsity.plan.catalog`), and their registration in coremltools' pass registry."""
 
 from __future__ import annotations
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity.passes._base import SparsityPass
+from mil_sparsity.passes._base import PassResult, SparsityPass
 from mil_sparsity.passes.prune_by_magnitude import PruneByMagnitude
 from mil_sparsity.passes.prune_by_threshold import PruneByThreshold
 from mil_sparsity.passes.sparse_pack import SparsePack
-from mil_sparsity.selector import OpSelector
 
-NAMESPACE = "mil_sparsity"
 PASS_CLASSES: tuple[type[SparsityPass], ...] = (PruneByThreshold, PruneByMagnitude, SparsePack)
-
-
-def pass_for_selector(selector: OpSelector, where: str = "config") -> str:
-    """The name of the one pass that takes every config kind in ``selector``.
-
-    threshold -> prune_by_threshold; magnitude, block, n_m -> prune_by_magnitude;
-    pack -> sparse_pack. ValueError if no config is set or the kinds span several passes.
-    """
-    owner = {
-        config_cls.kind: cls.pass_name
-        for cls in PASS_CLASSES
-        for config_cls in cls.accepted_configs
-    }
-    kinds = sorted({config.kind for _, config in selector.entries() if config is not None})
-    if not kinds:
-        raise ValueError(f"{where}: no config set (every entry is null): nothing to do")
-    passes = sorted({owner[kind] for kind in kinds})
-    if len(passes) > 1:
-        detail = "; ".join(
-            f"{name} takes {', '.join(k for k in kinds if owner[k] == name)}" for name in passes
-        )
-        raise ValueError(
-            f"{where}: mixes config kinds of different passes ({detail}); one run applies one "
-            "pass, so split it per pass"
-        )
-    return passes[0]
 
 
 def register_passes() -> None:
@@ -57,4 +30,4 @@ def register_passes() -> None:
         private.register_pass(cls, namespace, name)
 
 
-__all__ = ["PASS_CLASSES", "pass_for_selector", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]
+__all__ = ["PASS_CLASSES", "PassResult", "PruneByMagnitude", "PruneByThreshold", "SparsePack", "SparsityPass", "register_passes"]

@@ -4,8 +4,9 @@ Contract of every pass:
 
 * Before: ``const(w) -> op``. After: ``const(nonzero_data), const(mask)[, const(shape)] ->
   constexpr_sparse_to_dense -> op`` for every selected weight, in every function and nested
-  block; the old const is removed. The materialized value equals the pruned weight bit for bit
-  (``-0.0`` becomes ``+0.0``).
+  block; the old const is removed. The materialized value is the handler's outcome, mask +
+  values (:mod:`mil_sparsity.handlers`): for pruning, the weight with the pruned elements
+  zeroed, bit for bit (``-0.0`` becomes ``+0.0``); a reconstruction method stores new values.
 * Phase 1 (select, then plan) reads the program only: it first resolves every const's config
   and checks it (config conflicts, conflicting reduction axes, missing calibration statistics
   surface before any weight is pruned), then computes every replacement with the numpy
@@ -26,14 +27,18 @@ from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity import _graph, sparse_format
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
+from mil_sparsity.plan import catalog
+from mil_sparsity.plan.catalog import PassEntry
+from mil_sparsity.plan.pipeline import rules_of
 from mil_sparsity.report import SparsityReport, WeightRecord
-from mil_sparsity.rules import Decision, PassRules, WeightSite, check_selector, record, run_selected, select
-from mil_sparsity.selector import OpSelector, as_selector
-from mil_sparsity.weight_roles import check_calibration
+from mil_sparsity.model.inventory import Weight, program_weights
+from mil_sparsity.rules import Decision, PassRules, record, run_selected, select
+from mil_sparsity.selector import OpSelector
 
 
 @attrs.frozen
@@ -50,13 +55,36 @@ class Planned:
     build: Callable[[], Var]
 
 
-class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
-    """Base of the mil_sparsity passes. Options: ``config`` and ``report``."""
+@attrs.frozen
+class PassResult:
+    """What one run of a pass did (as onnx-ir's ``PassResult``): whether it changed the
+    program, and one report row per weight it considered (also appended to its ``report``)."""
 
+    modified: bool
+    records: tuple[WeightRecord, ...]
+
+    @property
+    def packed(self) -> tuple[str, ...]:
+        """The names of the weights now stored sparse."""
+        return tuple(record.name for record in self.records if record.packed)
+
+
+class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
+    """Base of the mil_sparsity passes. Options: ``config`` and ``report`` (and what the pass's
+    catalog entry adds); every value is checked by the entry (:mod:`mil_sparsity.plan.catalog`)."""
+
+    entry: ClassVar[PassEntry]
     pass_name: ClassVar[str]
     description: ClassVar[str]
     accepted_configs: ClassVar[tuple[type[SparsityConfig], ...]]
-    supported_dtypes: ClassVar[frozenset[str]] = frozenset({"float16", "float32"})
+    supported_dtypes: ClassVar[frozenset[str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.pass_name = cls.entry.name
+        cls.description = cls.entry.description
+        cls.accepted_configs = cls.entry.configs
+        cls.supported_dtypes = cls.entry.dtypes
 
     def __init__(self) -> None:
         super().__init__()
@@ -71,11 +99,7 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
 
     @report.setter
     def report(self, value: object) -> None:
-        if value is not None and not isinstance(value, SparsityReport):
-            raise TypeError(
-                f"{self.pass_name}: option report must be a SparsityReport, got {type(value).__name__}"
-            )
-        self._report = value
+        self._report = self.entry.check_option(catalog.REPORT, value)
 
     # ----- options -----------------------------------------------------------------------
     @property
@@ -84,30 +108,30 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
 
     @config.setter
     def config(self, value: Any) -> None:
-        self._selector = None if value is None else self._checked(as_selector(value))
+        self._selector = self.entry.check_option(catalog.CONFIG, value)
 
     @classmethod
     def rules(cls) -> PassRules:
-        return PassRules(cls.pass_name, cls.accepted_configs, cls.supported_dtypes)
-
-    def _checked(self, selector: OpSelector) -> OpSelector:
-        return check_selector(selector, self.rules())
+        return rules_of(cls.entry)
 
     def default_selector(self) -> OpSelector:
-        """The selection used when no ``config`` option was given."""
-        raise ValueError(f"{self.pass_name} needs a config option")
+        """The selection used when no ``config`` option was given (the catalog's)."""
+        return self.entry.default_selector()
 
     # ----- the pass ----------------------------------------------------------------------
-    def apply(self, prog: Program) -> None:
+    def apply(self, prog: Program) -> PassResult:
+        """Select, plan, commit (see the module doc); returns what changed. coremltools'
+        pipeline manager ignores the result; direct callers may read it."""
         if not isinstance(prog, Program):
-            raise TypeError(f"{self.pass_name} applies to a PyMIL Program, got {type(prog).__name__}")
+            raise InvalidTypeError(f"{self.pass_name} applies to a PyMIL Program, got {type(prog).__name__}")
         selector = self._selector if self._selector is not None else self.default_selector()
         _graph.check_opsets(prog, self.pass_name)
-        check_calibration(selector, self._calibration, self.pass_name)
+        self.entry.check_calibration(selector, self._calibration)
         planned, records = self._plan(prog, selector)
         _commit(planned)
         if self.report is not None:
             self.report.extend(records)
+        return PassResult(bool(planned), tuple(records))
 
     def _plan(
         self, prog: Program, selector: OpSelector
@@ -115,13 +139,17 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         rules = self.rules()
         planned: list[Planned] = []
         records: list[WeightRecord] = []
-        chosen_by_block: list[tuple[str, Block, list[tuple[Operation, WeightSite, Any]]]] = []
+        consts_by_block: dict[int, list[tuple[Operation, Weight]]] = {}
+        for found in program_weights(prog):  # the inventory: uncompressed consts, by block
+            if not found.weight.compressed:
+                consts_by_block.setdefault(id(found.block), []).append((found.op, found.weight))
+        chosen_by_block: list[tuple[str, Block, list[tuple[Operation, Weight, Any]]]] = []
         for function_name, function in prog.functions.items():  # select every const first
             for block in _graph.iter_blocks(function):
-                chosen: list[tuple[Operation, WeightSite, Any]] = []
-                for op in _graph.weight_consts(block):
-                    site = _graph.weight_site(function_name, op)
-                    chosen.append((op, site, select(site, selector, rules, self._calibration)))
+                chosen = [
+                    (op, site, select(site, selector, rules, self._calibration))
+                    for op, site in consts_by_block.get(id(block), [])
+                ]
                 chosen_by_block.append((function_name, block, chosen))
         for function_name, block, chosen in chosen_by_block:
             form = _graph.function_form(function_name, prog.functions[function_name])

@@ -29,6 +29,7 @@ from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import _graph, sparse_format
 from mil_sparsity.configs import PackConfig, config_to_dict
@@ -100,7 +101,7 @@ def _outcome(op: Operation, config: PackConfig) -> _JointOutcome:
     kept = int(np.count_nonzero(mask))
     bits = private.bit_width(_compressed_input(op).dtype)
     if bits is None:
-        raise TypeError(f"{op.name}: compressed input of {op.op_type} has no bit width")
+        raise InvalidTypeError(f"{op.name}: compressed input of {op.op_type} has no bit width")
     sparsity = 1.0 - kept / size if size else 0.0
     stored = (size * bits + 7) // 8
     packed = (kept * bits + 7) // 8 + (size + 7) // 8
@@ -124,7 +125,7 @@ def plan_joint(
             continue
         config = chosen.config
         if not isinstance(config, PackConfig):  # sparse_pack's selector holds PackConfigs only
-            raise TypeError(f"joint compression takes PackConfig, got {type(config).__name__}")
+            raise InvalidTypeError(f"joint compression takes PackConfig, got {type(config).__name__}")
         outcome = _outcome(op, config)
         common: dict[str, Any] = dict(
             pass_name=rules.pass_name,

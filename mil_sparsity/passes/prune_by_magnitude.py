@@ -18,16 +18,12 @@ from __future__ import annotations
 from typing import Optional
 
 from mil_sparsity.calibration.stats import ActivationStats
-from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig
 from mil_sparsity.passes._base import SparsityPass
-from mil_sparsity.scoring import load_calibration
-from mil_sparsity.selector import OpSelector
+from mil_sparsity.plan import catalog
 
 
 class PruneByMagnitude(SparsityPass):
-    pass_name = "mil_sparsity::prune_by_magnitude"
-    description = "Zero the smallest-magnitude weights (unstructured, block or n:m) and pack them."
-    accepted_configs = (MagnitudeConfig, BlockConfig, NMConfig)
+    entry = catalog.PRUNE_BY_MAGNITUDE
 
     @property
     def calibration(self) -> Optional[ActivationStats]:
@@ -36,12 +32,4 @@ class PruneByMagnitude(SparsityPass):
 
     @calibration.setter
     def calibration(self, value: object) -> None:
-        self._calibration = load_calibration(value, f"{self.pass_name}: option calibration")
-
-    def default_selector(self) -> OpSelector:
-        raise ValueError(
-            "mil_sparsity::prune_by_magnitude has no default sparsity: set its 'config' option "
-            "to a MagnitudeConfig, BlockConfig or NMConfig (or an OpSelector of them), e.g. "
-            'pipeline.set_options("mil_sparsity::prune_by_magnitude", '
-            '{"config": MagnitudeConfig(target_sparsity=0.5)})'
-        )
+        self._calibration = self.entry.check_option(catalog.CALIBRATION, value)

@@ -8,15 +8,9 @@ Config: :class:`~mil_sparsity.ThresholdConfig` (default ``ThresholdConfig()`` wh
 
 from __future__ import annotations
 
-from mil_sparsity.configs import ThresholdConfig
 from mil_sparsity.passes._base import SparsityPass
-from mil_sparsity.selector import OpSelector
+from mil_sparsity.plan import catalog
 
 
 class PruneByThreshold(SparsityPass):
-    pass_name = "mil_sparsity::prune_by_threshold"
-    description = "Zero weights with |w| <= threshold and store them as constexpr_sparse_to_dense."
-    accepted_configs = (ThresholdConfig,)
-
-    def default_selector(self) -> OpSelector:
-        return OpSelector(global_config=ThresholdConfig())
+    entry = catalog.PRUNE_BY_THRESHOLD

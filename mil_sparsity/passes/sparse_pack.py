@@ -16,19 +16,17 @@ from typing import Iterator, Optional
 from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.program import Program
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import sparse_format
-from mil_sparsity.configs import PackConfig
-from mil_sparsity.passes._base import Planned, SparsityPass
+from mil_sparsity.passes._base import PassResult, Planned, SparsityPass
 from mil_sparsity.passes._joint import plan_joint
+from mil_sparsity.plan import catalog
 from mil_sparsity.report import WeightRecord
 from mil_sparsity.selector import OpSelector
 
 
 class SparsePack(SparsityPass):
-    pass_name = "mil_sparsity::sparse_pack"
-    description = "Pack weights that already hold zeros (training-time pruning) without changing them."
-    accepted_configs = (PackConfig,)
-    supported_dtypes = frozenset({"float16", "float32", "int8", "uint8"})
+    entry = catalog.SPARSE_PACK
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,25 +39,19 @@ class SparsePack(SparsityPass):
 
     @joint_compression.setter
     def joint_compression(self, value: object) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(
-                f"{self.pass_name}: option joint_compression must be a bool, got {type(value).__name__} {value!r}"
-            )
-        self._joint_compression = value
+        checked = self.entry.check_option(catalog.JOINT_COMPRESSION, value)
+        self._joint_compression = bool(checked)
 
-    def default_selector(self) -> OpSelector:
-        return OpSelector(global_config=PackConfig())
-
-    def apply(self, prog: Program) -> None:
+    def apply(self, prog: Program) -> PassResult:
         if self._joint_compression:
             for name, function in prog.functions.items():
                 if sparse_format.sparse_form(function.opset_version) is not sparse_format.UINT1_MASK_FORM:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"{self.pass_name}: joint_compression needs iOS18 or later, but function "
                         f"{name!r} targets {sparse_format.target_name(function.opset_version)}. Convert with "
                         "minimum_deployment_target=ct.target.iOS18, or drop joint_compression."
                     )
-        super().apply(prog)
+        return super().apply(prog)
 
     def _plan_more(
         self, function_name: str, block: Block, selector: OpSelector

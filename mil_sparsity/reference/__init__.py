@@ -35,6 +35,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.reference.engine import Capture, Evaluator, check_supported, supported_op_types
 from mil_sparsity.reference.inputs import InputSpec, spec_from_feature, spec_from_placeholder
@@ -49,7 +50,7 @@ def _program_and_description(model: Any, function_name: str) -> tuple[Any, Any]:
     from mil_sparsity.posthoc import load_model, load_program
 
     if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "get_spec"):
-        raise TypeError(
+        raise InvalidTypeError(
             "model must be an MLModel, a path to an .mlpackage or a PyMIL Program, got "
             f"{type(model).__name__}"
         )
@@ -88,10 +89,10 @@ class ReferenceEvaluator:
         round_fp16_intermediates: bool = False,
     ) -> None:
         if not isinstance(function_name, str):
-            raise TypeError(f"function_name must be a str, got {type(function_name).__name__}")
+            raise InvalidTypeError(f"function_name must be a str, got {type(function_name).__name__}")
         program, description = _program_and_description(model, function_name)
         if function_name not in program.functions:
-            raise ValueError(
+            raise InvalidInputError(
                 f"function_name: {function_name!r} is not in the model; it has "
                 f"{sorted(program.functions)}"
             )

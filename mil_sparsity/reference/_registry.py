@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from mil_sparsity.errors import InvalidInputError
+
 Args = Mapping[str, Any]
 Outputs = Union[np.ndarray, tuple[np.ndarray, ...]]
 Kernel = Callable[[Args], Outputs]
@@ -26,7 +28,7 @@ def kernel(*op_types: str) -> Callable[[Kernel], Kernel]:
     def register(function: Kernel) -> Kernel:
         for op_type in op_types:
             if op_type in OP_TABLE:
-                raise ValueError(f"op type {op_type!r} registered twice")
+                raise InvalidInputError(f"op type {op_type!r} registered twice")
             OP_TABLE[op_type] = function
         return function
 

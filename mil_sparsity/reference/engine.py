@@ -24,10 +24,11 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
+from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.reference import ops_constexpr, ops_control
 from mil_sparsity.reference._registry import OP_TABLE
-from mil_sparsity.reference.inputs import InputSpec, compute_dtype, spec_from_placeholder
+from mil_sparsity.reference.inputs import InputSpec, compute_dtype
 
 # import for their side effect: registering kernels in OP_TABLE
 from mil_sparsity.reference import (  # noqa: F401,E402
@@ -199,7 +200,7 @@ class Evaluator:
         round_fp16_intermediates: bool = False,
     ) -> None:
         if function_name not in program.functions:
-            raise ValueError(
+            raise InvalidInputError(
                 f"function_name: {function_name!r} is not in the program; it has "
                 f"{sorted(program.functions)}"
             )

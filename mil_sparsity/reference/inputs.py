@@ -18,16 +18,34 @@ from typing import Any, Mapping, Optional, Sequence
 import attrs
 import numpy as np
 
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
+
 DimRange = tuple[int, Optional[int]]  # (lower, upper); upper None = unbounded
+
+
+def _fixed(shape: tuple[int, ...]) -> tuple[DimRange, ...]:
+    return tuple((size, size) for size in shape)
+
+
+def _ints(values: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(int(d) for d in values)
+
+
+def _fixed_ranges(spec: "InputSpec") -> tuple[DimRange, ...]:
+    return _fixed(spec.shape)
 
 
 @attrs.frozen
 class InputSpec:
-    """One function input: name, storage dtype, and the shapes it accepts."""
+    """One model or function input: its name, its default shape (what random samples use),
+    its storage dtype, and the shapes it accepts (``ranges`` per dimension, or an
+    ``enumerated`` list; by default exactly ``shape``). The one input description of the
+    evaluator and of :mod:`mil_sparsity.samples`."""
 
     name: str
-    dtype: np.dtype[Any]
-    ranges: tuple[DimRange, ...]
+    shape: tuple[int, ...] = attrs.field(converter=_ints)
+    dtype: np.dtype[Any] = attrs.field(converter=np.dtype)
+    ranges: tuple[DimRange, ...] = attrs.field(default=attrs.Factory(_fixed_ranges, takes_self=True))
     enumerated: Optional[tuple[tuple[int, ...], ...]] = None
 
     @property
@@ -60,7 +78,7 @@ class InputSpec:
 def spec_from_placeholder(name: str, shape: Sequence[Any], dtype: np.dtype[Any]) -> InputSpec:
     """A PyMIL placeholder's shape: int dims are fixed, symbolic dims accept any size >= 1."""
     ranges = tuple((int(d), int(d)) if isinstance(d, (int, np.integer)) else (1, None) for d in shape)
-    return InputSpec(name=name, dtype=np.dtype(dtype), ranges=ranges)
+    return InputSpec(name=name, shape=tuple(lower for lower, _ in ranges), dtype=dtype, ranges=ranges)
 
 
 def spec_from_feature(feature: Any, dtype: np.dtype[Any]) -> Optional[InputSpec]:
@@ -73,14 +91,14 @@ def spec_from_feature(feature: Any, dtype: np.dtype[Any]) -> Optional[InputSpec]
     if which == "enumeratedShapes":
         shapes = tuple(tuple(int(d) for d in s.shape) for s in array_type.enumeratedShapes.shapes)
         rank = len(shapes[0]) if shapes else len(default)
-        return InputSpec(feature.name, np.dtype(dtype), ((1, None),) * rank, shapes)
+        return InputSpec(feature.name, default or (shapes[0] if shapes else ()), dtype, ((1, None),) * rank, shapes)
     if which == "shapeRange":
         ranges = tuple(
             (int(r.lowerBound), None if int(r.upperBound) < 0 else int(r.upperBound))
             for r in array_type.shapeRange.sizeRanges
         )
-        return InputSpec(feature.name, np.dtype(dtype), ranges)
-    return InputSpec(feature.name, np.dtype(dtype), tuple((d, d) for d in default))
+        return InputSpec(feature.name, default or tuple(lower for lower, _ in ranges), dtype, ranges)
+    return InputSpec(feature.name, default, dtype)
 
 
 def compute_dtype(storage: np.dtype[Any]) -> np.dtype[Any]:
@@ -94,28 +112,28 @@ def convert_input(spec: InputSpec, value: Any) -> np.ndarray:
     shape = tuple(int(d) for d in given.shape)
     if not spec.accepts(shape):
         what = "rank" if len(shape) != spec.rank else "shape"
-        raise ValueError(
+        raise InvalidInputError(
             f"input {spec.name!r}: wrong {what}: got shape {shape}, allowed {spec.allowed()}"
         )
     kind = spec.dtype.kind
     if kind == "b":
         if given.dtype.kind not in "bui":
-            raise TypeError(f"input {spec.name!r}: expected bool values, got dtype {given.dtype}")
+            raise InvalidTypeError(f"input {spec.name!r}: expected bool values, got dtype {given.dtype}")
         return given.astype(np.bool_, copy=False)
     if kind in "iu":
         if given.dtype.kind not in "bui":
-            raise TypeError(
+            raise InvalidTypeError(
                 f"input {spec.name!r}: expected integers ({spec.dtype}), got dtype {given.dtype}"
             )
         info = np.iinfo(spec.dtype)
         if given.size and given.dtype.kind != "b" and (given.min() < info.min or given.max() > info.max):
-            raise ValueError(
+            raise InvalidInputError(
                 f"input {spec.name!r}: values {given.min()}..{given.max()} do not fit "
                 f"{spec.dtype} ({info.min}..{info.max})"
             )
         return given.astype(spec.dtype, copy=False)
     if given.dtype.kind not in "buif":
-        raise TypeError(f"input {spec.name!r}: expected numbers, got dtype {given.dtype}")
+        raise InvalidTypeError(f"input {spec.name!r}: expected numbers, got dtype {given.dtype}")
     stored = given.astype(spec.dtype, copy=False)  # float16 inputs are rounded as Core ML would
     return stored.astype(np.float32, copy=False)
 
@@ -123,7 +141,7 @@ def convert_input(spec: InputSpec, value: Any) -> np.ndarray:
 def convert_inputs(specs: Sequence[InputSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """All inputs checked (missing and unknown names first), then converted one by one."""
     if not isinstance(inputs, Mapping):
-        raise TypeError(f"inputs must map input names to arrays, got {type(inputs).__name__}")
+        raise InvalidTypeError(f"inputs must map input names to arrays, got {type(inputs).__name__}")
     expected = [spec.name for spec in specs]
     missing = [name for name in expected if name not in inputs]
     unknown = [str(name) for name in inputs if name not in expected]
@@ -133,5 +151,5 @@ def convert_inputs(specs: Sequence[InputSpec], inputs: Mapping[str, Any]) -> dic
             details.append(f"missing {missing}")
         if unknown:
             details.append(f"unknown {unknown}")
-        raise ValueError(f"inputs: {'; '.join(details)}; the function takes {expected}")
+        raise InvalidInputError(f"inputs: {'; '.join(details)}; the function takes {expected}")
     return {spec.name: convert_input(spec, inputs[spec.name]) for spec in specs}

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mil_sparsity.sparse_format import DTYPES
 from mil_sparsity.reference._registry import Args, Kernel, array, floating, kernel, text
 
 # -- erf -----------------------------------------------------------------------------------
@@ -107,17 +108,12 @@ def _threshold(args: Args) -> np.ndarray:
     return np.asarray(np.maximum(array(args, "x"), array(args, "alpha")))
 
 
-_CAST_DTYPES = {
+#: cast's dtype names -> numpy: the byte-sized types of the one dtype table, plus what the
+#: evaluator computes in instead (bool; fp64 and int64 in 32 bits, as Core ML does)
+_CAST_DTYPES: dict[str, Any] = {
+    **{dtype.name: np.dtype(dtype.numpy).type for dtype in DTYPES if dtype.bits >= 8},
     "bool": np.bool_,
-    "fp16": np.float16,
-    "fp32": np.float32,
     "fp64": np.float32,
-    "int8": np.int8,
-    "uint8": np.uint8,
-    "int16": np.int16,
-    "uint16": np.uint16,
-    "int32": np.int32,
-    "uint32": np.uint32,
     "int64": np.int32,
 }
 
