@@ -29,7 +29,7 @@ from mil_sparsity.configs import (
 )
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.report import SparsityReport
-from mil_sparsity.scoring import load_calibration
+from mil_sparsity.plan.scoring import load_calibration
 from mil_sparsity.selector import OpSelector, as_selector
 
 NAMESPACE: Final = "mil_sparsity"

@@ -27,9 +27,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
-from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter, encode
+from mil_sparsity.format.blob import BlobInfo, BlobReader, BlobWriter, encode
 from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig, is_activation_scored
-from mil_sparsity.handlers import PACK_METHOD, PRUNE_METHOD, Skip, method_of, nm_skip, pack_skip, resolved_dim, threshold_skip
+from mil_sparsity.plan.handlers import PACK_METHOD, PRUNE_METHOD, Skip, method_of, nm_skip, pack_skip, resolved_dim, threshold_skip
 from mil_sparsity.kernels import (
     NM,
     Block,
@@ -47,10 +47,10 @@ from mil_sparsity.kernels import (
 )
 from mil_sparsity.kernels.chunked import Pattern
 from mil_sparsity.model.inventory import Weight
-from mil_sparsity.rules import Decision, Selected, run_selected
-from mil_sparsity.scoring import ScoreContext
-from mil_sparsity.sparse_format import SparseForm, SparseTensor, sparse_tensor_layout
-from mil_sparsity.weight_roles import scoring_of
+from mil_sparsity.plan.rules import Decision, Selected, run_selected
+from mil_sparsity.plan.scoring import ScoreContext
+from mil_sparsity.format.sparse_format import SparseForm, SparseTensor, sparse_tensor_layout
+from mil_sparsity.model.weight_roles import scoring_of
 
 #: weights stored in more bytes than this are pruned and written chunk by chunk
 CHUNKED_ABOVE_BYTES: Final = 64 << 20
@@ -158,7 +158,7 @@ def decide_selected(
     load: Callable[[], NDArray[Any]],
     chunked_above_bytes: int,
 ) -> Decision:
-    """:func:`mil_sparsity.rules.run_selected`, chunked when the weight is larger than
+    """:func:`mil_sparsity.plan.rules.run_selected`, chunked when the weight is larger than
     ``chunked_above_bytes`` and its config has a chunked pattern (then the outcome is a
     :class:`ChunkedSparse` or a Skip; else the whole weight is loaded)."""
     if weight.nbytes <= chunked_above_bytes or info.bits < 8:

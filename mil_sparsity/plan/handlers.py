@@ -12,7 +12,7 @@ Handlers are pure numpy (they call the kernels) and never touch the program, so 
 compute every replacement before rewriting anything. Add a new sparsity scheme by adding a
 config class and registering a handler for it here.
 
-A handler gets an optional :class:`~mil_sparsity.scoring.ScoreContext` resolved by the selection
+A handler gets an optional :class:`~mil_sparsity.plan.scoring.ScoreContext` resolved by the selection
 from the ops that read the weight: the axis of a block / n:m config with ``dim=None``, and for
 ``scoring="activation"`` the channel scale: the handler then ranks
 ``activation_scores(weight, scale)`` instead of ``|w|`` (unstructured: per output row).
@@ -49,7 +49,7 @@ from mil_sparsity.kernels import (
     score_nm_prune_mask,
     threshold_prune_mask,
 )
-from mil_sparsity.scoring import RowLayout, ScoreContext, row_prune_mask
+from mil_sparsity.plan.scoring import RowLayout, ScoreContext, row_prune_mask
 
 
 @attrs.frozen
