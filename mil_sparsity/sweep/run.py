@@ -247,18 +247,4 @@ def sweep(
     )
 
 
-__all__ = [
-    "DEFAULT_SPARSITIES",
-    "PATTERN_HELP",
-    "LayerError",
-    "QualityLike",
-    "Samples",
-    "SweepArgumentError",
-    "SweepConfig",
-    "SweepPoint",
-    "SweepResult",
-    "SweepRow",
-    "pattern_points",
-    "sweep",
-    "sweep_points",
-]
+__all__ = ["Samples", "sweep"]  # the package (mil_sparsity.sweep) re-exports the rest
