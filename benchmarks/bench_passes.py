@@ -145,7 +145,7 @@ def ios16_op_build_seconds(weights: list[np.ndarray], mode: str) -> float:
     from coremltools.converters.mil.mil import types
 
     import mil_sparsity as ms
-    from mil_sparsity import handlers
+    from mil_sparsity.plan import handlers
     from mil_sparsity.kernels import pack_mask_bits
 
     config = {

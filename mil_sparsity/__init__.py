@@ -7,12 +7,12 @@ pass registry (re-importing or reloading is safe).
 Also public here: :func:`sweep` / :class:`SweepResult` (size and weight error over several
 pruning settings, :mod:`mil_sparsity.sweep`) and :func:`atomic_output` /
 :func:`check_destination` (write a file or package so that all of it appears or nothing does,
-:mod:`mil_sparsity._atomic`), which ``apply_pipeline`` users and the command line share.
+:mod:`mil_sparsity.format.atomic`), which ``apply_pipeline`` users and the command line share.
 """
 
 from __future__ import annotations
 
-from mil_sparsity._atomic import atomic_output, check_destination
+from mil_sparsity.format.atomic import atomic_output, check_destination
 from mil_sparsity.configs import (
     BlockConfig,
     MagnitudeConfig,

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping, Optional, cast
 import attrs
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
-from mil_sparsity._validators import (
+from mil_sparsity.plan.validators import (
     fraction,
     int_at_least,
     non_negative_number,

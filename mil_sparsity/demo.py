@@ -54,7 +54,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import mil_sparsity as ms
     from mil_sparsity import _coremltools_private as private
-    from mil_sparsity.posthoc import load_program
+    from mil_sparsity.model.io import load_program
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ios16", action="store_true", help="target iOS16 (packed-bit mask form)")

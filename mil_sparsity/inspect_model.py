@@ -3,7 +3,7 @@
 A *weight* is one of:
 
 * a ``const`` whose value is a weight-typed array (fp16, fp32, int8, uint8; the same test the
-  passes use, :func:`mil_sparsity._graph.weight_consts`) that is not an input of a
+  passes use, :func:`mil_sparsity.model.pymil.weight_consts`) that is not an input of a
   ``constexpr_*`` op: stored ``dense``;
 * a ``constexpr_*`` op none of whose outputs feeds another ``constexpr_*`` op (the end of a
   decompression chain): stored ``sparse``, ``palettized``, ``quantized``, or ``joint`` when the
@@ -37,7 +37,8 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph, sparse_format
+from mil_sparsity.model import pymil as _graph
+from mil_sparsity.format import sparse_format
 from mil_sparsity.model import inventory
 from mil_sparsity.kernels import SparseWeight, unpack_sparse, zero_fraction
 
@@ -326,7 +327,7 @@ def inspect_program(
 
 def inspect_model(model: "str | os.PathLike[str]", weight_threshold: int = 0) -> ModelInspection:
     """Load a saved package (no Core ML runtime needed) and describe its weights."""
-    from mil_sparsity.posthoc import load_model, load_program
+    from mil_sparsity.model.io import load_model, load_program
 
     path = os.fspath(model)
     prog = load_program(load_model(path))

@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 
 from mil_sparsity.errors import InvalidInputError
-from mil_sparsity import package_guard
+from mil_sparsity.format import package_guard
 from mil_sparsity.progress import progress_bar
 
 Sample = Mapping[str, np.ndarray]
@@ -259,7 +259,7 @@ def _coreml_evaluator(model: Any, function_name: str, template: Any) -> Evaluato
     import coremltools as ct
     from coremltools.converters.mil.mil.program import Program
 
-    from mil_sparsity.posthoc import load_model, program_to_model
+    from mil_sparsity.model.io import load_model, program_to_model
 
     workdir = None
     if isinstance(model, Program):

@@ -55,7 +55,7 @@ class WeightRecord:
 class SparsityReport:
     """Records appended by every mil_sparsity pass that ran with this report, and ``notes``:
     facts about the whole run (a post-hoc run that raised the model's deployment target says
-    so here; see :mod:`mil_sparsity.targets`)."""
+    so here; see :mod:`mil_sparsity.plan.targets`)."""
 
     records: list[WeightRecord] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mil_sparsity.errors import InvalidInputError, UnsafePackageError
 from mil_sparsity.reference.inputs import InputSpec
-from mil_sparsity.package_guard import memory_bytes
+from mil_sparsity.format.package_guard import memory_bytes
 
 Sample = dict[str, np.ndarray]
 

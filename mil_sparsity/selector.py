@@ -4,7 +4,7 @@ Precedence for one const and one op consuming it (first hit wins):
 
 1. ``op_name_configs[const name]``, then ``op_name_configs[consumer name]`` (exact keys),
    then the same two names as a saved model spells them
-   (:func:`mil_sparsity.sparse_format.saved_name`: inside ``ct.convert`` a pass sees
+   (:func:`mil_sparsity.format.sparse_format.saved_name`: inside ``ct.convert`` a pass sees
    ``fc.weight``, the saved model, its report and ``ms.weights`` say ``fc_weight``);
 2. the first glob key (``*``, ``?``, ``[``; in insertion order) matching any of those names;
 3. ``op_type_configs[consumer op type]`` (``"conv"``, ``"linear"``, ``"matmul"``, ...);
@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Optional
 import attrs
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
-from mil_sparsity._ct_compat import is_coremltools_config, selector_fields_from_coremltools
+from mil_sparsity.plan.coremltools_configs import is_coremltools_config, selector_fields_from_coremltools
 from mil_sparsity.configs import (
     FORMAT_VERSION,
     FORMAT_VERSION_KEY,
@@ -34,7 +34,7 @@ from mil_sparsity.configs import (
     config_to_dict,
     is_config,
 )
-from mil_sparsity.sparse_format import saved_name
+from mil_sparsity.format.sparse_format import saved_name
 
 _GLOB_CHARS = frozenset("*?[")
 

@@ -27,9 +27,9 @@ from coremltools.converters.mil.mil import Builder as mb
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import rules
+from mil_sparsity.plan import rules
 from mil_sparsity.calibration import ChannelStats
-from mil_sparsity.scoring import RowLayout, grouped_conv_scale, row_prune_mask
+from mil_sparsity.plan.scoring import RowLayout, grouped_conv_scale, row_prune_mask
 from _mil_helpers import all_ops, snapshot
 from _reference import ref_block, ref_n_m, ref_scored, ref_wanda, ref_wanda_scores
 

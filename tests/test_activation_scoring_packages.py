@@ -23,12 +23,13 @@ import coremltools as ct
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph, _spec_roles
+from mil_sparsity.model import pymil as _graph
+from mil_sparsity.model import spec as _spec_roles
 from mil_sparsity.calibration import collect_activation_stats
 from mil_sparsity.posthoc import load_model, load_program
-from mil_sparsity.products import NotAProduct, ProductRole
+from mil_sparsity.model.products import NotAProduct, ProductRole
 from mil_sparsity.streaming import compress_package
-from mil_sparsity.sparse_format import saved_name
+from mil_sparsity.format.sparse_format import saved_name
 from _mil_helpers import all_ops, one_pass
 from _models import iter_ops
 from _reference import ref_wanda

@@ -24,7 +24,7 @@ from _cli_support import (  # noqa: F401  (fixtures)
     packages,
     run_main,
 )
-from mil_sparsity import _atomic
+from mil_sparsity.format import atomic as _atomic
 from mil_sparsity.inspect_model import inspect_model, materialize
 from mil_sparsity.posthoc import load_model, load_program
 

@@ -19,8 +19,9 @@ from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph, sparse_format
-from mil_sparsity._blob import BlobReader
+from mil_sparsity.model import pymil as _graph
+from mil_sparsity.format import sparse_format
+from mil_sparsity.format.blob import BlobReader
 from mil_sparsity.kernels import pack_sparse
 
 

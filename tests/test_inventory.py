@@ -11,7 +11,7 @@ import numpy as np
 import mil_sparsity as ms
 from mil_sparsity.model import inventory
 from mil_sparsity.posthoc import load_model, load_program
-from mil_sparsity.products import ProductRole
+from mil_sparsity.model.products import ProductRole
 
 
 def by_name(weights: list[ms.Weight]) -> dict[str, ms.Weight]:
@@ -66,7 +66,7 @@ def test_selector_matches_saved_names() -> None:
 
 def test_inventory_reads_no_value(sources: Any, monkeypatch: Any) -> None:
     """Listing the weights of a package reads the spec only: no blob is read."""
-    from mil_sparsity import _blob
+    from mil_sparsity.format import blob as _blob
 
     def no_read(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the inventory must not read weight values")

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import handlers
+from mil_sparsity.plan import handlers
 
 from _mil_helpers import bits, run_pass, snapshot, sparse_ops
 from _reference import ref_block, ref_magnitude, ref_n_m, ref_threshold

@@ -12,8 +12,8 @@ from coremltools.converters.mil.mil import types
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph
-from mil_sparsity import rules
+from mil_sparsity.model import pymil as _graph
+from mil_sparsity.plan import rules
 
 from _mil_helpers import (
     bits,

@@ -1,4 +1,4 @@
-"""Deployment targets of post-hoc runs (mil_sparsity.targets) and what apply_pipeline returns.
+"""Deployment targets of post-hoc runs (mil_sparsity.plan.targets) and what apply_pipeline returns.
 
 * An iOS15 model (ct.convert's default) is raised to iOS16, or to ``minimum_deployment_target``,
   by both paths (streaming and PyMIL) alike: same spec version, opsets, ops, description and
@@ -27,7 +27,7 @@ import coremltools as ct
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import targets
+from mil_sparsity.plan import targets
 from mil_sparsity.posthoc import load_program
 from mil_sparsity.streaming import compress_package
 from _cli_support import (  # noqa: F401  (fixtures)
@@ -202,7 +202,7 @@ def test_a_target_is_never_lowered(streaming, sources, tmp_path, caplog, monkeyp
 
 
 def test_a_pipeline_that_packs_nothing_still_raises(sources, tmp_path, caplog):
-    """Decision (mil_sparsity.targets): the target depends on the run, not on the weights, as
+    """Decision (mil_sparsity.plan.targets): the target depends on the run, not on the weights, as
     in coremltools' prune_weights. A minimum sparsity nothing reaches packs nothing; the
     result is still iOS16, its weights unchanged, and the note says so."""
     src = sources.get("mlp", "iOS15")

@@ -1,4 +1,4 @@
-"""The product-role table (mil_sparsity.products) against numpy's own contraction axes."""
+"""The product-role table (mil_sparsity.model.products) against numpy's own contraction axes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mil_sparsity.products import NotAProduct, ProductRole, product_role
+from mil_sparsity.model.products import NotAProduct, ProductRole, product_role
 
 
 def _matmul(x, y, tx, ty):

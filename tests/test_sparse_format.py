@@ -9,7 +9,7 @@ import coremltools as ct
 from coremltools.proto import MIL_pb2
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import sparse_format
+from mil_sparsity.format import sparse_format
 from mil_sparsity.plan import catalog
 from mil_sparsity.kernels import pack_sparse
 

@@ -33,9 +33,10 @@ from coremltools.proto import MIL_pb2
 
 import mil_sparsity as ms
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _blob, posthoc, streaming
+from mil_sparsity import posthoc, streaming
+from mil_sparsity.format import blob as _blob
 from mil_sparsity.posthoc import load_program
-from mil_sparsity.streaming import compress_package
+from mil_sparsity.streaming import compress_package, rewrite
 from _models import SPARSE_OP, hash_tree, iter_ops, neuralnetwork_mlp
 from _mil_helpers import one_pass
 from _packages import Sources
@@ -770,8 +771,8 @@ def nothing_opened(monkeypatch: Any) -> list[str]:
         events.append("write")
         raise AssertionError("output written")
 
-    monkeypatch.setattr(streaming, "BlobReader", reader)
-    monkeypatch.setattr(streaming, "atomic_output", output)
+    monkeypatch.setattr(rewrite, "BlobReader", reader)
+    monkeypatch.setattr(rewrite, "atomic_output", output)
     return events
 
 

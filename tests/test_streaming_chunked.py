@@ -1,4 +1,4 @@
-"""Streaming's chunked path (mil_sparsity.streaming_chunked) and the blob writer it needs.
+"""Streaming's chunked path (mil_sparsity.streaming.chunked) and the blob writer it needs.
 
 * ``_blob.BlobWriter`` writes the bytes coremltools' blob storage writer writes, whole or in
   pieces, and copies blobs in bounded pieces;
@@ -19,8 +19,10 @@ import pytest
 import coremltools as ct
 
 import mil_sparsity as ms
-from mil_sparsity import _blob, _coremltools_private as private, streaming, streaming_chunked
-from mil_sparsity.streaming import compress_package
+from mil_sparsity import _coremltools_private as private, streaming
+from mil_sparsity.format import blob as _blob
+from mil_sparsity.streaming import chunked as streaming_chunked
+from mil_sparsity.streaming import compress_package, rewrite
 from _mil_helpers import one_pass
 from test_activation_scoring import INPUTS, product_program
 from test_streaming import (
@@ -150,14 +152,14 @@ def chunked_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Tiny chunks, and the shape of every weight written by the chunked path."""
     monkeypatch.setattr(streaming_chunked, "CHUNK_BYTES", TINY_CHUNK_BYTES)
     written: list[tuple[int, ...]] = []
-    original = streaming.write_chunked
+    original = rewrite.write_chunked
 
     def spy(writer: Any, sparse: Any, form: Any) -> Any:
         written.append(sparse.pruner.shape)
         assert len(sparse.pruner.bounds) > 1, "the weight must span several chunks"
         return original(writer, sparse, form)
 
-    monkeypatch.setattr(streaming, "write_chunked", spy)
+    monkeypatch.setattr(rewrite, "write_chunked", spy)
     return written
 
 

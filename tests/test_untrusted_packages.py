@@ -22,7 +22,8 @@ import pytest
 from coremltools.proto import MIL_pb2, Model_pb2
 
 import mil_sparsity as ms
-from mil_sparsity import package_guard
+from mil_sparsity.format import package_guard
+from mil_sparsity.format.blob import BlobReader
 from mil_sparsity.cli import main
 from mil_sparsity.errors import InvalidInputError, UnsafePackageError
 from mil_sparsity.samples import input_specs, random_samples
@@ -205,7 +206,7 @@ def test_immediate_value_must_hold_its_declared_elements(layout: dict[str, Path]
     loads as before; the same immediate declaring 1000x its elements is refused."""
     spec = load_spec(layout["package"])
     bias = next(value for value in blob_consts(spec) if value.type.tensorType.rank == 1)
-    with ms._blob.BlobReader(str(layout["package"] / WEIGHTS)) as reader:
+    with BlobReader(str(layout["package"] / WEIGHTS)) as reader:
         stored = reader.read_raw(reader.info(bias.blobFileValue.offset)).tobytes()
     bias.immediateValue.tensor.bytes.values = stored
     save_spec(layout["package"], spec)
@@ -239,7 +240,7 @@ def test_streaming_reads_each_blob_from_the_file_its_spec_names(layout: dict[str
     moved = blob_consts(spec)[0]
     moved.blobFileValue.fileName = "@model_path/weights/second.bin"
     save_spec(package, spec)
-    with ms._blob.BlobReader(str(weights)) as reader:  # zero the moved blob's data in weight.bin
+    with BlobReader(str(weights)) as reader:  # zero the moved blob's data in weight.bin
         info = reader.info(moved.blobFileValue.offset)
     data = bytearray(weights.read_bytes())
     data[info.data_offset : info.data_offset + info.nbytes] = bytes(info.nbytes)

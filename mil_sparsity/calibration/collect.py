@@ -1,7 +1,7 @@
 """Collect activation statistics by running the reference evaluator on calibration samples.
 
 For every op that multiplies a weight with an activation (linear, conv, conv_transpose, matmul
-with one constant operand; see :mod:`mil_sparsity.products`), the evaluator's ``capture`` hook
+with one constant operand; see :mod:`mil_sparsity.model.products`), the evaluator's ``capture`` hook
 receives the activation; its per-channel sum of squares along the axis that meets the weight's
 reduction axis is added to the statistics of that weight, and the activation is dropped. Memory
 holds one activation at a time plus the statistics (one float64 per input channel per weight).
@@ -12,7 +12,7 @@ appended (``_sparse`` for mil_sparsity; ``_sparsified``, ``_palettized``, ``_qua
 coremltools' ``optimize.coreml``), so statistics of a compressed model apply to the dense one.
 An op that joint compression (``sparse_pack(joint_compression=True)``) put in place of a
 palettized / quantized op first loses the suffix it added to that op's name
-(:data:`mil_sparsity.sparse_format.JOINT_SUFFIXES`): ``w_palettized_lut_to_sparse`` -> ``w``.
+(:data:`mil_sparsity.format.sparse_format.JOINT_SUFFIXES`): ``w_palettized_lut_to_sparse`` -> ``w``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import attrs
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.calibration.stats import ActivationStats, channel_gram, channel_sum_squares
 from mil_sparsity.model.inventory import is_constexpr
-from mil_sparsity.products import PRODUCT_OPS, WEIGHT_OPERANDS, ProductRole
+from mil_sparsity.model.products import PRODUCT_OPS, WEIGHT_OPERANDS, ProductRole
 from mil_sparsity.progress import progress_bar
-from mil_sparsity.sparse_format import JOINT_SUFFIXES, replacement_name
+from mil_sparsity.format.sparse_format import JOINT_SUFFIXES, replacement_name
 
 # Suffixes compression passes append to a const's name when they replace it (see module doc).
 _COMPRESSION_SUFFIXES = (
@@ -92,7 +92,7 @@ def product_sites(op: Any) -> tuple[ProductSite, ...]:
     params = WEIGHT_OPERANDS.get(op.op_type)
     if params is None:
         return ()
-    from mil_sparsity._graph import input_role  # lazy: _graph -> rules -> calibration
+    from mil_sparsity.model.pymil import input_role  # lazy: model.pymil -> model.inventory -> calibration
 
     sites = []
     for param in params:

@@ -33,7 +33,7 @@ Errors are one line on stderr, ``mil-sparsity: error: ...``, without a traceback
 ``MIL_SPARSITY_TRACEBACK=1`` to get one for unexpected errors). Exit codes: 0 success, 1 bad
 input or failure (missing/corrupt/unsupported model, unreadable config, existing output), 2
 usage (unknown or conflicting options, values out of range) or a package refused by the
-safety checks (:mod:`mil_sparsity.package_guard`), 130 interrupted. Outputs are
+safety checks (:mod:`mil_sparsity.format.package_guard`), 130 interrupted. Outputs are
 written atomically (:func:`mil_sparsity.atomic_output`): on any error nothing is written and the
 input is never touched.
 
@@ -52,7 +52,7 @@ from typing import Optional
 
 from mil_sparsity import __version__
 from mil_sparsity.errors import MilSparsityError, UnsafePackageError
-from mil_sparsity.package_guard import SECURITY_NOTE
+from mil_sparsity.format.package_guard import SECURITY_NOTE
 from mil_sparsity.cli import calibrate, compare, pack, passes, prune, report, sweep
 from mil_sparsity.cli._common import PROG, CLIError, Parser, one_line, quiet_coremltools
 

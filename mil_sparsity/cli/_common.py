@@ -22,8 +22,8 @@ import warnings
 from typing import Any, Callable, Iterator, NoReturn, Optional, TypeAlias, TypeVar
 
 import mil_sparsity as ms
-from mil_sparsity.posthoc import load_model, load_program
-from mil_sparsity.targets import posthoc_target_names
+from mil_sparsity.model.io import load_model, load_program
+from mil_sparsity.plan.targets import posthoc_target_names
 
 PROG = "mil-sparsity"
 #: --min-deployment-target values: iOS16 (the sparse op's first target) to the newest

@@ -4,7 +4,7 @@
 2. Read the model's deployment target per function: from the loaded program, or with
    ``--streaming`` from the spec alone (:func:`mil_sparsity.streaming.package_targets`, no
    weights read). ``--min-deployment-target`` may raise it (iOS18 gives the uint1 mask form),
-   never lower it (:mod:`mil_sparsity.targets`); without it, a model below iOS16 is raised to
+   never lower it (:mod:`mil_sparsity.plan.targets`); without it, a model below iOS16 is raised to
    iOS16, as the library does.
 3. Run a one-pass pipeline: in memory with :func:`mil_sparsity.apply_pipeline` and save through
    :func:`mil_sparsity.atomic_output`, or file by file with
@@ -23,7 +23,7 @@ from typing import Any, Optional
 import coremltools as ct
 
 import mil_sparsity as ms
-from mil_sparsity import targets as deployment
+from mil_sparsity.plan import targets as deployment
 from mil_sparsity.cli._common import (
     TARGETS,
     CLIError,

@@ -2,7 +2,7 @@
 
 A :class:`Weight` is plain data: its function, its name in the program and the name a saved
 model gives it, its dense shape and dtype, how it is stored, and every op that reads it with
-the input names and each input's product role (the reduction axis: :mod:`mil_sparsity.products`).
+the input names and each input's product role (the reduction axis: :mod:`mil_sparsity.model.products`).
 The selection rules, the report, ``inspect``, streaming and ``ms.weights`` all read it.
 
 What counts as a weight:
@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Final, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Final, Iterable, Iterator, Mapping, Optional, TypeVar, Union
 
 import attrs
 import numpy as np
 
-from mil_sparsity.products import NotAProduct, ProductRole
-from mil_sparsity.sparse_format import BY_SPEC_NAME, numpy_dtype_of_spec, saved_name
+from mil_sparsity.model.products import NotAProduct, ProductRole
+from mil_sparsity.format.sparse_format import BY_SPEC_NAME, numpy_dtype_of_spec, saved_name
+
+T = TypeVar("T")
 
 CONSTEXPR_PREFIX: Final = "constexpr_"
 
@@ -62,6 +64,22 @@ def is_constexpr(op_type: object) -> bool:
     return str(op_type).startswith(CONSTEXPR_PREFIX)
 
 
+def walk_chain(op: T, upstream: Callable[[T], Iterable[T]]) -> list[T]:
+    """``op`` and every constexpr op it reads from (``upstream(op)``), transitively; ``op``
+    first, each once. Both the PyMIL and the spec inventory walk decompression chains so."""
+    found: list[T] = []
+    seen: set[int] = set()
+    pending = [op]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        pending.extend(upstream(current))
+    return found
+
+
 def storage_kind(chain: tuple[str, ...]) -> str:
     """dense / sparse / palettized / quantized, or joint for more than one compression."""
     kinds: list[str] = []
@@ -77,7 +95,7 @@ def storage_kind(chain: tuple[str, ...]) -> str:
 @attrs.frozen
 class Consumer:
     """One op reading a weight, the input names under which it reads it, and for each of those
-    inputs its product role (:func:`mil_sparsity.products.product_role`; None: not read)."""
+    inputs its product role (:func:`mil_sparsity.model.products.product_role`; None: not read)."""
 
     name: str
     op_type: str
@@ -163,7 +181,7 @@ class ProgramWeight:
 
 def program_weights(prog: Any) -> list[ProgramWeight]:
     """Every weight of every function and nested block of a PyMIL program, in program order."""
-    from mil_sparsity import _graph
+    from mil_sparsity.model import pymil as _graph
 
     found: list[ProgramWeight] = []
     for function_name, function in prog.functions.items():
@@ -214,8 +232,8 @@ def _value_storage(value: Any) -> str:
 
 def spec_weights(spec: Any) -> list[SpecWeight]:
     """Every weight of every function and nested block of an ML Program spec, in spec order."""
-    from mil_sparsity._spec_roles import op_name, readers
-    from mil_sparsity.package_guard import function_block, iter_blocks
+    from mil_sparsity.model.spec import op_name, readers
+    from mil_sparsity.format.package_guard import function_block, iter_blocks
 
     found: list[SpecWeight] = []
     for function_name, function in spec.mlProgram.functions.items():
@@ -265,7 +283,7 @@ class _SpecGraph:
     def constexpr_weights(self, op: Any, name: str) -> Iterator[SpecWeight]:
         """The values a constexpr op stores itself (named ``<op>_<input>``, read by the op),
         and the op as a chain end when no other constexpr op reads it."""
-        from mil_sparsity.package_guard import op_values
+        from mil_sparsity.format.package_guard import op_values
 
         for key, value in op_values(op):
             described = _tensor_type(value.type)
@@ -302,22 +320,16 @@ class _SpecGraph:
         yield SpecWeight(weight, op, None)
 
     def _chain(self, op: Any) -> list[Any]:
-        """``op`` and every constexpr op it reads from, transitively; ``op`` first, no repeats."""
-        found: list[Any] = []
-        seen: set[int] = set()
-        pending = [op]
-        while pending:
-            current = pending.pop()
-            if id(current) in seen:
-                continue
-            seen.add(id(current))
-            found.append(current)
+        """``op`` and every constexpr op it reads from (:func:`walk_chain`)."""
+
+        def upstream(current: Any) -> Iterator[Any]:
             for argument in current.inputs.values():
                 for binding in argument.arguments:
                     producer = self.producers.get(binding.name) if binding.WhichOneof("binding") == "name" else None
                     if producer is not None and is_constexpr(producer.type):
-                        pending.append(producer)
-        return found
+                        yield producer
+
+        return walk_chain(op, upstream)
 
 
 def weights(model: Any) -> list[Weight]:
@@ -327,7 +339,7 @@ def weights(model: Any) -> list[Weight]:
 
     if isinstance(model, Program):
         return [item.weight for item in program_weights(model)]
-    from mil_sparsity.posthoc import load_model, ml_program_spec
+    from mil_sparsity.model.io import load_model, ml_program_spec
 
     spec = ml_program_spec(load_model(model if not isinstance(model, os.PathLike) else os.fspath(model)))
     return [item.weight for item in spec_weights(spec)]

@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+import importlib
+
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.passes._base import PassResult, SparsityPass
 from mil_sparsity.passes.prune_by_magnitude import PruneByMagnitude
 from mil_sparsity.passes.prune_by_threshold import PruneByThreshold
 from mil_sparsity.passes.sparse_pack import SparsePack
+from mil_sparsity.plan import catalog
 
-PASS_CLASSES: tuple[type[SparsityPass], ...] = (PruneByThreshold, PruneByMagnitude, SparsePack)
+def _implementation(entry: catalog.PassEntry) -> type[SparsityPass]:
+    module, _, name = entry.implementation.partition(":")
+    cls: type[SparsityPass] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+#: one class per catalog entry, in catalog order: a new pass is its module plus its entry
+PASS_CLASSES: tuple[type[SparsityPass], ...] = tuple(_implementation(entry) for entry in catalog.CATALOG)
 
 
 def register_passes() -> None:

@@ -5,7 +5,7 @@ Contract of every pass:
 * Before: ``const(w) -> op``. After: ``const(nonzero_data), const(mask)[, const(shape)] ->
   constexpr_sparse_to_dense -> op`` for every selected weight, in every function and nested
   block; the old const is removed. The materialized value is the handler's outcome, mask +
-  values (:mod:`mil_sparsity.handlers`): for pruning, the weight with the pruned elements
+  values (:mod:`mil_sparsity.plan.handlers`): for pruning, the weight with the pruned elements
   zeroed, bit for bit (``-0.0`` becomes ``+0.0``); a reconstruction method stores new values.
 * Phase 1 (select, then plan) reads the program only: it first resolves every const's config
   and checks it (config conflicts, conflicting reduction axes, missing calibration statistics
@@ -28,7 +28,8 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity.errors import InvalidTypeError
-from mil_sparsity import _graph, sparse_format
+from mil_sparsity.model import pymil as _graph
+from mil_sparsity.format import sparse_format
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.kernels import SparseWeight
@@ -37,7 +38,7 @@ from mil_sparsity.plan.catalog import PassEntry
 from mil_sparsity.plan.pipeline import rules_of
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.model.inventory import Weight, program_weights
-from mil_sparsity.rules import Decision, PassRules, record, run_selected, select
+from mil_sparsity.plan.rules import Decision, PassRules, record, run_selected, select
 from mil_sparsity.selector import OpSelector
 
 

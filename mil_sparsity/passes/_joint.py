@@ -31,12 +31,13 @@ from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity.errors import InvalidTypeError
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import _graph, sparse_format
+from mil_sparsity.model import pymil as _graph
+from mil_sparsity.format import sparse_format
 from mil_sparsity.configs import PackConfig, config_to_dict
-from mil_sparsity.handlers import Skip, pack_skip
+from mil_sparsity.plan.handlers import Skip, pack_skip
 from mil_sparsity.kernels import nonzero_mask
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
-from mil_sparsity.rules import Decision, PassRules, record, select
+from mil_sparsity.plan.rules import Decision, PassRules, record, select
 from mil_sparsity.selector import OpSelector
 
 JOINT_OP_TYPES = ("constexpr_lut_to_dense", "constexpr_blockwise_shift_scale")

@@ -17,7 +17,7 @@ from coremltools.converters.mil.mil.block import Block
 from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity.errors import InvalidInputError
-from mil_sparsity import sparse_format
+from mil_sparsity.format import sparse_format
 from mil_sparsity.passes._base import PassResult, Planned, SparsityPass
 from mil_sparsity.passes._joint import plan_joint
 from mil_sparsity.plan import catalog

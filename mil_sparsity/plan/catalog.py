@@ -29,7 +29,7 @@ from mil_sparsity.configs import (
 )
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.report import SparsityReport
-from mil_sparsity.scoring import load_calibration
+from mil_sparsity.plan.scoring import load_calibration
 from mil_sparsity.selector import OpSelector, as_selector
 
 NAMESPACE: Final = "mil_sparsity"
@@ -71,6 +71,8 @@ class PassEntry:
     """One pass as data (see the module doc)."""
 
     name: str
+    #: ``module:Class`` of the pass (imported by :mod:`mil_sparsity.passes` to register it)
+    implementation: str
     description: str
     configs: tuple[type[SparsityConfig], ...]
     dtypes: frozenset[str]
@@ -137,6 +139,7 @@ _FLOATS: Final = frozenset({"float16", "float32"})
 
 PRUNE_BY_THRESHOLD: Final = PassEntry(
     name=qualified("prune_by_threshold"),
+    implementation="mil_sparsity.passes.prune_by_threshold:PruneByThreshold",
     description="Zero weights with |w| <= threshold and store them as constexpr_sparse_to_dense.",
     configs=(ThresholdConfig,),
     dtypes=_FLOATS,
@@ -146,6 +149,7 @@ PRUNE_BY_THRESHOLD: Final = PassEntry(
 )
 PRUNE_BY_MAGNITUDE: Final = PassEntry(
     name=qualified("prune_by_magnitude"),
+    implementation="mil_sparsity.passes.prune_by_magnitude:PruneByMagnitude",
     description="Zero the smallest-magnitude weights (unstructured, block or n:m) and pack them.",
     configs=(MagnitudeConfig, BlockConfig, NMConfig),
     dtypes=_FLOATS,
@@ -161,6 +165,7 @@ PRUNE_BY_MAGNITUDE: Final = PassEntry(
 )
 SPARSE_PACK: Final = PassEntry(
     name=qualified("sparse_pack"),
+    implementation="mil_sparsity.passes.sparse_pack:SparsePack",
     description="Pack weights that already hold zeros (training-time pruning) without changing them.",
     configs=(PackConfig,),
     dtypes=frozenset({"float16", "float32", "int8", "uint8"}),

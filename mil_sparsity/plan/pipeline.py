@@ -5,7 +5,7 @@
 mil_sparsity pass it looks the pass up in the catalog, checks and normalises each option there
 (:meth:`~mil_sparsity.plan.catalog.PassEntry.check_option`: no pass object is built), resolves
 the selector (the ``config`` option or the pass's default) and checks that activation-scored
-configs have statistics. It decides the deployment target change (:mod:`mil_sparsity.targets`)
+configs have statistics. It decides the deployment target change (:mod:`mil_sparsity.plan.targets`)
 and whether the run streams, or why not. Afterwards the rewriters read the plan, never the
 pipeline: the PyMIL path runs :attr:`PipelinePlan.pipeline` (the same passes, each
 mil_sparsity pass without a ``report`` option given the run's report), the streaming rewriter
@@ -19,14 +19,14 @@ from typing import Any, Mapping, Optional, Union
 import attrs
 from coremltools import PassPipeline
 
-from mil_sparsity import targets
+from mil_sparsity.plan import targets
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import SparsityConfig
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.plan import catalog
 from mil_sparsity.plan.catalog import PassEntry
 from mil_sparsity.report import SparsityReport
-from mil_sparsity.rules import PassRules
+from mil_sparsity.plan.rules import PassRules
 from mil_sparsity.selector import OpSelector, as_selector
 
 #: what a run takes: a pipeline, or anything a pass's ``config`` option takes

@@ -47,7 +47,7 @@ def _program_and_description(model: Any, function_name: str) -> tuple[Any, Any]:
 
     if isinstance(model, Program):
         return model, None
-    from mil_sparsity.posthoc import load_model, load_program
+    from mil_sparsity.model.io import load_model, load_program
 
     if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "get_spec"):
         raise InvalidTypeError(

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mil_sparsity.sparse_format import DTYPES
+from mil_sparsity.format.sparse_format import DTYPES
 from mil_sparsity.reference._registry import Args, Kernel, array, floating, kernel, text
 
 # -- erf -----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``sweep``: how big a model gets, how far its weights move and (given input samples) how far
 its outputs move, for several pruning settings.
 
-Points come from :mod:`mil_sparsity.sweep_points` (:func:`sweep_points`: pattern names and
+Points come from :mod:`mil_sparsity.sweep.points` (:func:`sweep_points`: pattern names and
 levels -> :class:`SweepPoint` s). For every point, :func:`sweep` loads a fresh PyMIL program
 from the model and runs the real ``mil_sparsity::prune_by_magnitude`` pass on it with the
 point's config as global config (graph after: each packed const replaced by
@@ -20,7 +20,7 @@ writing any model:
   Any other per-point measurement plugs in through ``quality``, a callable given each point's
   pruned program. Either result lands in :attr:`SweepRow.quality` (None when not asked for).
 
-The model itself is never modified. Results: :mod:`mil_sparsity.sweep_results`.
+The model itself is never modified. Results: :mod:`mil_sparsity.sweep.results`.
 """
 
 from __future__ import annotations
@@ -35,16 +35,16 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity.errors import InvalidInputError
-from mil_sparsity import _graph
+from mil_sparsity.model import pymil as _graph
 from mil_sparsity.inspect_model import materialize, package_size, weight_sources
 from mil_sparsity.passes import PruneByMagnitude
-from mil_sparsity.posthoc import ModelLike, load_model, load_program
+from mil_sparsity.model.io import ModelLike, load_model, load_program
 from mil_sparsity.progress import progress_bar
 from mil_sparsity.quality import ReferenceOutputs
 from mil_sparsity.report import SparsityReport
 from mil_sparsity.samples import function_names
 from mil_sparsity.selector import OpSelector
-from mil_sparsity.sweep_points import (
+from mil_sparsity.sweep.points import (
     DEFAULT_SPARSITIES,
     PATTERN_HELP,
     SweepArgumentError,
@@ -53,7 +53,7 @@ from mil_sparsity.sweep_points import (
     pattern_points,
     sweep_points,
 )
-from mil_sparsity.sweep_results import LayerError, QualityLike, SweepResult, SweepRow
+from mil_sparsity.sweep.results import LayerError, QualityLike, SweepResult, SweepRow
 
 Samples = Union[Iterable[Mapping[str, np.ndarray]], ReferenceOutputs]
 
@@ -247,18 +247,4 @@ def sweep(
     )
 
 
-__all__ = [
-    "DEFAULT_SPARSITIES",
-    "PATTERN_HELP",
-    "LayerError",
-    "QualityLike",
-    "Samples",
-    "SweepArgumentError",
-    "SweepConfig",
-    "SweepPoint",
-    "SweepResult",
-    "SweepRow",
-    "pattern_points",
-    "sweep",
-    "sweep_points",
-]
+__all__ = ["Samples", "sweep"]  # the package (mil_sparsity.sweep) re-exports the rest

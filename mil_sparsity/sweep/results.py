@@ -10,7 +10,7 @@ import attrs
 from mil_sparsity.configs import config_to_dict
 from mil_sparsity.inspect_model import format_rows
 from mil_sparsity.quality import QualityReport
-from mil_sparsity.sweep_points import SweepConfig
+from mil_sparsity.sweep.points import SweepConfig
 
 
 class QualityLike(Protocol):

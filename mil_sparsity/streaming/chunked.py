@@ -27,19 +27,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
-from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter, encode
-from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig, is_activation_scored
-from mil_sparsity.handlers import PACK_METHOD, PRUNE_METHOD, Skip, method_of, nm_skip, pack_skip, resolved_dim, threshold_skip
+from mil_sparsity.format.blob import BlobInfo, BlobReader, BlobWriter, encode
+from mil_sparsity.configs import NMConfig, PackConfig, ThresholdConfig, is_activation_scored
+from mil_sparsity.plan.handlers import Skip, chunked_pattern, method_of, nm_skip, pack_skip, resolved_dim, threshold_skip
 from mil_sparsity.kernels import (
-    NM,
-    Block,
     ChunkedPruner,
-    Magnitude,
     MaskBitPacker,
-    Pack,
-    RowLowest,
     SparseCounts,
-    Threshold,
     activation_scores,
     dense_nbytes,
     normalize_dim,
@@ -47,10 +41,10 @@ from mil_sparsity.kernels import (
 )
 from mil_sparsity.kernels.chunked import Pattern
 from mil_sparsity.model.inventory import Weight
-from mil_sparsity.rules import Decision, Selected, run_selected
-from mil_sparsity.scoring import ScoreContext
-from mil_sparsity.sparse_format import SparseForm, SparseTensor, sparse_tensor_layout
-from mil_sparsity.weight_roles import scoring_of
+from mil_sparsity.plan.rules import Decision, Selected, run_selected
+from mil_sparsity.plan.scoring import ScoreContext
+from mil_sparsity.format.sparse_format import SparseForm, SparseTensor, sparse_tensor_layout
+from mil_sparsity.model.weight_roles import scoring_of
 
 #: weights stored in more bytes than this are pruned and written chunk by chunk
 CHUNKED_ABOVE_BYTES: Final = 64 << 20
@@ -121,14 +115,6 @@ def _pattern(
 ) -> Optional[tuple[Pattern, Optional[Reader]]]:
     """The chunked pattern of a selected config (and its scores reader), or None: run whole."""
     config, context = selected.config, selected.context
-    if method_of(config) not in (PRUNE_METHOD, PACK_METHOD):  # reconstruction needs the whole weight
-        return None
-    if isinstance(config, ThresholdConfig):
-        return Threshold(config.threshold), None
-    if isinstance(config, PackConfig):
-        return Pack(), None
-    if not isinstance(config, (MagnitudeConfig, BlockConfig, NMConfig)):
-        return None
     read_scores: Optional[Reader] = None
     if is_activation_scored(config):
         if context is None or context.rows is None:
@@ -136,18 +122,8 @@ def _pattern(
         read_scores = _scale_reader(read, shape, context)
         if read_scores is None:
             return None
-    if isinstance(config, MagnitudeConfig):
-        if read_scores is None:
-            return Magnitude(config.target_sparsity), None
-        rows = context.rows if context is not None else None
-        if rows is None or rows.view_shape != shape or len(rows.row_axes) != 1:
-            return None
-        return RowLowest(config.target_sparsity, rows.row_axes[0]), read_scores
-    dim = resolved_dim(config, context)
-    if isinstance(config, BlockConfig):
-        normalize_dim(dim, len(shape), "BlockConfig.dim")
-        return Block(config.target_sparsity, config.block_size, dim), read_scores
-    return NM(config.n, config.m, dim), read_scores
+    pattern = chunked_pattern(config, context, shape, scored=read_scores is not None)
+    return None if pattern is None else (pattern, read_scores)
 
 
 def decide_selected(
@@ -158,7 +134,7 @@ def decide_selected(
     load: Callable[[], NDArray[Any]],
     chunked_above_bytes: int,
 ) -> Decision:
-    """:func:`mil_sparsity.rules.run_selected`, chunked when the weight is larger than
+    """:func:`mil_sparsity.plan.rules.run_selected`, chunked when the weight is larger than
     ``chunked_above_bytes`` and its config has a chunked pattern (then the outcome is a
     :class:`ChunkedSparse` or a Skip; else the whole weight is loaded)."""
     if weight.nbytes <= chunked_above_bytes or info.bits < 8:

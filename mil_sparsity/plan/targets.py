@@ -41,7 +41,7 @@ import coremltools as ct
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import sparse_format
+from mil_sparsity.format import sparse_format
 from mil_sparsity.plan import catalog
 from mil_sparsity.report import SparsityReport
 

@@ -2,7 +2,7 @@
 of ``_graph.consumers``, on the protobuf spec instead of a PyMIL program.
 
 For every op input bound to a var name it records a :class:`~mil_sparsity.model.inventory.Consumer`
-with the input names and, for each, its product role (:func:`mil_sparsity.products.product_role`).
+with the input names and, for each, its product role (:func:`mil_sparsity.model.products.product_role`).
 The flags the role needs are read from the op's arguments as the spec stores them: an inline
 value, or a reference to a const op (``transpose_x``, ``transpose_y``: bools; ``groups``: an
 int). The other matmul operand's rank comes from its declared type; it counts as constant when it
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Union
 
-from mil_sparsity.products import NotAProduct, ProductRole, product_role
+from mil_sparsity.model.products import NotAProduct, ProductRole, product_role
 from mil_sparsity.model.inventory import Consumer, is_constexpr
 
 

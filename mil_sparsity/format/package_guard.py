@@ -34,9 +34,9 @@ from typing import Any, Final, Iterator, Mapping, Optional
 
 import attrs
 
-from mil_sparsity._blob import BlobInfo, BlobReader
+from mil_sparsity.format.blob import BlobInfo, BlobReader
 from mil_sparsity.errors import InvalidInputError, UnsafePackageError
-from mil_sparsity.sparse_format import BY_SPEC_NAME
+from mil_sparsity.format.sparse_format import BY_SPEC_NAME
 
 #: what we promise about untrusted input: the README's "Security" section and the CLI's --help
 SECURITY_NOTE: Final = (

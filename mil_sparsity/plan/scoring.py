@@ -1,6 +1,6 @@
 """Activation-scored pruning (Wanda) as data a handler runs: the scale, the axes, the rows.
 
-Pure numpy, no MIL. The selection (:mod:`mil_sparsity.weight_roles`) resolves, from the ops that
+Pure numpy, no MIL. The selection (:mod:`mil_sparsity.model.weight_roles`) resolves, from the ops that
 read a weight and the calibration statistics, a :class:`ScoreContext`; the handlers turn it into
 scores with :func:`mil_sparsity.kernels.activation_scores` and rank them with the score kernels.
 

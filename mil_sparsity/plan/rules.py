@@ -17,15 +17,15 @@ from numpy.typing import NDArray
 from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import BlockConfig, NMConfig, SparsityConfig, config_to_dict
-from mil_sparsity.handlers import Skip, method_of, run_handler
+from mil_sparsity.plan.handlers import Skip, method_of, run_handler
 from mil_sparsity.kernels import SparseWeight, zero_fraction
 from mil_sparsity.model.inventory import Weight, is_constexpr
-from mil_sparsity.products import WEIGHT_OPERANDS
+from mil_sparsity.model.products import WEIGHT_OPERANDS
 from mil_sparsity.report import PACKED, SKIPPED, WeightRecord
-from mil_sparsity.scoring import ScoreContext
+from mil_sparsity.plan.scoring import ScoreContext
 from mil_sparsity.selector import OpSelector
-from mil_sparsity.sparse_format import saved_name
-from mil_sparsity.weight_roles import score_context, scoring_of
+from mil_sparsity.format.sparse_format import saved_name
+from mil_sparsity.model.weight_roles import score_context, scoring_of
 
 # (consumer op type, input names) that structured sparsity applies to by default: the weight
 # operands of the product ops
@@ -48,7 +48,7 @@ class PassRules:
 
 class PackedSummary(Protocol):
     """What the report needs of a packed outcome that is not held whole in memory (streaming's
-    chunked weights, :mod:`mil_sparsity.streaming_chunked`)."""
+    chunked weights, :mod:`mil_sparsity.streaming.chunked`)."""
 
     @property
     def sparsity(self) -> float: ...
@@ -145,7 +145,7 @@ def select(
     """Every check that needs no weight value, cheapest first: a skip, or the config to run.
 
     Last, for ``dim=None`` and activation scoring, the consumers' reduction axis and the
-    calibration statistics (:func:`mil_sparsity.weight_roles.score_context`). Raises ValueError
+    calibration statistics (:func:`mil_sparsity.model.weight_roles.score_context`). Raises ValueError
     for a config conflict between consumers, a const read along different reduction axes, and
     an activation-scored weight without statistics (or with the wrong channel count).
     """

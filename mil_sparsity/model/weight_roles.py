@@ -1,14 +1,14 @@
 """How the ops that read a weight use it, for ``dim=None`` and ``scoring="activation"``.
 
 Graph-independent: works on a :class:`~mil_sparsity.model.inventory.Weight` whose consumers carry
-their product roles (:mod:`mil_sparsity.products`), filled by both rewriters (PyMIL:
+their product roles (:mod:`mil_sparsity.model.products`), filled by both rewriters (PyMIL:
 ``_graph.consumers``; streaming: ``_spec_roles``). Called by the selection
-(:func:`mil_sparsity.rules.select`) after every other check, before any value is read:
+(:func:`mil_sparsity.plan.rules.select`) after every other check, before any value is read:
 
 * :func:`product_use`: the one way the product consumers read the const (reduction axis,
   output axis, groups); ValueError if two ops read it along different axes; a reason if no op
   reads it as a linear/conv/conv_transpose/matmul operand;
-* :func:`score_context`: the :class:`~mil_sparsity.scoring.ScoreContext` for a selected config
+* :func:`score_context`: the :class:`~mil_sparsity.plan.scoring.ScoreContext` for a selected config
   (the reduction axis for ``dim=None``; the statistics' channel scale, laid out on the weight,
   and the output rows for activation scoring), a skip reason, or ValueError (no statistics for
   the weight, or a channel count that does not match). (A missing ``calibration`` option is the catalog's check,
@@ -26,9 +26,9 @@ from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.model.inventory import Weight
 from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig, is_activation_scored
-from mil_sparsity.products import NotAProduct, ProductRole
-from mil_sparsity.scoring import ScoreContext, grouped_conv_scale, row_layout, scale_digest
-from mil_sparsity.sparse_format import saved_name
+from mil_sparsity.model.products import NotAProduct, ProductRole
+from mil_sparsity.plan.scoring import ScoreContext, grouped_conv_scale, row_layout, scale_digest
+from mil_sparsity.format.sparse_format import saved_name
 
 
 CALIBRATION_OPTION = "calibration"

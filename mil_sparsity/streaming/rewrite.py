@@ -6,14 +6,14 @@ program, so a model larger than memory can be pruned or packed:
 1. Parse the ML Program spec (``model.mlmodel``: small, no weight data). Describe every const
    whose value lives in the weight file as a :class:`~mil_sparsity.model.inventory.Weight`
    (names, op types and consumers come from the spec) and run the passes' own selection
-   (:func:`mil_sparsity.rules.select`) on all of them first: config conflicts and config
+   (:func:`mil_sparsity.plan.rules.select`) on all of them first: config conflicts and config
    errors surface before anything is read or written.
 2. Walk the blobs of the source ``weight.bin`` in file order. A selected weight is read alone
    (positioned reads, no mmap), its handler runs (same kernels and configs as the passes), and
    its ``nonzero_data`` and ``mask`` are appended to the new weight file; every other blob is
    copied unchanged. Blobs shared by several ops (e.g. functions of a multifunction package)
    are written once and stay shared. A weight larger than ``chunked_above_bytes`` (64 MB by
-   default) is never held whole: :mod:`mil_sparsity.streaming_chunked` counts, prunes and
+   default) is never held whole: :mod:`mil_sparsity.streaming.chunked` counts, prunes and
    writes it chunk by chunk, and an unchanged blob is copied in bounded pieces.
 3. Rewrite each packed const in the spec to the ``constexpr_sparse_to_dense`` form of its
    function's opset (iOS16/17: attributes ``nonzero_data``, uint8 ``mask``, immediate uint32
@@ -41,17 +41,19 @@ import attrs
 import numpy as np
 
 from mil_sparsity.errors import InvalidTypeError
-from mil_sparsity import package_guard, sparse_format, targets
-from mil_sparsity._atomic import atomic_output
-from mil_sparsity._blob import BlobInfo, BlobReader, BlobWriter
-from mil_sparsity.package_guard import PackageLayout, StorageCheck, function_block, iter_blocks
+from mil_sparsity.format import package_guard
+from mil_sparsity.format import sparse_format
+from mil_sparsity.plan import targets
+from mil_sparsity.format.atomic import atomic_output
+from mil_sparsity.format.blob import BlobInfo, BlobReader, BlobWriter
+from mil_sparsity.format.package_guard import PackageLayout, StorageCheck, function_block, iter_blocks
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.report import SparsityReport, WeightRecord
 from mil_sparsity.plan.pipeline import PipelineLike, PipelinePlan, PlannedPass, make_plan
 from mil_sparsity.model.inventory import BLOB, Weight, spec_weights
-from mil_sparsity.rules import Decision, Selected, record, select
-from mil_sparsity.sparse_format import BY_NAME, SparseForm, SparseTensor
-from mil_sparsity.streaming_chunked import (
+from mil_sparsity.plan.rules import Decision, Selected, record, select
+from mil_sparsity.format.sparse_format import BY_NAME, SparseForm, SparseTensor
+from mil_sparsity.streaming.chunked import (
     CHUNKED_ABOVE_BYTES,
     ChunkedSparse,
     check_chunked_above_bytes,
@@ -72,7 +74,7 @@ class _Site:
 
 @attrs.frozen
 class StreamSource:
-    """A package checked for streaming (:mod:`mil_sparsity.package_guard`): its layout, its
+    """A package checked for streaming (:mod:`mil_sparsity.format.package_guard`): its layout, its
     spec and every stored value's file and metadata."""
 
     layout: PackageLayout
@@ -216,9 +218,9 @@ def compress_package(
     statistics, loaded up front). Records go to a pass's own ``report`` option if the
     pipeline set one, else to ``report``; returns ``report`` (a new one if not given).
     The deployment target is raised as :func:`mil_sparsity.apply_pipeline` raises it
-    (:mod:`mil_sparsity.targets`: to iOS16 at least, or ``minimum_deployment_target``).
+    (:mod:`mil_sparsity.plan.targets`: to iOS16 at least, or ``minimum_deployment_target``).
     Weights stored in more than ``chunked_above_bytes`` are pruned and written chunk by chunk
-    (:mod:`mil_sparsity.streaming_chunked`), so peak memory stays well below the largest weight.
+    (:mod:`mil_sparsity.streaming.chunked`), so peak memory stays well below the largest weight.
     """
     chunked_above_bytes = check_chunked_above_bytes(chunked_above_bytes)
     report = SparsityReport() if report is None else report
@@ -275,7 +277,7 @@ def _create(path: str) -> Any:
 
 def _write_layout(staging: str, has_weights: bool) -> str:
     """Create the output package's directories and ``Manifest.json`` at ``staging`` (names of
-    our own: :data:`~mil_sparsity.package_guard.CANONICAL_SPEC` and its weights directory, never
+    our own: :data:`~mil_sparsity.format.package_guard.CANONICAL_SPEC` and its weights directory, never
     paths from the input). Returns the path of the weight file to write ("" without weights)."""
     data = os.path.join(staging, package_guard.DATA_DIR)
     weights = os.path.join(data, package_guard.CANONICAL_WEIGHTS)

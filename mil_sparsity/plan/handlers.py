@@ -12,7 +12,7 @@ Handlers are pure numpy (they call the kernels) and never touch the program, so 
 compute every replacement before rewriting anything. Add a new sparsity scheme by adding a
 config class and registering a handler for it here.
 
-A handler gets an optional :class:`~mil_sparsity.scoring.ScoreContext` resolved by the selection
+A handler gets an optional :class:`~mil_sparsity.plan.scoring.ScoreContext` resolved by the selection
 from the ops that read the weight: the axis of a block / n:m config with ``dim=None``, and for
 ``scoring="activation"`` the channel scale: the handler then ranks
 ``activation_scores(weight, scale)`` instead of ``|w|`` (unstructured: per output row).
@@ -49,7 +49,8 @@ from mil_sparsity.kernels import (
     score_nm_prune_mask,
     threshold_prune_mask,
 )
-from mil_sparsity.scoring import RowLayout, ScoreContext, row_prune_mask
+from mil_sparsity.kernels.chunked import NM, Block, Magnitude, Pack, Pattern, RowLowest, Threshold
+from mil_sparsity.plan.scoring import RowLayout, ScoreContext, row_prune_mask
 
 
 @attrs.frozen
@@ -66,14 +67,57 @@ C = TypeVar("C")
 TypedHandler = Callable[[NDArray[Any], C, Optional[ScoreContext]], Outcome]
 
 HANDLERS: dict[type, Handler] = {}
+#: the same algorithm over row-major chunks (streaming's weights above ``chunked_above_bytes``):
+#: ``(config, context, shape, scored)`` -> a :mod:`~mil_sparsity.kernels.chunked` pattern, or
+#: None where the config can only run on the whole weight. ``scored``: chunks carry activation
+#: scores instead of magnitudes.
+ChunkedPatternOf = Callable[[Any, Optional[ScoreContext], tuple[int, ...], bool], Optional[Pattern]]
+CHUNKED_PATTERNS: dict[type, ChunkedPatternOf] = {}
 
 
-def register_handler(config_type: type[C]) -> Callable[[TypedHandler[C]], TypedHandler[C]]:
+def register_handler(
+    config_type: type[C], chunked: Optional[ChunkedPatternOf] = None
+) -> Callable[[TypedHandler[C]], TypedHandler[C]]:
+    """Register the handler of ``config_type`` and, if it has one, its chunked pattern: one
+    place maps a config type to its algorithm, whole or in chunks."""
+
     def register(handler: TypedHandler[C]) -> TypedHandler[C]:
         HANDLERS[config_type] = handler
+        if chunked is not None:
+            CHUNKED_PATTERNS[config_type] = chunked
         return handler
 
     return register
+
+
+def chunked_pattern(
+    config: SparsityConfig, context: Optional[ScoreContext], shape: tuple[int, ...], scored: bool
+) -> Optional[Pattern]:
+    """The chunked pattern of ``config`` (None: run on the whole weight). Reconstruction
+    methods need the whole weight and its Gram matrix: never chunked."""
+    pattern_of = CHUNKED_PATTERNS.get(type(config))
+    if pattern_of is None or method_of(config) not in (PRUNE_METHOD, PACK_METHOD):
+        return None
+    return pattern_of(config, context, shape, scored)
+
+
+def _magnitude_pattern(
+    config: MagnitudeConfig, context: Optional[ScoreContext], shape: tuple[int, ...], scored: bool
+) -> Optional[Pattern]:
+    if not scored:
+        return Magnitude(config.target_sparsity)
+    rows = context.rows if context is not None else None
+    if rows is None or rows.view_shape != shape or len(rows.row_axes) != 1:
+        return None
+    return RowLowest(config.target_sparsity, rows.row_axes[0])
+
+
+def _block_pattern(
+    config: BlockConfig, context: Optional[ScoreContext], shape: tuple[int, ...], scored: bool
+) -> Pattern:
+    dim = resolved_dim(config, context)
+    normalize_dim(dim, len(shape), "BlockConfig.dim")
+    return Block(config.target_sparsity, config.block_size, dim)
 
 
 def run_handler(weight: NDArray[Any], config: SparsityConfig, context: Optional[ScoreContext] = None) -> Outcome:
@@ -127,7 +171,7 @@ def _is_activation(config: Union[MagnitudeConfig, BlockConfig, NMConfig]) -> boo
     return is_activation_scored(config)
 
 
-@register_handler(ThresholdConfig)
+@register_handler(ThresholdConfig, chunked=lambda config, context, shape, scored: Threshold(config.threshold))
 def _threshold(weight: NDArray[Any], config: ThresholdConfig, context: Optional[ScoreContext] = None) -> Outcome:
     # threshold >= 0 (validated), so every zero is pruned and "not pruned" is exactly the
     # sparse mask: invert in place and pack without a second nonzero test
@@ -157,7 +201,7 @@ def nm_skip(config: NMConfig, shape: tuple[int, ...], dim: int) -> Optional[Skip
     return None
 
 
-@register_handler(MagnitudeConfig)
+@register_handler(MagnitudeConfig, chunked=_magnitude_pattern)
 def _magnitude(weight: NDArray[Any], config: MagnitudeConfig, context: Optional[ScoreContext] = None) -> Outcome:
     if not _is_activation(config):
         return pack_sparse(weight, magnitude_prune_mask(weight, config.target_sparsity))
@@ -165,7 +209,7 @@ def _magnitude(weight: NDArray[Any], config: MagnitudeConfig, context: Optional[
     return pack_sparse(weight, row_prune_mask(scores, rows, config.target_sparsity))
 
 
-@register_handler(BlockConfig)
+@register_handler(BlockConfig, chunked=_block_pattern)
 def _block(weight: NDArray[Any], config: BlockConfig, context: Optional[ScoreContext] = None) -> Outcome:
     dim = resolved_dim(config, context)
     normalize_dim(dim, weight.ndim, "BlockConfig.dim")
@@ -177,7 +221,7 @@ def _block(weight: NDArray[Any], config: BlockConfig, context: Optional[ScoreCon
     return pack_sparse(weight, mask)
 
 
-@register_handler(NMConfig)
+@register_handler(NMConfig, chunked=lambda config, context, shape, scored: NM(config.n, config.m, resolved_dim(config, context)))
 def _n_m(weight: NDArray[Any], config: NMConfig, context: Optional[ScoreContext] = None) -> Outcome:
     dim = resolved_dim(config, context)
     skip = nm_skip(config, weight.shape, dim)
@@ -213,7 +257,7 @@ def pack_skip(
     return None
 
 
-@register_handler(PackConfig)
+@register_handler(PackConfig, chunked=lambda config, context, shape, scored: Pack())
 def _pack(weight: NDArray[Any], config: PackConfig, context: Optional[ScoreContext] = None) -> Outcome:
     sparse = pack_sparse(weight)
     skip = pack_skip(config, sparse.sparsity, sparse.packed_nbytes, sparse.dense_nbytes, str(weight.dtype))

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.errors import InvalidInputError
-from mil_sparsity.sparse_format import BY_BLOB_CODE, BY_NAME, MilDtype
+from mil_sparsity.format.sparse_format import BY_BLOB_CODE, BY_NAME, MilDtype
 
 _SENTINEL: Final = 0xDEADBEEF
 _VERSION: Final = 2

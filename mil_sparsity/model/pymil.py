@@ -12,10 +12,10 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity import sparse_format
-from mil_sparsity.products import NotAProduct, ProductRole, product_role
-from mil_sparsity.model.inventory import Consumer, Weight, is_constexpr
-from mil_sparsity.sparse_format import SparseForm, SparseReplacement
+from mil_sparsity.format import sparse_format
+from mil_sparsity.model.products import NotAProduct, ProductRole, product_role
+from mil_sparsity.model.inventory import Consumer, Weight, is_constexpr, walk_chain
+from mil_sparsity.format.sparse_format import SparseForm, SparseReplacement
 
 
 def check_opsets(prog: Program, pass_name: str) -> None:
@@ -103,17 +103,9 @@ def weight_site(function_name: str, op: Operation) -> Weight:
 
 def constexpr_chain(op: Operation) -> list[Operation]:
     """``op`` and every constexpr op it reads from, transitively; ``op`` first, no repeats."""
-    found: list[Operation] = []
-    seen: set[int] = set()
-    pending = [op]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        found.append(current)
-        pending.extend(var.op for var in current.get_flattened_inputs() if var.op is not None and is_constexpr(var.op.op_type))
-    return found
+    return walk_chain(
+        op, lambda current: [v.op for v in current.get_flattened_inputs() if v.op is not None and is_constexpr(v.op.op_type)]
+    )
 
 
 def function_form(name: str, function: Function) -> SparseForm:

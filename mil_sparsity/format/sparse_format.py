@@ -9,7 +9,7 @@
   with the weight's shape, stored as op inputs. Opset names (``CoreML6``) map to targets
   through the same table (:func:`target_of_opset`).
 * :class:`SparseReplacement`: what replaces a const ``w``, as data: the new op's name
-  (``<w>_sparse``), its form, and its tensors under PyMIL's input names. ``_graph`` renders it
+  (``<w>_sparse``), its form, and its tensors under PyMIL's input names. ``model.pymil`` renders it
   with the Builder, ``streaming`` as blobs plus spec fields. :func:`joint_name`: the name of
   the op joint compression puts in place of a palettized / quantized op.
 
