@@ -3,8 +3,8 @@
 Each case copies a small saved ML Program (two linear layers, four blob-backed consts; iOS16,
 iOS18, or iOS18 with an int4-quantized weight), applies one or two mutations from
 _mutations.py (Manifest.json entries and paths, spec shapes / dtypes / blob fileNames and
-offsets / opsets, weight-file header and metadata, truncation, bit flips, symlinks) and runs one
-operation on it: ``report``, ``prune`` and ``prune --streaming`` through
+offsets / opsets, weight-file header and metadata, truncation, bit flips, symlinks, FIFOs,
+extra and missing files) and runs one operation on it: ``report``, ``prune`` and ``prune --streaming`` through
 ``mil_sparsity.cli.main``, ``prune_weights`` (streams a path), ``apply_pipeline(streaming=False)``
 (PyMIL) and the reference evaluator on a random input.
 
@@ -24,7 +24,7 @@ The oracle, for every case:
   fileName or symlink that resolves outside it);
 * an operation ends within CASE_SECONDS and maps at most MEMORY_HEADROOM more (Linux).
 
-CI runs a fixed-seed slice (``CI_EXAMPLES`` per operation). Locally::
+CI runs a fixed-seed slice: ``CI_EXAMPLES`` cases per operation (1200 in all). Locally::
 
     MIL_SPARSITY_FUZZ_EXAMPLES=2000 pytest tests/test_untrusted_fuzz.py   # random, more cases
     MIL_SPARSITY_FUZZ_KEEP_GOING=1     collect every failing case, fail once at the end
