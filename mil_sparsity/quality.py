@@ -23,6 +23,7 @@ float32, a reference for checking and calibrating, not a production runtime.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -277,7 +278,9 @@ def _coreml_evaluator(model: Any, function_name: str, template: Any) -> Evaluato
         path = os.fspath(model)
     if os.path.isdir(path):
         package_guard.check_package(path)  # before Core ML reads anything from it
-    return _CoreMLEvaluator(ct.models.MLModel(path, function_name=function_name), workdir)
+    with package_guard.manifest_preserved(path) if os.path.isdir(path) else contextlib.nullcontext():
+        loaded = ct.models.MLModel(path, function_name=function_name)
+    return _CoreMLEvaluator(loaded, workdir)
 
 
 def compare(

@@ -28,6 +28,7 @@ reports as ours) and to the evaluator.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Final, Iterator, Mapping, Optional
@@ -191,6 +192,33 @@ def check_package(package: "str | os.PathLike[str]", *, memory_bound: bool = Tru
     if spec.WhichOneof("Type") == "mlProgram":
         check_storage(spec, layout, memory_bound=memory_bound)
     return layout
+
+
+@contextlib.contextmanager
+def manifest_preserved(package: "str | os.PathLike[str]") -> Iterator[None]:
+    """Keep a package's ``Manifest.json`` as it was around code that opens the package with
+    coremltools' ``ModelPackage``, which rewrites the manifest whenever it closes one (also
+    when it only read it). If the bytes or the modification time changed, the original bytes
+    are written back in place and the times restored (only the inode's ctime shows it). The
+    manifest was checked by :func:`open_package` first (inside the package, at most
+    :data:`MANIFEST_MAX_BYTES`)."""
+    path = os.path.join(open_package(package).root, MANIFEST)
+    before = os.stat(path)
+    with open(path, "rb") as handle:
+        original = handle.read(MANIFEST_MAX_BYTES + 1)
+    try:
+        yield
+    finally:
+        after = os.stat(path)
+        changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+        if not changed:
+            with open(path, "rb") as handle:
+                changed = handle.read(MANIFEST_MAX_BYTES + 1) != original
+        if changed:
+            with open(path, "r+b") as handle:
+                handle.write(original)
+                handle.truncate()
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def blob_path(layout: PackageLayout, file_name: str, entry: str) -> str:

@@ -8,6 +8,7 @@ pipeline runner (:mod:`mil_sparsity.posthoc`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional, Union
 
@@ -15,7 +16,7 @@ import coremltools as ct
 from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity.errors import InvalidInputError, InvalidTypeError
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError, MilSparsityError
 from mil_sparsity.format import package_guard
 
 ModelLike = Union["ct.models.MLModel", str, "os.PathLike[str]"]
@@ -31,10 +32,12 @@ def load_model(model: ModelLike) -> Any:
         path = os.fspath(model)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model: no such file or package: {path}")
-        if os.path.isdir(path):
-            package_guard.open_package(path)
+        preserved = package_guard.manifest_preserved(path) if os.path.isdir(path) else contextlib.nullcontext()
         try:
-            return ct.models.MLModel(path, skip_model_load=True)
+            with preserved:
+                return ct.models.MLModel(path, skip_model_load=True)
+        except MilSparsityError:
+            raise
         except Exception as error:  # protobuf's DecodeError, coremltools' own
             raise InvalidInputError(f"model: coremltools cannot read {path}: {_one_line(error)}") from error
     raise InvalidTypeError(f"model must be an MLModel or a path to a .mlpackage, got {type(model).__name__}")
@@ -81,6 +84,12 @@ def program_to_model(prog: Program, mlmodel: Any, specification_version: Optiona
     if len(description.functions) > 0:
         prog.export_as_multifunction = True
         prog.default_function_name = description.defaultFunctionName
+    default = prog.default_function_name if len(description.functions) > 0 else "main"
+    if default not in prog.functions:
+        raise InvalidInputError(
+            f"model: its default function {default!r} is not among the program's functions "
+            f"{sorted(prog.functions)}: the description and the program do not match"
+        )
     # the program was loaded from a finished model: export it as it is
     prog.skip_all_passes = True
     return private.mlmodel_from_program(
