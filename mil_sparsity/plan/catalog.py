@@ -18,15 +18,8 @@ from typing import Any, Callable, Final, Mapping, Optional
 import attrs
 
 from mil_sparsity.calibration.stats import ActivationStats
-from mil_sparsity.configs import (
-    BlockConfig,
-    MagnitudeConfig,
-    NMConfig,
-    PackConfig,
-    SparsityConfig,
-    ThresholdConfig,
-    is_activation_scored,
-)
+from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig
+from mil_sparsity.configs import SparsityConfig, is_activation_scored
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.report import SparsityReport
 from mil_sparsity.plan.scoring import load_calibration

@@ -27,15 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
-from mil_sparsity.configs import (
-    BlockConfig,
-    MagnitudeConfig,
-    NMConfig,
-    PackConfig,
-    SparsityConfig,
-    ThresholdConfig,
-    is_activation_scored,
-)
+from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig
+from mil_sparsity.configs import SparsityConfig, is_activation_scored
 from mil_sparsity.kernels import (
     SparseWeight,
     activation_scores,
