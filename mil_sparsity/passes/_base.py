@@ -18,7 +18,7 @@ Contract of every pass:
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Generic, Iterator, Optional, TypeVar, overload
 
 import attrs
 from coremltools.converters.mil.mil.block import Block
@@ -70,6 +70,38 @@ class PassResult:
         return tuple(record.name for record in self.records if record.packed)
 
 
+T = TypeVar("T")
+
+
+class PassOption(Generic[T]):
+    """A pass option, declared as a class attribute: reading gives the value set (``default``
+    until then); every value set (by coremltools' pipeline manager through ``setattr``, or
+    directly) is checked and normalised by the pass's catalog entry
+    (:meth:`~mil_sparsity.plan.catalog.PassEntry.check_option`)."""
+
+    def __init__(self, default: T) -> None:
+        self.default = default
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> "PassOption[T]": ...
+
+    @overload
+    def __get__(self, obj: "SparsityPass", owner: type) -> T: ...
+
+    def __get__(self, obj: "SparsityPass | None", owner: type) -> "T | PassOption[T]":
+        if obj is None:
+            return self
+        value: T = obj.__dict__.get(self.name, self.default)
+        return value
+
+    def __set__(self, obj: "SparsityPass", value: object) -> None:
+        obj.__dict__[self.name] = obj.entry.check_option(self.name, value)
+
+
 class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
     """Base of the mil_sparsity passes. Options: ``config`` and ``report`` (and what the pass's
     catalog entry adds); every value is checked by the entry (:mod:`mil_sparsity.plan.catalog`)."""
@@ -87,29 +119,14 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         cls.accepted_configs = cls.entry.configs
         cls.supported_dtypes = cls.entry.dtypes
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._selector: Optional[OpSelector] = None
-        self._report: Optional[SparsityReport] = None
-        # activation statistics for scoring="activation" (prune_by_magnitude's option)
-        self._calibration: Optional[ActivationStats] = None
+    # ----- options (each checked by the catalog entry) -------------------------------------
+    config: PassOption[Optional[OpSelector]] = PassOption(None)
+    report: PassOption[Optional[SparsityReport]] = PassOption(None)
 
-    @property
-    def report(self) -> Optional[SparsityReport]:
-        return self._report
-
-    @report.setter
-    def report(self, value: object) -> None:
-        self._report = self.entry.check_option(catalog.REPORT, value)
-
-    # ----- options -----------------------------------------------------------------------
-    @property
-    def config(self) -> Optional[OpSelector]:
-        return self._selector
-
-    @config.setter
-    def config(self, value: Any) -> None:
-        self._selector = self.entry.check_option(catalog.CONFIG, value)
+    def calibration_stats(self) -> Optional[ActivationStats]:
+        """The ``calibration`` option's statistics (None for passes without that option)."""
+        stats: Optional[ActivationStats] = getattr(self, catalog.CALIBRATION, None)
+        return stats
 
     @classmethod
     def rules(cls) -> PassRules:
@@ -125,9 +142,9 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         pipeline manager ignores the result; direct callers may read it."""
         if not isinstance(prog, Program):
             raise InvalidTypeError(f"{self.pass_name} applies to a PyMIL Program, got {type(prog).__name__}")
-        selector = self._selector if self._selector is not None else self.default_selector()
+        selector = self.config if self.config is not None else self.default_selector()
         _graph.check_opsets(prog, self.pass_name)
-        self.entry.check_calibration(selector, self._calibration)
+        self.entry.check_calibration(selector, self.calibration_stats())
         planned, records = self._plan(prog, selector)
         _commit(planned)
         if self.report is not None:
@@ -148,7 +165,7 @@ class SparsityPass(AbstractGraphPass):  # type: ignore[misc]
         for function_name, function in prog.functions.items():  # select every const first
             for block in _graph.iter_blocks(function):
                 chosen = [
-                    (op, site, select(site, selector, rules, self._calibration))
+                    (op, site, select(site, selector, rules, self.calibration_stats()))
                     for op, site in consts_by_block.get(id(block), [])
                 ]
                 chosen_by_block.append((function_name, block, chosen))

@@ -18,18 +18,13 @@ from __future__ import annotations
 from typing import Optional
 
 from mil_sparsity.calibration.stats import ActivationStats
-from mil_sparsity.passes._base import SparsityPass
+from mil_sparsity.passes._base import PassOption, SparsityPass
 from mil_sparsity.plan import catalog
 
 
 class PruneByMagnitude(SparsityPass):
     entry = catalog.PRUNE_BY_MAGNITUDE
 
-    @property
-    def calibration(self) -> Optional[ActivationStats]:
-        """Activation statistics for ``scoring="activation"`` configs (None: not set)."""
-        return self._calibration
-
-    @calibration.setter
-    def calibration(self, value: object) -> None:
-        self._calibration = self.entry.check_option(catalog.CALIBRATION, value)
+    #: activation statistics for ``scoring="activation"`` configs (an ActivationStats, or the
+    #: path of one, loaded once when set; None: not set)
+    calibration: PassOption[Optional[ActivationStats]] = PassOption(None)

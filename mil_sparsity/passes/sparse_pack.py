@@ -18,7 +18,7 @@ from coremltools.converters.mil.mil.program import Program
 
 from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.format import sparse_format
-from mil_sparsity.passes._base import PassResult, Planned, SparsityPass
+from mil_sparsity.passes._base import PassOption, PassResult, Planned, SparsityPass
 from mil_sparsity.passes._joint import plan_joint
 from mil_sparsity.plan import catalog
 from mil_sparsity.report import WeightRecord
@@ -28,22 +28,11 @@ from mil_sparsity.selector import OpSelector
 class SparsePack(SparsityPass):
     entry = catalog.SPARSE_PACK
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._joint_compression = False
-
-    @property
-    def joint_compression(self) -> bool:
-        """Also add sparse masks to palettized / quantized weights (iOS18+; see ``_joint``)."""
-        return self._joint_compression
-
-    @joint_compression.setter
-    def joint_compression(self, value: object) -> None:
-        checked = self.entry.check_option(catalog.JOINT_COMPRESSION, value)
-        self._joint_compression = bool(checked)
+    #: also add sparse masks to palettized / quantized weights (iOS18+; see ``_joint``)
+    joint_compression: PassOption[bool] = PassOption(False)
 
     def apply(self, prog: Program) -> PassResult:
-        if self._joint_compression:
+        if self.joint_compression:
             for name, function in prog.functions.items():
                 if sparse_format.sparse_form(function.opset_version) is not sparse_format.UINT1_MASK_FORM:
                     raise InvalidInputError(
@@ -56,6 +45,6 @@ class SparsePack(SparsityPass):
     def _plan_more(
         self, function_name: str, block: Block, selector: OpSelector
     ) -> Iterator[tuple[Optional[Planned], WeightRecord]]:
-        if not self._joint_compression:
+        if not self.joint_compression:
             return iter(())
         return plan_joint(function_name, block, selector, self.rules())
