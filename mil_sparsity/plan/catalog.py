@@ -26,6 +26,7 @@ from mil_sparsity.configs import (
     SparsityConfig,
     ThresholdConfig,
     is_activation_scored,
+    is_reconstruction,
 )
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.report import SparsityReport
@@ -116,13 +117,21 @@ class PassEntry:
         return OpSelector(global_config=self.default_config)
 
     def check_calibration(self, selector: OpSelector, calibration: Optional[ActivationStats]) -> None:
-        """ValueError if a config of ``selector`` scores by activation and there are no statistics."""
+        """ValueError if a config of ``selector`` scores by activation or reconstructs (SparseGPT,
+        ADMM) and there are no statistics."""
         if calibration is not None:
             return
         for where, config in selector.entries():
-            if config is not None and is_activation_scored(config):
+            if config is None:
+                continue
+            what = None
+            if is_activation_scored(config):
+                what = "scoring='activation'"
+            elif is_reconstruction(config):
+                what = f"method={getattr(config, 'method', None)!r}"
+            if what is not None:
                 raise InvalidInputError(
-                    f"{self.name}: {where} has scoring='activation', which needs the pass option "
+                    f"{self.name}: {where} has {what}, which needs the pass option "
                     f"{CALIBRATION!r} (an ActivationStats, or the path of one written by "
                     "ActivationStats.save or `mil-sparsity calibrate`); it is not set"
                 )

@@ -15,7 +15,10 @@ config class and registering a handler for it here.
 A handler gets an optional :class:`~mil_sparsity.plan.scoring.ScoreContext` resolved by the selection
 from the ops that read the weight: the axis of a block / n:m config with ``dim=None``, and for
 ``scoring="activation"`` the channel scale: the handler then ranks
-``activation_scores(weight, scale)`` instead of ``|w|`` (unstructured: per output row).
+``activation_scores(weight, scale)`` instead of ``|w|`` (unstructured: per output row); for
+``method="sparsegpt"`` / ``"admm"`` the Gram matrix and its layout: the handler runs the
+reconstruction kernel (:mod:`mil_sparsity.kernels.reconstruction`) on the weight as ``[out, in]``
+(one call per conv group) and stores its new values.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from mil_sparsity.configs import (
     SparsityConfig,
     ThresholdConfig,
     is_activation_scored,
+    is_reconstruction,
+    SPARSEGPT_METHOD,
 )
 from mil_sparsity.kernels import (
     SparseWeight,
@@ -49,7 +54,9 @@ from mil_sparsity.kernels import (
     score_nm_prune_mask,
     threshold_prune_mask,
 )
-from mil_sparsity.plan.scoring import RowLayout, ScoreContext, row_prune_mask
+from mil_sparsity.kernels.reconstruction import admm, sparsegpt
+from mil_sparsity.kernels.selection import target_count
+from mil_sparsity.plan.scoring import RowLayout, ScoreContext, from_rows, row_prune_mask, to_rows
 
 
 @attrs.frozen
@@ -127,6 +134,41 @@ def _is_activation(config: Union[MagnitudeConfig, BlockConfig, NMConfig]) -> boo
     return is_activation_scored(config)
 
 
+def _reconstruct(
+    weight: NDArray[Any], config: Union[MagnitudeConfig, NMConfig], context: Optional[ScoreContext]
+) -> SparseWeight:
+    """The reconstruction kernel of ``config.method`` on the weight as ``[out, in]``, one call
+    per group. Unstructured: exactly ``round(s * size)`` pruned over the whole weight (group k
+    gets its share rounded down cumulatively, as the kernels' column blocks do)."""
+    if context is None or context.gram is None or context.gram_layout is None:
+        raise InvalidInputError(
+            f"{type(config).__name__}(method={config.method!r}) needs calibration statistics with "
+            "a Gram matrix: run it through prune_by_magnitude with the pass option 'calibration'"
+        )
+    layout, gram = context.gram_layout, context.gram
+    kernel = sparsegpt if config.method == SPARSEGPT_METHOD else admm
+    rows = to_rows(weight, layout)
+    grams = gram.reshape((-1,) + gram.shape[-2:])
+    groups = layout.groups
+    per_group = rows.shape[0] // groups
+    group_size = per_group * rows.shape[1]
+    if isinstance(config, MagnitudeConfig):
+        total = target_count(config.target_sparsity, weight.size)
+        marks = [total * k // groups for k in range(groups + 1)]
+    values = np.empty(rows.shape, dtype=weight.dtype)
+    keep = np.empty(rows.shape, dtype=np.bool_)
+    for k in range(groups):
+        part = slice(k * per_group, (k + 1) * per_group)
+        block = np.ascontiguousarray(rows[part])
+        if isinstance(config, MagnitudeConfig):
+            share = (marks[k + 1] - marks[k]) / group_size if group_size else 0.0
+            result = kernel(block, grams[k], target_sparsity=share)
+        else:
+            result = kernel(block, grams[k], n=config.n, m=config.m)
+        values[part], keep[part] = result.values, result.mask
+    return pack_kept(from_rows(values, layout, weight.shape), from_rows(keep, layout, weight.shape))
+
+
 @register_handler(ThresholdConfig)
 def _threshold(weight: NDArray[Any], config: ThresholdConfig, context: Optional[ScoreContext] = None) -> Outcome:
     # threshold >= 0 (validated), so every zero is pruned and "not pruned" is exactly the
@@ -159,6 +201,8 @@ def nm_skip(config: NMConfig, shape: tuple[int, ...], dim: int) -> Optional[Skip
 
 @register_handler(MagnitudeConfig)
 def _magnitude(weight: NDArray[Any], config: MagnitudeConfig, context: Optional[ScoreContext] = None) -> Outcome:
+    if is_reconstruction(config):
+        return _reconstruct(weight, config, context)
     if not _is_activation(config):
         return pack_sparse(weight, magnitude_prune_mask(weight, config.target_sparsity))
     scores, rows = _activation_scores(weight, config, context)
@@ -183,6 +227,8 @@ def _n_m(weight: NDArray[Any], config: NMConfig, context: Optional[ScoreContext]
     skip = nm_skip(config, weight.shape, dim)
     if skip is not None:
         return skip
+    if is_reconstruction(config):
+        return _reconstruct(weight, config, context)
     if not _is_activation(config):
         return pack_sparse(weight, nm_prune_mask(weight, config.n, config.m, dim))
     scores, _ = _activation_scores(weight, config, context)

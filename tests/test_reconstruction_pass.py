@@ -1,0 +1,265 @@
+"""Reconstruction (SparseGPT, ADMM) inside prune_by_magnitude: ``method`` on MagnitudeConfig and
+NMConfig.
+
+* configs: the ``method`` field (validation, dict round trip, not on BlockConfig, not with
+  activation scoring);
+* errors before anything changes: no calibration option, statistics without a Gram matrix, a
+  non-finite Gram matrix, a conv_transpose / batched matmul weight, an n:m dim off the reduction
+  axis;
+* exact values against the kernels called directly on the weight as ``[out, in]`` (linear,
+  matmul ``y`` const ``[in, out]`` and transposed, matmul ``x`` const), exact counts, the
+  report's ``method``;
+* a saved fp16 package: streaming bit-identical to PyMIL; during ct.convert.
+
+The kernels themselves: test_kernels_reconstruction.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import coremltools as ct
+from coremltools.converters.mil.mil import Builder as mb
+
+import mil_sparsity as ms
+from mil_sparsity.calibration import collect_activation_stats
+from mil_sparsity.kernels.reconstruction import admm, sparsegpt
+from mil_sparsity.posthoc import load_model, load_program
+from _mil_helpers import all_ops, one_pass, snapshot
+from test_activation_scoring import by_name, pruned_weights, run
+
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
+
+MAG = ms.PRUNE_BY_MAGNITUDE
+KERNELS = {"sparsegpt": sparsegpt, "admm": admm}
+# const -> transposed to [out, in] for the kernel
+PRODUCTS = {"lin_w": False, "mm_y_w": True, "mm_yt_w": False, "mm_x_w": False}
+INPUTS = {"seq": (6, 64), "seq3": (2, 3, 24)}
+
+
+def weights(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = {"lin_w": (48, 64), "mm_y_w": (48, 40), "mm_yt_w": (24, 40), "mm_x_w": (20, 24), "mm_b_w": (2, 24, 16)}
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+
+
+def program(target: Any = ct.target.iOS18, w: dict[str, np.ndarray] | None = None, batched: bool = False) -> Any:
+    w = weights() if w is None else w
+    specs = [mb.TensorSpec(shape=shape) for shape in INPUTS.values()]
+
+    @mb.program(input_specs=specs, opset_version=target)
+    def prog(seq: Any, seq3: Any) -> Any:
+        const = {name: mb.const(val=value, name=name) for name, value in w.items()}
+        lin = mb.linear(x=seq, weight=const["lin_w"], name="lin")
+        mm_y = mb.matmul(x=lin, y=const["mm_y_w"], name="mm_y")
+        mm_yt = mb.matmul(x=mm_y, y=const["mm_yt_w"], transpose_y=True, name="mm_yt")
+        mm_x = mb.matmul(x=const["mm_x_w"], y=mb.transpose(x=mm_yt, perm=[1, 0]), name="mm_x")
+        outputs = [mm_x]
+        if batched:
+            outputs.append(mb.matmul(x=seq3, y=const["mm_b_w"], name="mm_b"))
+        return tuple(outputs)
+
+    return prog
+
+
+def samples(count: int = 4, seed: int = 5) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(0.2, 3.0, 64, dtype=np.float32)
+    return [
+        {"seq": (rng.standard_normal(INPUTS["seq"]) * scale).astype(np.float32),
+         "seq3": rng.standard_normal(INPUTS["seq3"]).astype(np.float32)}
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def gram_stats() -> ms.ActivationStats:
+    return collect_activation_stats(program(), samples(), progress=False, gram=True)
+
+
+def gram_of(stats: ms.ActivationStats, name: str) -> np.ndarray:
+    entry = stats.get(name)
+    assert entry is not None and entry.gram is not None
+    return entry.gram
+
+
+def expected(dense: np.ndarray, gram: np.ndarray, transposed: bool, method: str, **pattern: Any) -> np.ndarray:
+    rows = dense.T if transposed else dense
+    values = KERNELS[method](np.ascontiguousarray(rows), gram, **pattern).values
+    return np.ascontiguousarray(values.T if transposed else values)
+
+
+# =============================================================================================
+# configs
+# =============================================================================================
+def test_method_field() -> None:
+    assert ms.MagnitudeConfig(0.5).method == "prune" and ms.NMConfig(2, 4).method == "prune"
+    for cls, args in ((ms.MagnitudeConfig, (0.5,)), (ms.NMConfig, (2, 4))):
+        config = cls(*args, method="sparsegpt")
+        assert ms.config_from_dict(ms.config_to_dict(config)) == config
+        assert ms.config_to_dict(config)["method"] == "sparsegpt"
+        with pytest.raises(ValueError, match="method"):
+            cls(*args, method="obs")
+        with pytest.raises(ValueError, match="scoring='activation' cannot be combined with method='admm'"):
+            cls(*args, method="admm", scoring="activation")
+    with pytest.raises(TypeError, match="method"):
+        ms.BlockConfig(0.5, 4, method="sparsegpt")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['method'\] for BlockConfig"):
+        ms.config_from_dict({"kind": "block", "target_sparsity": 0.5, "block_size": 4, "method": "admm"})
+
+
+# =============================================================================================
+# errors before anything changes
+# =============================================================================================
+def test_reconstruction_without_calibration_option_raises() -> None:
+    prog = program()
+    before = snapshot(prog)
+    with pytest.raises(ValueError, match="method='sparsegpt', which needs the pass option 'calibration'"):
+        run(prog, ms.MagnitudeConfig(0.5, weight_threshold=0, method="sparsegpt"))
+    assert snapshot(prog) == before
+
+
+def test_statistics_without_a_gram_raise_naming_the_weight() -> None:
+    stats = collect_activation_stats(program(), samples(), progress=False)
+    prog = program()
+    before = snapshot(prog)
+    with pytest.raises(ValueError, match="const 'lin_w' .* no Gram matrix; collect them with .*gram=True"):
+        run(prog, ms.NMConfig(2, 4, weight_threshold=0, method="admm"), stats)
+    assert snapshot(prog) == before
+
+
+def test_non_finite_gram_raises_naming_the_weight(gram_stats: ms.ActivationStats) -> None:
+    stats = gram_stats.merge(ms.ActivationStats())
+    entry = stats.get("mm_y_w")
+    assert entry is not None and entry.gram is not None
+    entry.gram[3, 5] = np.nan
+    prog = program()
+    before = snapshot(prog)
+    with pytest.raises(ValueError, match="const 'mm_y_w' .* non-finite entries"):
+        run(prog, ms.MagnitudeConfig(0.5, weight_threshold=0, method="sparsegpt"), stats)
+    assert snapshot(prog) == before
+
+
+def test_batched_matmul_and_off_axis_n_m_raise() -> None:
+    prog = program(batched=True)
+    stats = collect_activation_stats(prog, samples(), progress=False, gram=True)
+    before = snapshot(prog)
+    with pytest.raises(ValueError, match="'mm_b_w' .* rank-3 matmul operand"):
+        run(prog, ms.MagnitudeConfig(0.5, weight_threshold=0, method="sparsegpt"), stats)
+    with pytest.raises(ValueError, match="'lin_w'.*NMConfig.dim=0 .* allowed: dim=None or dim=1"):
+        run(prog, ms.OpSelector(op_name_configs={"lin_w": ms.NMConfig(2, 4, dim=0, weight_threshold=0, method="admm")}), stats)
+    assert snapshot(prog) == before
+
+
+# =============================================================================================
+# exact values, counts, report
+# =============================================================================================
+@pytest.mark.parametrize("method", ["sparsegpt", "admm"])
+@pytest.mark.parametrize("pattern", [{"target_sparsity": 0.5}, {"target_sparsity": 0.7}, {"n": 2, "m": 4}, {"n": 4, "m": 8}])
+def test_values_equal_the_kernel_on_each_weight(method: str, pattern: dict[str, Any], gram_stats: ms.ActivationStats) -> None:
+    w = weights()
+    if "n" in pattern:
+        config: Any = ms.NMConfig(pattern["n"], pattern["m"], weight_threshold=0, method=method)
+    else:
+        config = ms.MagnitudeConfig(pattern["target_sparsity"], weight_threshold=0, method=method)
+    prog = program(w=w)
+    report = run(prog, config, gram_stats)
+    pruned = pruned_weights(prog)
+    assert sorted(pruned) == sorted(PRODUCTS)
+    records = by_name(report)
+    for name, transposed in PRODUCTS.items():
+        want = expected(w[name], gram_of(gram_stats, name), transposed, method, **pattern)
+        assert pruned[name].tobytes() == want.tobytes(), name
+        zeros = int(np.count_nonzero(pruned[name] == 0))
+        if "n" in pattern:
+            rows = pruned[name].T if transposed else pruned[name]
+            groups = rows.reshape(rows.shape[0], -1, pattern["m"])
+            assert np.all(np.count_nonzero(groups == 0, axis=-1) == pattern["n"]), name
+        else:
+            assert zeros == round(pattern["target_sparsity"] * w[name].size), name
+        assert not np.array_equal(pruned[name][pruned[name] != 0], w[name][pruned[name] != 0]), name  # updated
+        assert records[name].method == method and records[name].scoring == "magnitude"
+    assert method in report.format_table()
+
+
+def test_reconstruction_is_closer_to_the_dense_outputs_than_pruning(gram_stats: ms.ActivationStats) -> None:
+    w = weights()
+    x = np.concatenate([sample["seq"] for sample in samples()])
+    dense = x @ w["lin_w"].T
+    errors = {}
+    for method in ("prune", "sparsegpt", "admm"):
+        prog = program(w=w)
+        run(prog, ms.OpSelector(op_name_configs={"lin_w": ms.MagnitudeConfig(0.6, weight_threshold=0, method=method)}), gram_stats)
+        errors[method] = float(np.linalg.norm(x @ pruned_weights(prog)["lin_w"].T - dense))
+    assert errors["sparsegpt"] < 0.8 * errors["prune"] and errors["admm"] < 0.8 * errors["prune"], errors
+
+
+# =============================================================================================
+# saved package: streaming = PyMIL; ct.convert
+# =============================================================================================
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: Any) -> Path:
+    path = tmp_path_factory.mktemp("recon") / "products.mlpackage"
+    ct.convert(program(), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("config", [
+    ms.MagnitudeConfig(0.5, weight_threshold=0, method="sparsegpt"),
+    ms.NMConfig(2, 4, weight_threshold=0, method="admm"),
+], ids=["sparsegpt-50", "admm-2:4"])
+def test_streaming_equals_pymil(config: Any, package: Path, tmp_path: Path) -> None:
+    stats_path = tmp_path / "stats.npz"
+    collect_activation_stats(package, samples(), progress=False, gram=True).save(stats_path)
+    pipeline = one_pass(MAG, config=config, calibration=str(stats_path))
+    streamed, pymil = tmp_path / "streamed.mlpackage", tmp_path / "pymil.mlpackage"
+    stream_report, pymil_report = ms.SparsityReport(), ms.SparsityReport()
+    ms.apply_pipeline(package, pipeline, streaming=True, report=stream_report).save(str(streamed))
+    ms.apply_pipeline(package, pipeline, streaming=False, report=pymil_report).save(str(pymil))
+    assert [r.to_dict() for r in stream_report] == [r.to_dict() for r in pymil_report]
+    assert {r.method for r in stream_report.packed} == {config.method}
+    a, b = pruned_weights(load_program(load_model(streamed))), pruned_weights(load_program(load_model(pymil)))
+    assert sorted(a) == sorted(b) and len(a) == len(PRODUCTS)
+    for name in a:
+        assert a[name].dtype == np.float16 and a[name].tobytes() == b[name].tobytes(), name
+
+
+def test_during_ct_convert() -> None:
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = torch.nn.Linear(32, 48)
+            self.fc2 = torch.nn.Linear(48, 16)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    torch.manual_seed(0)
+    traced = torch.jit.trace(Net().eval(), torch.randn(4, 32))
+    inputs = [ct.TensorType(name="x", shape=(4, 32))]
+
+    def convert(pipeline: Any) -> Any:
+        return ct.convert(traced, inputs=inputs, convert_to="mlprogram",
+                          minimum_deployment_target=ct.target.iOS16, pass_pipeline=pipeline)
+
+    dense = convert(ct.PassPipeline.DEFAULT)
+    rng = np.random.default_rng(0)
+    stats = collect_activation_stats(dense, [{"x": rng.standard_normal((4, 32)).astype(np.float32)} for _ in range(8)],
+                                     progress=False, gram=True)
+    dense_consts = {op.name: op.outputs[0].val for op in all_ops(load_program(dense)) if op.op_type == "const"}
+    pipeline = ct.PassPipeline.DEFAULT
+    pipeline.append_pass(MAG)
+    report = ms.SparsityReport()
+    pipeline.set_options(MAG, {"config": ms.NMConfig(2, 4, weight_threshold=0, method="sparsegpt"),
+                               "calibration": stats, "report": report})
+    pruned = pruned_weights(load_program(convert(pipeline)))
+    assert len(pruned) == 2 and {r.name for r in report.packed} == set(pruned)
+    for name, value in pruned.items():
+        want = expected(dense_consts[name], gram_of(stats, name), False, "sparsegpt", n=2, m=4)
+        assert value.tobytes() == want.tobytes(), name
