@@ -263,3 +263,69 @@ def test_during_ct_convert() -> None:
     for name, value in pruned.items():
         want = expected(dense_consts[name], gram_of(stats, name), False, "sparsegpt", n=2, m=4)
         assert value.tobytes() == want.tobytes(), name
+
+
+# =============================================================================================
+# hard statistics: dead channels, singular Gram matrices, fp16 overflow
+# =============================================================================================
+def handler_context(gram: np.ndarray) -> Any:
+    from mil_sparsity.plan.scoring import GramLayout, ScoreContext, scale_digest
+
+    return ScoreContext(gram=gram, gram_layout=GramLayout(), gram_digest=scale_digest(gram))
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "admm"])
+def test_dead_input_channels_are_pruned_first(method: str) -> None:
+    """Channels that never fire (a zero Gram row) cannot change the output: their weights go."""
+    dead = [0, 5, 17, 40]
+    feeds = samples()
+    for sample in feeds:
+        sample["seq"][:, dead] = 0
+    stats = collect_activation_stats(program(), feeds, progress=False, gram=True)
+    assert np.all(gram_of(stats, "lin_w")[dead] == 0)
+    w = weights()
+    prog = program(w=w)
+    run(prog, ms.OpSelector(op_name_configs={"lin_w": ms.MagnitudeConfig(0.5, weight_threshold=0, method=method)}), stats)
+    pruned = pruned_weights(prog)["lin_w"]
+    assert np.all(pruned[:, dead] == 0)
+    assert np.count_nonzero(pruned == 0) == w["lin_w"].size // 2 and np.all(np.isfinite(pruned))
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "admm"])
+def test_singular_gram_is_dampened(method: str) -> None:
+    """Fewer calibration rows than channels and two identical channels: X^T X is singular; the
+    dampening keeps the factorisation finite and the count exact."""
+    feed = samples(count=1)
+    feed[0]["seq"][:, 1] = feed[0]["seq"][:, 0]
+    stats = collect_activation_stats(program(), feed, progress=False, gram=True)
+    gram = gram_of(stats, "lin_w")
+    eigenvalues = np.linalg.eigvalsh(gram)
+    assert np.count_nonzero(eigenvalues > 1e-5 * eigenvalues.max()) <= INPUTS["seq"][0] < gram.shape[0]
+    w = weights()
+    prog = program(w=w)
+    run(prog, ms.OpSelector(op_name_configs={"lin_w": ms.NMConfig(2, 4, weight_threshold=0, method=method)}), stats)
+    pruned = pruned_weights(prog)["lin_w"]
+    assert np.all(np.isfinite(pruned))
+    assert np.all(np.count_nonzero(pruned.reshape(48, -1, 4) == 0, axis=-1) == 2)
+    x = feed[0]["seq"]
+    magnitude = program(w=w)
+    run(magnitude, ms.OpSelector(op_name_configs={"lin_w": ms.NMConfig(2, 4, weight_threshold=0)}), stats)
+    error = np.linalg.norm(x @ (pruned - w["lin_w"]).T)
+    assert error < np.linalg.norm(x @ (pruned_weights(magnitude)["lin_w"] - w["lin_w"]).T)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "admm"])
+def test_fp16_update_that_overflows_is_clipped(method: str) -> None:
+    """Identical channels move a pruned weight's mass onto the kept ones: 2 x 60000 does not fit
+    float16; the stored values are clipped to +-65504, finite, and the count holds."""
+    from mil_sparsity.plan.handlers import run_handler
+
+    cols = 16
+    gram = np.ones((cols, cols)) * 100.0
+    weight = np.full((8, cols), 60000.0, dtype=np.float16)
+    weight[:, ::2] = 59000.0
+    sparse = run_handler(weight, ms.MagnitudeConfig(0.5, weight_threshold=0, method=method), handler_context(gram))
+    values = sparse.nonzero_data
+    assert values.dtype == np.float16 and np.all(np.isfinite(values))
+    assert values.size == weight.size // 2
+    assert float(values.max()) == float(np.finfo(np.float16).max)
