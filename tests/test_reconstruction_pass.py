@@ -329,3 +329,32 @@ def test_fp16_update_that_overflows_is_clipped(method: str) -> None:
     assert values.dtype == np.float16 and np.all(np.isfinite(values))
     assert values.size == weight.size // 2
     assert float(values.max()) == float(np.finfo(np.float16).max)
+
+
+# =============================================================================================
+# command line
+# =============================================================================================
+def test_cli_method_and_calibration(package: Path, tmp_path: Path) -> None:
+    from mil_sparsity.cli import main
+
+    stats_path = tmp_path / "stats.npz"
+    assert main(["calibrate", str(package), "-o", str(stats_path), "--gram", "--random-inputs", "3"]) == 0
+    out = tmp_path / "out.mlpackage"
+    assert main(["prune", str(package), "-o", str(out), "--n-m", "2:4", "--weight-threshold", "0",
+                 "--method", "sparsegpt", "--calibration", str(stats_path)]) == 0
+    config = ms.NMConfig(2, 4, weight_threshold=0, method="sparsegpt")
+    expected_model = ms.apply_pipeline(package, one_pass(MAG, config=config, calibration=str(stats_path)))
+    want = pruned_weights(load_program(load_model(expected_model)))
+    got = pruned_weights(load_program(load_model(out)))
+    assert len(got) == len(PRODUCTS) and {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in want.items()}
+    other = tmp_path / "other.mlpackage"
+    assert main(["prune", str(package), "-o", str(other), "--target-sparsity", "0.5", "--method", "admm"]) == 2
+    assert main(["prune", str(package), "-o", str(other), "--target-sparsity", "0.5", "--block-size", "4",
+                 "--method", "admm", "--calibration", str(stats_path)]) == 2
+    assert main(["prune", str(package), "-o", str(other), "--threshold", "0.1", "--method", "admm",
+                 "--calibration", str(stats_path)]) == 2
+    plain = tmp_path / "plain.npz"
+    assert main(["calibrate", str(package), "-o", str(plain), "--random-inputs", "3"]) == 0
+    assert main(["prune", str(package), "-o", str(other), "--target-sparsity", "0.5", "--method", "admm",
+                 "--calibration", str(plain)]) not in (0, 2)
+    assert not other.exists()
