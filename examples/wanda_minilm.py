@@ -292,10 +292,14 @@ DEFAULT_SETTINGS = ("50%", "2:4", "4:8")
 
 def prune_linears(
     dense: Any, config: ms.SparsityConfig, stats: Optional[ActivationStats],
-    report: Optional[ms.SparsityReport] = None,
+    report: Optional[ms.SparsityReport] = None, weights: Optional[Sequence[str]] = None,
 ) -> Any:
-    """``dense`` with every ``linear`` weight pruned by ``config`` (nothing else touched)."""
-    selector = ms.OpSelector(global_config=None, op_type_configs={"linear": config})
+    """``dense`` with every ``linear`` weight (or only the named ``weights``) pruned by
+    ``config`` (nothing else touched)."""
+    if weights is None:
+        selector = ms.OpSelector(global_config=None, op_type_configs={"linear": config})
+    else:
+        selector = ms.OpSelector(global_config=None, op_name_configs={name: config for name in weights})
     options: dict[str, Any] = {"config": selector}
     if stats is not None:
         options["calibration"] = stats
@@ -359,10 +363,12 @@ def measure(
     schemes: Sequence[str] = SCORINGS,
     progress: Optional[bool] = None,
     on_row: Optional[Callable[[Row], None]] = None,
+    weights: Optional[Sequence[str]] = None,
 ) -> list[Row]:
     """Prune ``dense`` at every setting with every scheme and compare each with ``dense``
     (``on_row`` is called with each row as soon as it is measured). The reconstruction schemes
-    need ``stats`` collected with ``gram=True``."""
+    need ``stats`` collected with ``gram=True``. ``weights``: prune only these linear weights
+    (default: all)."""
     unknown = [s for s in settings if s not in SETTINGS] + [s for s in schemes if s not in SCHEMES]
     if unknown:
         raise ValueError(f"settings/schemes: unknown {unknown}; choose from {list(SETTINGS)} / {list(SCHEMES)}")
@@ -375,6 +381,7 @@ def measure(
             uses_stats = scoring == "activation" or method != "prune"
             pruned = prune_linears(
                 dense, SETTINGS[setting](scoring, method), stats if uses_stats else None, report,
+                weights,
             )
             quality = compare_evaluators(
                 reference, evaluator(pruned), eval_samples, progress=progress
