@@ -358,3 +358,33 @@ def test_cli_method_and_calibration(package: Path, tmp_path: Path) -> None:
     assert main(["prune", str(package), "-o", str(other), "--target-sparsity", "0.5", "--method", "admm",
                  "--calibration", str(plain)]) not in (0, 2)
     assert not other.exists()
+
+
+def test_sweep_with_method_and_calibration(package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from mil_sparsity.cli import main
+    from mil_sparsity.sweep import SweepArgumentError, sweep_points
+
+    stats = collect_activation_stats(package, samples(), progress=False, gram=True)
+    found = sweep_points(["unstructured", "n:m:2:4"], [0.5], weight_threshold=0, method="admm")
+    assert [point.config.method for point in found] == ["admm", "admm"]  # type: ignore[union-attr]
+    result = ms.sweep(package, found, calibration=stats, samples=samples(2), progress=False)
+    plain = ms.sweep(package, sweep_points(["unstructured", "n:m:2:4"], [0.5], weight_threshold=0),
+                     samples=samples(2), progress=False)
+    for row, baseline in zip(result.rows, plain.rows):
+        assert row.sparsity == baseline.sparsity == 0.5
+        assert row.output_quality is not None and baseline.output_quality is not None
+        assert row.output_quality.worst_relative_l2 < baseline.output_quality.worst_relative_l2  # in-sample
+    with pytest.raises(ValueError, match="needs the pass option 'calibration'"):
+        ms.sweep(package, found, progress=False)
+    with pytest.raises(SweepArgumentError, match="block configs have no method"):
+        sweep_points(["block:4"], [0.5], method="sparsegpt")
+    stats_path = tmp_path / "stats.npz"
+    stats.save(stats_path)
+    assert main(["sweep", str(package), "--patterns", "n:m:2:4", "--method", "sparsegpt"]) == 2
+    capsys.readouterr()
+    assert main(["sweep", str(package), "--patterns", "n:m:2:4", "--method", "sparsegpt", "--weight-threshold", "0",
+                 "--calibration", str(stats_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row["config"]["method"] for row in out["runs"]] == ["sparsegpt"]
