@@ -274,6 +274,12 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> Sparsity
     fields: tuple["attrs.Attribute[Any]", ...] = attrs.fields(cast(Any, cls))  # every subclass is an attrs class
     known = {field.name for field in fields}
     unknown = sorted(set(data) - known - {"kind", FORMAT_VERSION_KEY})
+    if "method" in unknown and cls is BlockConfig:
+        raise InvalidInputError(
+            f"{where}: BlockConfig has no 'method' (got {data['method']!r}): the reconstruction "
+            f"methods {list(RECONSTRUCTION_METHODS)} prune unstructured (kind 'magnitude') or n:m "
+            "(kind 'n_m') patterns only"
+        )
     if unknown:
         raise InvalidInputError(
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed keys are {sorted(known)}"

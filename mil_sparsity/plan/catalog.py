@@ -133,7 +133,9 @@ class PassEntry:
                 raise InvalidInputError(
                     f"{self.name}: {where} has {what}, which needs the pass option "
                     f"{CALIBRATION!r} (an ActivationStats, or the path of one written by "
-                    "ActivationStats.save or `mil-sparsity calibrate`); it is not set"
+                    "ActivationStats.save or `mil-sparsity calibrate`"
+                    + ("" if what.startswith("scoring") else ", with Gram matrices: --gram")
+                    + "); it is not set"
                 )
 
 
