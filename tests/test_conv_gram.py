@@ -139,6 +139,33 @@ def test_collected_conv_gram_and_reconstruction(groups: int) -> None:
     assert output_error(pruned) < 0.8 * output_error(pruned_weights(magnitude)["conv_w"])
 
 
+@pytest.mark.parametrize("method", ["sparsegpt", "admm"])
+def test_conv_n_m_runs_along_the_input_channels(method: str) -> None:
+    """As for method="prune": n of every m along axis 1 at every (output, kernel tap)."""
+    weight = np.random.default_rng(4).standard_normal((6, 8, 3, 2)).astype(np.float32)
+    stats = collect_activation_stats(conv_program(weight, 1), feeds(), progress=False, gram=True)
+    prog = conv_program(weight, 1)
+    run(prog, ms.NMConfig(2, 4, weight_threshold=0, method=method), stats)
+    pruned = pruned_weights(prog)["conv_w"]
+    along_channels = np.moveaxis(pruned, 1, -1).reshape(6, 3, 2, 2, 4)
+    assert np.all(np.count_nonzero(along_channels == 0, axis=-1) == 2)
+    magnitude = conv_program(weight, 1)
+    run(magnitude, ms.NMConfig(2, 4, weight_threshold=0), stats)
+    entry = stats.get("conv_w")
+    assert entry is not None and entry.gram is not None
+
+    def error(value: np.ndarray) -> float:  # trace(D H D^T): the output error on the calibration data
+        d = (value - weight).reshape(6, -1).astype(np.float64)
+        return float(np.trace(d @ entry.gram[0] @ d.T))  # type: ignore[index]
+
+    assert error(pruned) < 0.8 * error(pruned_weights(magnitude)["conv_w"])
+    odd = conv_program(weight, 1)
+    before = snapshot(odd)
+    with pytest.raises(ValueError, match="along its 8 input channels per kernel tap, which must be a multiple of m"):
+        run(odd, ms.NMConfig(2, 3, weight_threshold=0, method=method), stats)
+    assert snapshot(odd) == before
+
+
 def test_conv_transpose_with_a_reconstruction_method_raises() -> None:
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 5, 5))], opset_version=ct.target.iOS18)
     def prog(img: Any) -> Any:

@@ -220,6 +220,15 @@ def gram_context(
             f"of every m along the reduction axis ({use.weight_axis}); allowed: dim=None or "
             f"dim={use.weight_axis}"
         )
+    if (
+        isinstance(config, NMConfig) and use.op_type == "conv" and len(shape) > 2
+        and int(np.prod(shape[2:], dtype=np.int64)) > 1 and shape[1] >= config.m and shape[1] % config.m
+    ):
+        raise InvalidInputError(
+            f"{where}: NMConfig(m={config.m}) with {what} on a conv weight of shape {list(shape)}: "
+            f"the n:m groups run along its {shape[1]} input channels per kernel tap, which must "
+            f"be a multiple of m; allowed: m dividing {shape[1]}, or method='prune'"
+        )
     stats = _statistics(site, what, source, pass_name, calibration)
     gram = stats.gram
     if gram is None:

@@ -139,7 +139,10 @@ def _reconstruct(
 ) -> SparseWeight:
     """The reconstruction kernel of ``config.method`` on the weight as ``[out, in]``, one call
     per group. Unstructured: exactly ``round(s * size)`` pruned over the whole weight (group k
-    gets its share rounded down cumulatively, as the kernels' column blocks do)."""
+    gets its share rounded down cumulatively, as the kernels' column blocks do). n:m on a conv
+    weight with a kernel larger than 1x1: the groups run along the input channels (axis 1, as
+    for method "prune"), so the kernel sees the columns tap-major (``[O, kH, kW, C]``) and the
+    Gram matrix permuted to match (the selection checked ``C % m == 0``)."""
     if context is None or context.gram is None or context.gram_layout is None:
         raise InvalidInputError(
             f"{type(config).__name__}(method={config.method!r}) needs calibration statistics with "
@@ -149,6 +152,13 @@ def _reconstruct(
     kernel = sparsegpt if config.method == SPARSEGPT_METHOD else admm
     rows = to_rows(weight, layout)
     grams = gram.reshape((-1,) + gram.shape[-2:])
+    taps = int(np.prod(weight.shape[2:], dtype=np.int64))
+    tap_major = isinstance(config, NMConfig) and weight.ndim > 2 and taps > 1
+    if tap_major:
+        channels = weight.shape[1]
+        rows = np.moveaxis(weight, 1, -1).reshape(weight.shape[0], -1)
+        order = np.arange(channels * taps).reshape(channels, taps).T.ravel()  # new column -> old
+        grams = grams[:, order][:, :, order]
     groups = layout.groups
     per_group = rows.shape[0] // groups
     group_size = per_group * rows.shape[1]
@@ -166,6 +176,12 @@ def _reconstruct(
         else:
             result = kernel(block, grams[k], n=config.n, m=config.m)
         values[part], keep[part] = result.values, result.mask
+    if tap_major:
+        moved = (weight.shape[0],) + weight.shape[2:] + (weight.shape[1],)
+        return pack_kept(
+            np.ascontiguousarray(np.moveaxis(values.reshape(moved), -1, 1)),
+            np.ascontiguousarray(np.moveaxis(keep.reshape(moved), -1, 1)),
+        )
     return pack_kept(from_rows(values, layout, weight.shape), from_rows(keep, layout, weight.shape))
 
 
