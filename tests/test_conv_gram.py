@@ -193,3 +193,28 @@ def test_conv_gram_saves_and_loads_and_malformed_shapes_are_rejected(tmp_path: A
     arrays[key] = arrays[key][:, :, :23]
     with pytest.raises(ValueError, match="malformed gram"):
         ms.ActivationStats.from_arrays(arrays, where="x")
+
+
+@pytest.mark.parametrize("config", [
+    ms.MagnitudeConfig(0.5, weight_threshold=0, method="sparsegpt"),
+    ms.NMConfig(2, 4, weight_threshold=0, method="admm"),
+], ids=["sparsegpt-50", "admm-2:4"])
+def test_conv_package_streaming_equals_pymil(config: Any, tmp_path: Any) -> None:
+    from mil_sparsity.posthoc import load_model, load_program
+    from _mil_helpers import one_pass
+
+    weight = np.random.default_rng(5).standard_normal((6, 4, 3, 2)).astype(np.float32)
+    package = tmp_path / "conv.mlpackage"
+    ct.convert(conv_program(weight, 2), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18).save(str(package))
+    stats = collect_activation_stats(package, feeds(), progress=False, gram=True)
+    pipeline = one_pass(ms.PRUNE_BY_MAGNITUDE, config=config, calibration=stats)
+    streamed, pymil = tmp_path / "streamed.mlpackage", tmp_path / "pymil.mlpackage"
+    stream_report, pymil_report = ms.SparsityReport(), ms.SparsityReport()
+    ms.apply_pipeline(package, pipeline, streaming=True, report=stream_report).save(str(streamed))
+    ms.apply_pipeline(package, pipeline, streaming=False, report=pymil_report).save(str(pymil))
+    assert [r.to_dict() for r in stream_report] == [r.to_dict() for r in pymil_report]
+    assert [r.method for r in stream_report.packed] == [config.method]
+    a, b = pruned_weights(load_program(load_model(streamed))), pruned_weights(load_program(load_model(pymil)))
+    assert len(a) == 1 and a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == np.float16 and a[name].tobytes() == b[name].tobytes(), name
