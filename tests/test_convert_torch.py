@@ -135,7 +135,7 @@ def test_magnitude_prunes_every_big_weight_exactly(net, target, tmp_path):
     for record in report.packed:
         assert record.pass_name == ms.PRUNE_BY_MAGNITUDE
         assert record.function == "main"
-        assert record.config == {"kind": "magnitude", "target_sparsity": 0.6, "weight_threshold": 2048, "scoring": "magnitude"}
+        assert record.config == {"kind": "magnitude", "target_sparsity": 0.6, "weight_threshold": 2048, "scoring": "magnitude", "method": "prune"}
         size = int(np.prod(record.shape))
         assert record.sparsity == pytest.approx(round(0.6 * size) / size)
         assert record.packed_bytes is not None and record.packed_bytes < record.dense_bytes

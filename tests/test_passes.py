@@ -426,7 +426,7 @@ def test_report_to_dict_has_every_field() -> None:
     record = data["records"][0]
     for key in ["name", "shape", "dtype", "consumer_types", "config", "sparsity", "dense_bytes", "packed_bytes", "decision", "reason", "function", "pass_name"]:
         assert key in record
-    assert record["config"] == {"kind": "magnitude", "target_sparsity": 0.5, "weight_threshold": 2048, "scoring": "magnitude"}
+    assert record["config"] == {"kind": "magnitude", "target_sparsity": 0.5, "weight_threshold": 2048, "scoring": "magnitude", "method": "prune"}
     assert data["totals"]["packed"] == 4
     assert materialized(prog)
 

@@ -670,7 +670,7 @@ def test_report_records_every_weight(sources, tmp_path):
         assert record.consumer_types == ("linear",)
         assert record.decision == "packed" and record.packed
         assert record.reason == "config from global_config"
-        assert record.config == {"kind": "magnitude", "target_sparsity": 0.5, "weight_threshold": 2048, "scoring": "magnitude"}
+        assert record.config == {"kind": "magnitude", "target_sparsity": 0.5, "weight_threshold": 2048, "scoring": "magnitude", "method": "prune"}
         assert record.sparsity == pytest.approx((size - nonzero) / size)
         assert record.dense_bytes == 2 * size
         assert record.packed_bytes == 2 * nonzero + (size + 7) // 8

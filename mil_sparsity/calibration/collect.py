@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional
 
 import attrs
+import numpy as np
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.calibration.stats import ActivationStats, channel_gram, channel_sum_squares
@@ -36,8 +37,8 @@ _COMPRESSION_SUFFIXES = (
     "_palettized",
     "_quantized",
 )
-#: the product ops whose activation rows meet the weight directly (no patches): Gram is X^T X
-_GRAM_OPS = frozenset({"linear", "matmul"})
+#: the product ops whose Gram matrix is collected (conv: of its im2col patches, per group)
+_GRAM_OPS = frozenset({"linear", "matmul", "conv"})
 
 
 @attrs.frozen
@@ -108,6 +109,55 @@ def product_sites(op: Any) -> tuple[ProductSite, ...]:
     return tuple(sites)
 
 
+def conv_gram(
+    x: np.ndarray,
+    kernel_shape: tuple[int, ...],
+    strides: list[int],
+    dilations: list[int],
+    pads: list[tuple[int, int]],
+    groups: int,
+) -> np.ndarray:
+    """X^T X of the im2col patches of a conv input ``x`` [N, C_in, *spatial], one per group:
+    float64 ``[groups, K, K]``, K = C_in/groups x prod(kernel_shape), ordered channel-major
+    then kernel taps row-major (the order of ``weight.reshape(O, -1)`` of a
+    ``[O, C_in/groups, *kernel]`` weight). Each output position is one row; padding
+    contributes zeros. Computed in float32 (the activation's precision), returned as float64.
+    Windows are a strided view of the padded input (``sliding_window_view``); the patches of one
+    group are gathered once."""
+    from mil_sparsity.reference.ops_conv import windows  # lazy, as the evaluator is
+
+    x = np.asarray(x, dtype=np.float32)
+    n, channels = x.shape[:2]
+    spatial = len(kernel_shape)
+    if channels % groups:
+        raise InvalidInputError(f"conv input has {channels} channels, not a multiple of groups={groups}")
+    per_group = channels // groups
+    view = windows(x, kernel_shape, strides, dilations, pads)  # [N, C, *out, *k]
+    grouped = view.reshape((n, groups, per_group) + view.shape[2:])
+    # [N, G, C/G, *out, *k] -> [G, N, *out, C/G, *k] -> patches [G, N*P, C/G*K]
+    order = (1, 0) + tuple(range(3, 3 + spatial)) + (2,) + tuple(range(3 + spatial, 3 + 2 * spatial))
+    taps = int(np.prod(kernel_shape, dtype=np.int64))
+    patches = np.ascontiguousarray(np.transpose(grouped, order)).reshape(groups, -1, per_group * taps)
+    result: np.ndarray = np.matmul(np.swapaxes(patches, 1, 2), patches).astype(np.float64)
+    return result
+
+
+def conv_gram_of(args: Mapping[str, Any]) -> np.ndarray:
+    """:func:`conv_gram` of a conv op's evaluated arguments, read as the reference conv reads
+    them (strides, dilations, pad_type / pad, groups)."""
+    from mil_sparsity.reference._registry import array, integers, text
+    from mil_sparsity.reference.ops_conv import _conv_params, padding
+
+    x, weight = array(args, "x"), array(args, "weight")
+    spatial = x.ndim - 2
+    strides, dilations, groups = _conv_params(args, spatial)
+    pads = padding(
+        text(args, "pad_type", "valid"), x.shape[2:], weight.shape[2:], strides, dilations,
+        integers(args, "pad", [0] * 2 * spatial),
+    )
+    return conv_gram(x, tuple(weight.shape[2:]), strides, dilations, pads, groups)
+
+
 def collect_activation_stats(
     model: Any,
     samples: Iterable[Mapping[str, Any]],
@@ -123,8 +173,9 @@ def collect_activation_stats(
     iterable; consumed once). ``stats``: add to these statistics instead of new ones.
     ``progress``: a tqdm bar (default: when stderr is a TTY). ``gram``: also accumulate X^T X
     (:data:`~mil_sparsity.calibration.stats.GRAM`) for the weights of linear ops and constant
-    matmul operands (the rows of the activation against its contraction axis); conv and
-    conv_transpose weights get the channel statistics only. Only what is asked is computed.
+    matmul operands (the rows of the activation against its contraction axis) and of conv ops
+    (:func:`conv_gram`: their im2col patches, ``[groups, K, K]``); conv_transpose weights get
+    the channel statistics only. Only what is asked is computed.
     """
     if not isinstance(gram, bool):
         raise InvalidTypeError(f"gram must be a bool, got {type(gram).__name__} {gram!r}")
@@ -144,7 +195,10 @@ def collect_activation_stats(
             sums, rows = channel_sum_squares(activation, site.role.activation_axis)
             matrix = None
             if gram and site.role.op_type in _GRAM_OPS:
-                matrix = channel_gram(activation, site.role.activation_axis)
+                if site.role.op_type == "conv":
+                    matrix = conv_gram_of(args)
+                else:
+                    matrix = channel_gram(activation, site.role.activation_axis)
             result.add(function_name, site.weight_name, sums, rows, matrix)
 
     count = 0

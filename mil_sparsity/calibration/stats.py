@@ -6,7 +6,10 @@ multiplies each weight, and how many rows (vectors) were seen.
 * ``sum_squares`` (always): per input channel j, the sum of x_j^2 (Wanda's scale);
 * ``gram`` (when collected with ``gram=True``): X^T X over the rows, [channels, channels]
   (the Hessian of a layer's squared output error, for SparseGPT and ADMM). A 4096-wide linear
-  needs 4096^2 x 8 bytes = 128 MB.
+  needs 4096^2 x 8 bytes = 128 MB. A conv weight's Gram is that of its im2col patches, one per
+  group: [groups, K, K] with K = C_in/groups x kH x kW (channel-major, then kernel row, then
+  kernel column: the order of ``weight.reshape(O, -1)``); its ``sum_squares`` stay per input
+  channel.
 
 Both are float64 accumulators. The file form is a ``.npz`` with one array per statistic and
 weight, a ``rows`` count per weight and a format version: version 2 (this one) names each
@@ -186,13 +189,12 @@ class ActivationStats:
                     f"calibration: {where!r}: entry {name!r} has negative or non-finite sums"
                 )
             gram = arrays.get(_SEP.join((function, name, GRAM))) if version >= 2 else None
-            if gram is not None and (
-                gram.dtype != np.float64 or gram.shape != (sums.shape[0],) * 2 or not np.all(np.isfinite(gram))
-            ):
+            if gram is not None and not _well_formed_gram(gram, sums.shape[0]):
                 raise InvalidInputError(
                     f"calibration: {where!r}: entry {name!r} has a malformed gram "
                     f"({gram.dtype}{list(gram.shape)}); expected finite float64 "
-                    f"[{sums.shape[0]}, {sums.shape[0]}]"
+                    f"[{sums.shape[0]}, {sums.shape[0]}], or [groups, K, K] for a conv whose "
+                    f"groups x K is a multiple of its {sums.shape[0]} channels"
                 )
             stats.entries[(function, name)] = ChannelStats(sums.copy(), int(rows), None if gram is None else gram.copy())
         known = tuple(_SEP + suffix for suffix in (*STATISTICS, ROWS)) if version >= 2 else (_SEP + SUM_SQUARES, _SEP + ROWS)
@@ -200,6 +202,19 @@ class ActivationStats:
         if leftovers:
             raise InvalidInputError(f"calibration: {where!r} has unknown entries {leftovers[:5]}")
         return stats
+
+
+def _well_formed_gram(gram: np.ndarray, channels: int) -> bool:
+    """float64, finite, [channels, channels] or a conv's [groups, K, K] (groups x K a multiple of
+    the channels: C_in x the kernel taps)."""
+    if gram.dtype != np.float64 or not bool(np.all(np.isfinite(gram))):
+        return False
+    if gram.ndim == 2:
+        return gram.shape == (channels, channels)
+    return (
+        gram.ndim == 3 and gram.shape[1] == gram.shape[2] and channels > 0
+        and gram.shape[0] * gram.shape[1] % channels == 0 and gram.shape[0] >= 1
+    )
 
 
 def channel_sum_squares(activation: np.ndarray, channel_axis: int) -> tuple[np.ndarray, int]:

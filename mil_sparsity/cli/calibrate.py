@@ -57,7 +57,8 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--gram",
         action="store_true",
-        help="also record X^T X per linear / constant-matmul weight (for reconstruction; "
+        help="also record X^T X per linear / constant-matmul weight and of the im2col patches "
+        "per conv weight and group (for --method sparsegpt/admm; "
         "channels^2 x 8 bytes each: 128 MB for a 4096-wide linear)",
     )
     add_json(parser, "a summary")

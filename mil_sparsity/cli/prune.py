@@ -4,7 +4,9 @@ The options pick one pass and one global config (``--threshold``: prune_by_thres
 ``--target-sparsity`` [``--block-size``], ``--n-m``: prune_by_magnitude), or a ``--config`` file
 in ``OpSelector.to_dict()`` form whose config kinds pick the pass. ``--scoring activation`` with
 ``--calibration STATS.npz`` ranks by activation-weighted scores (Wanda); ``--calibration`` also
-serves a config file's activation-scored configs. The rest is the shared rewrite path
+serves a config file's activation-scored configs. ``--method sparsegpt|admm`` (with
+``--calibration`` of statistics collected with ``calibrate --gram``) updates the kept weights to
+reconstruct each layer's output. The rest is the shared rewrite path
 (:mod:`mil_sparsity.cli._rewrite`).
 """
 
@@ -28,7 +30,7 @@ from mil_sparsity.cli._common import (
     one_line,
 )
 from mil_sparsity.cli._rewrite import add_model_output, add_target_option, add_write_options, rewrite
-from mil_sparsity.configs import ACTIVATION_SCORING, SCORINGS
+from mil_sparsity.configs import ACTIVATION_SCORING, METHODS, PRUNE_METHOD, SCORINGS
 from mil_sparsity.plan.catalog import pass_for_selector
 
 
@@ -88,10 +90,18 @@ def register(commands: Commands) -> None:
         "--calibration; unstructured then prunes per output row)",
     )
     parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="with --target-sparsity (no --block-size) or --n-m: keep the kept weights as they "
+        "are (prune, default) or update them to reconstruct each layer's output on the "
+        "calibration data (sparsegpt, admm; need --calibration with Gram matrices, "
+        "`mil-sparsity calibrate --gram`)",
+    )
+    parser.add_argument(
         "--calibration",
         metavar="STATS.npz",
-        help="activation statistics (`mil-sparsity calibrate`) for --scoring activation or a "
-        "config file's activation-scored configs",
+        help="activation statistics (`mil-sparsity calibrate`) for --scoring activation, "
+        "--method sparsegpt/admm, or a config file's configs that need them",
     )
     add_weight_threshold(parser)
     add_target_option(parser)
@@ -153,8 +163,17 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
     if args.scoring == ACTIVATION_SCORING and args.calibration is None:
         raise UsageError("prune: --scoring activation needs --calibration STATS.npz (write one "
                          "with `mil-sparsity calibrate`)")
+    if args.method is not None and args.target_sparsity is None and args.n_m is None:
+        raise UsageError("prune: --method goes with --target-sparsity or --n-m (a --config "
+                         "file sets method in its configs)")
+    if args.method is not None and args.block_size is not None:
+        raise UsageError("prune: --method cannot be combined with --block-size (the "
+                         "reconstruction methods prune unstructured or n:m patterns only)")
+    if args.method not in (None, PRUNE_METHOD) and args.calibration is None:
+        raise UsageError(f"prune: --method {args.method} needs --calibration STATS.npz with Gram "
+                         "matrices (write one with `mil-sparsity calibrate --gram`)")
     if args.calibration is not None and args.threshold is not None:
-        raise UsageError("prune: --calibration goes with --scoring activation or --config")
+        raise UsageError("prune: --calibration goes with --scoring activation, --method or --config")
     if args.config is not None:
         if args.weight_threshold is not None:
             raise UsageError("prune: --weight-threshold cannot be combined with --config (set "
@@ -166,6 +185,7 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
             raise CLIError(one_line(error)) from None
     common = {"weight_threshold": args.weight_threshold}
     scored = {"scoring": args.scoring}
+    reconstructed = {"method": args.method}
     config: ms.SparsityConfig
     if args.threshold is not None:
         config = make_config(
@@ -178,7 +198,9 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
         return ms.PRUNE_BY_THRESHOLD, ms.OpSelector(global_config=config)
     if args.n_m is not None:
         n, m = args.n_m
-        config = make_config(ms.NMConfig, f"--n-m {n}:{m}", n=n, m=m, dim=args.dim, **common, **scored)
+        config = make_config(
+            ms.NMConfig, f"--n-m {n}:{m}", n=n, m=m, dim=args.dim, **common, **scored, **reconstructed
+        )
     elif args.block_size is not None:
         config = make_config(
             ms.BlockConfig,
@@ -191,6 +213,11 @@ def selection(args: argparse.Namespace) -> tuple[str, ms.OpSelector]:
         )
     else:
         config = make_config(
-            ms.MagnitudeConfig, "--target-sparsity", target_sparsity=args.target_sparsity, **common, **scored
+            ms.MagnitudeConfig,
+            "--target-sparsity",
+            target_sparsity=args.target_sparsity,
+            **common,
+            **scored,
+            **reconstructed,
         )
     return ms.PRUNE_BY_MAGNITUDE, ms.OpSelector(global_config=config)

@@ -32,6 +32,7 @@ from mil_sparsity.cli._common import (
     one_line,
     progress,
 )
+from mil_sparsity.configs import ACTIVATION_SCORING, METHODS, PRUNE_METHOD, SCORINGS
 from mil_sparsity.cli._inputs import (
     add_sample_options,
     check_sample_options,
@@ -90,6 +91,24 @@ def register(commands: Commands) -> None:
     )
     add_weight_threshold(parser)
     parser.add_argument(
+        "--scoring",
+        choices=SCORINGS,
+        help="rank by |w| (magnitude, default) or |w| x input RMS (activation, Wanda; needs "
+        "--calibration)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="prune (default), or sparsegpt / admm: update the kept weights (unstructured and "
+        "n:m patterns; needs --calibration with Gram matrices, `calibrate --gram`)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="STATS.npz",
+        help="activation statistics (`mil-sparsity calibrate`) for --scoring activation or "
+        "--method sparsegpt/admm",
+    )
+    parser.add_argument(
         "--plot",
         metavar="FILE.png",
         help="draw size vs error, one curve per pattern: output relative L2 error with "
@@ -104,12 +123,16 @@ def points(args: argparse.Namespace) -> tuple[list[SweepPoint], list[str]]:
     """The sweep points of the options, in run order, and notes for the output."""
     try:
         found = sweep_points(
-            args.patterns, args.sparsities, dim=args.dim, weight_threshold=args.weight_threshold
+            args.patterns, args.sparsities, dim=args.dim, weight_threshold=args.weight_threshold,
+            scoring=args.scoring, method=args.method,
         )
     except SweepArgumentError as error:
         if error.argument == "dim":
             raise UsageError("sweep: --dim goes with block:B or n:m:N:M patterns") from None
         raise UsageError(f"sweep: --{error.argument}: {one_line(error.detail)}") from None
+    if (args.scoring == ACTIVATION_SCORING or args.method not in (None, PRUNE_METHOD)) and args.calibration is None:
+        raise UsageError("sweep: --scoring activation and --method sparsegpt/admm need --calibration "
+                         "STATS.npz (write one with `mil-sparsity calibrate`, --gram for the methods)")
     notes = [
         f"{point.pattern} fixes its sparsity at {point.config.n}/{point.config.m} = "
         f"{point.sparsity:.3f} and runs once (--sparsities does not apply to it)"
@@ -157,11 +180,17 @@ def run(args: argparse.Namespace) -> int:
     if figure_module is not None:
         _check_plot_path(figure_module, args.plot)
     mlmodel, prog = load(args.model)
+    calibration = None
+    if args.calibration is not None:
+        try:
+            calibration = ms.ActivationStats.load(args.calibration)
+        except ValueError as error:
+            raise CLIError(f"--calibration: {one_line(error)}") from None
     reference = _reference_outputs(args, mlmodel)
     try:
         result = ms.sweep(
             mlmodel, _with_bar(found, quiet=args.json), samples=reference, program=prog,
-            progress=False,
+            progress=False, calibration=calibration,
         )
     except (ValueError, TypeError) as error:  # the pass's, e.g. an opset older than iOS16
         raise CLIError(f"{args.model}: {one_line(error)}") from None

@@ -25,9 +25,18 @@ import numpy as np
 from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.model.inventory import Weight
-from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, SparsityConfig, is_activation_scored
+from mil_sparsity.calibration.stats import ChannelStats
+from mil_sparsity.configs import (
+    BlockConfig,
+    MagnitudeConfig,
+    NMConfig,
+    SparsityConfig,
+    is_activation_scored,
+    is_reconstruction,
+    needs_calibration,
+)
 from mil_sparsity.model.products import NotAProduct, ProductRole
-from mil_sparsity.plan.scoring import ScoreContext, grouped_conv_scale, row_layout, scale_digest
+from mil_sparsity.plan.scoring import GramLayout, ScoreContext, grouped_conv_scale, row_layout, scale_digest
 from mil_sparsity.format.sparse_format import saved_name
 
 
@@ -49,11 +58,11 @@ def _scoring(config: SparsityConfig) -> Optional[str]:
 
 
 def needs_roles(config: SparsityConfig) -> bool:
-    """True if the config needs the consumers' roles: block / n:m with ``dim=None``, or
-    activation scoring."""
+    """True if the config needs the consumers' roles: block / n:m with ``dim=None``,
+    activation scoring, or a reconstruction method."""
     if isinstance(config, (BlockConfig, NMConfig)) and config.dim is None:
         return True
-    return is_activation_scored(config)
+    return needs_calibration(config)
 
 
 def product_use(site: Weight, pass_name: str) -> Union[ProductUse, NotAProduct]:
@@ -106,6 +115,12 @@ def score_context(
     use = product_use(site, pass_name)
     activation = is_activation_scored(config)
     if isinstance(use, NotAProduct):
+        if is_reconstruction(config):
+            return (
+                f"method={getattr(config, 'method', None)!r} needs a weight read as a linear/conv/matmul "
+                f"operand ({use.reason}); give it its own config with method='prune' through the "
+                f"selector (op_name_configs[{site.name!r}])"
+            )
         if activation:
             return (
                 f"scoring='activation' needs a weight read as a linear/conv/conv_transpose/matmul "
@@ -119,20 +134,11 @@ def score_context(
         )
     dim = getattr(config, "dim", None)
     axis = use.weight_axis if dim is None and isinstance(config, (BlockConfig, NMConfig)) else None
+    if is_reconstruction(config):
+        return gram_context(site, config, use, source, pass_name, calibration)
     if not activation:
         return ScoreContext(axis=axis)
-    if calibration is None:  # the pass checks this up front; kept for direct callers
-        raise InvalidInputError(f"{pass_name}: scoring='activation' needs the pass option {CALIBRATION_OPTION!r}")
-    stats = calibration.get(site.name, site.function)
-    if stats is None and saved_name(site.name) != site.name:
-        stats = calibration.get(saved_name(site.name), site.function)
-    if stats is None:
-        raise InvalidInputError(
-            f"{pass_name}: const {site.name!r} (function {site.function!r}) is selected with "
-            f"scoring='activation' ({source}) but the calibration statistics have no entry for "
-            f"it; collect them on a model with the same const names, or give it a magnitude "
-            f"config through op_name_configs[{site.name!r}]"
-        )
+    stats = _statistics(site, "scoring='activation'", source, pass_name, calibration)
     scale = stats.channel_scale()
     shape = site.shape
     grouped = use.op_type == "conv" and use.groups > 1
@@ -159,6 +165,95 @@ def score_context(
         rows=row_layout(use.op_type, shape, output_axis, use.groups),
         scale_digest=scale_digest(scale),
     )
+
+
+def _statistics(
+    site: Weight, what: str, source: str, pass_name: str, calibration: Optional[ActivationStats]
+) -> ChannelStats:
+    """The statistics of ``site`` (under its own or its saved name), or ValueError naming it."""
+    if calibration is None:  # the pass checks this up front; kept for direct callers
+        raise InvalidInputError(f"{pass_name}: {what} needs the pass option {CALIBRATION_OPTION!r}")
+    stats = calibration.get(site.name, site.function)
+    if stats is None and saved_name(site.name) != site.name:
+        stats = calibration.get(saved_name(site.name), site.function)
+    if stats is None:
+        raise InvalidInputError(
+            f"{pass_name}: const {site.name!r} (function {site.function!r}) is selected with "
+            f"{what} ({source}) but the calibration statistics have no entry for "
+            f"it; collect them on a model with the same const names, or give it a magnitude "
+            f"config through op_name_configs[{site.name!r}]"
+        )
+    return stats
+
+
+def gram_context(
+    site: Weight,
+    config: SparsityConfig,
+    use: ProductUse,
+    source: str,
+    pass_name: str,
+    calibration: Optional[ActivationStats],
+) -> ScoreContext:
+    """The context of a reconstruction method: the weight's Gram matrix and how the weight
+    becomes the kernels' ``[out, in]`` (:class:`~mil_sparsity.plan.scoring.GramLayout`).
+    ValueError naming the const for what the kernels cannot reconstruct (conv_transpose,
+    batched matmul consts, an n:m ``dim`` other than the reduction axis) and for statistics
+    without a (finite, well-shaped) Gram matrix."""
+    method = getattr(config, "method", None)
+    what = f"method={method!r}"
+    where = f"{pass_name}: const {site.name!r} (function {site.function!r})"
+    shape = site.shape
+    if use.op_type == "conv_transpose":
+        raise InvalidInputError(
+            f"{where} is a conv_transpose weight; {what} reconstructs linear, conv and 2-D "
+            f"matmul weights only. Give it method='prune' through op_name_configs[{site.name!r}]"
+        )
+    if use.op_type == "matmul" and len(shape) != 2:
+        raise InvalidInputError(
+            f"{where} is a rank-{len(shape)} matmul operand of shape {list(shape)}; {what} "
+            f"reconstructs 2-D matmul operands only (each batch slice would need its own Gram "
+            f"matrix). Give it method='prune' through op_name_configs[{site.name!r}]"
+        )
+    if isinstance(config, NMConfig) and config.dim is not None and config.dim % len(shape) != use.weight_axis:
+        raise InvalidInputError(
+            f"{where}: NMConfig.dim={config.dim} with {what}; the reconstruction kernels prune n "
+            f"of every m along the reduction axis ({use.weight_axis}); allowed: dim=None or "
+            f"dim={use.weight_axis}"
+        )
+    if (
+        isinstance(config, NMConfig) and use.op_type == "conv" and len(shape) > 2
+        and int(np.prod(shape[2:], dtype=np.int64)) > 1 and shape[1] >= config.m and shape[1] % config.m
+    ):
+        raise InvalidInputError(
+            f"{where}: NMConfig(m={config.m}) with {what} on a conv weight of shape {list(shape)}: "
+            f"the n:m groups run along its {shape[1]} input channels per kernel tap, which must "
+            f"be a multiple of m; allowed: m dividing {shape[1]}, or method='prune'"
+        )
+    stats = _statistics(site, what, source, pass_name, calibration)
+    gram = stats.gram
+    if gram is None:
+        raise InvalidInputError(
+            f"{where} is selected with {what} ({source}) but its calibration statistics have no "
+            f"Gram matrix; collect them with collect_activation_stats(..., gram=True) or "
+            f"`mil-sparsity calibrate --gram`"
+        )
+    groups = use.groups if use.op_type == "conv" else 1
+    columns = shape[use.weight_axis] if use.op_type == "matmul" else int(np.prod(shape[1:], dtype=np.int64))
+    expected = (columns, columns) if groups == 1 else (groups, columns, columns)
+    if gram.shape != expected and not (groups == 1 and gram.shape == (1, columns, columns)):
+        raise InvalidInputError(
+            f"{where}: the calibration Gram matrix has shape {list(gram.shape)}, expected "
+            f"{list(expected)} for a {use.op_type} weight of shape {list(shape)}"
+            + (f" with {groups} groups" if groups > 1 else "")
+        )
+    if not bool(np.all(np.isfinite(gram))):
+        raise InvalidInputError(
+            f"{where}: the calibration Gram matrix has non-finite entries (NaN or inf); allowed: "
+            f"finite values. Recollect the statistics (an activation overflowed or was NaN)"
+        )
+    layout = GramLayout(transpose=use.op_type == "matmul" and use.weight_axis == 0, groups=groups)
+    axis = use.weight_axis if isinstance(config, NMConfig) else None
+    return ScoreContext(axis=axis, gram=gram, gram_layout=layout, gram_digest=scale_digest(gram))
 
 
 def scoring_of(config: Optional[SparsityConfig]) -> Optional[str]:

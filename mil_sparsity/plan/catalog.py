@@ -19,7 +19,7 @@ import attrs
 
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig
-from mil_sparsity.configs import SparsityConfig, is_activation_scored
+from mil_sparsity.configs import SparsityConfig, is_activation_scored, is_reconstruction
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.report import SparsityReport
 from mil_sparsity.plan.scoring import load_calibration
@@ -111,15 +111,25 @@ class PassEntry:
         return OpSelector(global_config=self.default_config)
 
     def check_calibration(self, selector: OpSelector, calibration: Optional[ActivationStats]) -> None:
-        """ValueError if a config of ``selector`` scores by activation and there are no statistics."""
+        """ValueError if a config of ``selector`` scores by activation or reconstructs (SparseGPT,
+        ADMM) and there are no statistics."""
         if calibration is not None:
             return
         for where, config in selector.entries():
-            if config is not None and is_activation_scored(config):
+            if config is None:
+                continue
+            what = None
+            if is_activation_scored(config):
+                what = "scoring='activation'"
+            elif is_reconstruction(config):
+                what = f"method={getattr(config, 'method', None)!r}"
+            if what is not None:
                 raise InvalidInputError(
-                    f"{self.name}: {where} has scoring='activation', which needs the pass option "
+                    f"{self.name}: {where} has {what}, which needs the pass option "
                     f"{CALIBRATION!r} (an ActivationStats, or the path of one written by "
-                    "ActivationStats.save or `mil-sparsity calibrate`); it is not set"
+                    "ActivationStats.save or `mil-sparsity calibrate`"
+                    + ("" if what.startswith("scoring") else ", with Gram matrices: --gram")
+                    + "); it is not set"
                 )
 
 

@@ -15,7 +15,10 @@ config class and registering a handler for it here.
 A handler gets an optional :class:`~mil_sparsity.plan.scoring.ScoreContext` resolved by the selection
 from the ops that read the weight: the axis of a block / n:m config with ``dim=None``, and for
 ``scoring="activation"`` the channel scale: the handler then ranks
-``activation_scores(weight, scale)`` instead of ``|w|`` (unstructured: per output row).
+``activation_scores(weight, scale)`` instead of ``|w|`` (unstructured: per output row); for
+``method="sparsegpt"`` / ``"admm"`` the Gram matrix and its layout: the handler runs the
+reconstruction kernel (:mod:`mil_sparsity.kernels.reconstruction`) on the weight as ``[out, in]``
+(one call per conv group) and stores its new values.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.configs import BlockConfig, MagnitudeConfig, NMConfig, PackConfig, ThresholdConfig
-from mil_sparsity.configs import SparsityConfig, is_activation_scored
+from mil_sparsity.configs import SPARSEGPT_METHOD, SparsityConfig, is_activation_scored, is_reconstruction
 from mil_sparsity.kernels import (
     SparseWeight,
     activation_scores,
@@ -43,7 +46,9 @@ from mil_sparsity.kernels import (
     threshold_prune_mask,
 )
 from mil_sparsity.kernels.chunked import NM, Block, Magnitude, Pack, Pattern, RowLowest, Threshold
-from mil_sparsity.plan.scoring import RowLayout, ScoreContext, row_prune_mask
+from mil_sparsity.kernels.reconstruction import admm, sparsegpt
+from mil_sparsity.kernels.selection import target_count
+from mil_sparsity.plan.scoring import RowLayout, ScoreContext, from_rows, row_prune_mask, to_rows
 
 
 @attrs.frozen
@@ -164,6 +169,57 @@ def _is_activation(config: Union[MagnitudeConfig, BlockConfig, NMConfig]) -> boo
     return is_activation_scored(config)
 
 
+def _reconstruct(
+    weight: NDArray[Any], config: Union[MagnitudeConfig, NMConfig], context: Optional[ScoreContext]
+) -> SparseWeight:
+    """The reconstruction kernel of ``config.method`` on the weight as ``[out, in]``, one call
+    per group. Unstructured: exactly ``round(s * size)`` pruned over the whole weight (group k
+    gets its share rounded down cumulatively, as the kernels' column blocks do). n:m on a conv
+    weight with a kernel larger than 1x1: the groups run along the input channels (axis 1, as
+    for method "prune"), so the kernel sees the columns tap-major (``[O, kH, kW, C]``) and the
+    Gram matrix permuted to match (the selection checked ``C % m == 0``)."""
+    if context is None or context.gram is None or context.gram_layout is None:
+        raise InvalidInputError(
+            f"{type(config).__name__}(method={config.method!r}) needs calibration statistics with "
+            "a Gram matrix: run it through prune_by_magnitude with the pass option 'calibration'"
+        )
+    layout, gram = context.gram_layout, context.gram
+    kernel = sparsegpt if config.method == SPARSEGPT_METHOD else admm
+    rows = to_rows(weight, layout)
+    grams = gram.reshape((-1,) + gram.shape[-2:])
+    taps = int(np.prod(weight.shape[2:], dtype=np.int64))
+    tap_major = isinstance(config, NMConfig) and weight.ndim > 2 and taps > 1
+    if tap_major:
+        channels = weight.shape[1]
+        rows = np.moveaxis(weight, 1, -1).reshape(weight.shape[0], -1)
+        order = np.arange(channels * taps).reshape(channels, taps).T.ravel()  # new column -> old
+        grams = grams[:, order][:, :, order]
+    groups = layout.groups
+    per_group = rows.shape[0] // groups
+    group_size = per_group * rows.shape[1]
+    if isinstance(config, MagnitudeConfig):
+        total = target_count(config.target_sparsity, weight.size)
+        marks = [total * k // groups for k in range(groups + 1)]
+    values = np.empty(rows.shape, dtype=weight.dtype)
+    keep = np.empty(rows.shape, dtype=np.bool_)
+    for k in range(groups):
+        part = slice(k * per_group, (k + 1) * per_group)
+        block = np.ascontiguousarray(rows[part])
+        if isinstance(config, MagnitudeConfig):
+            share = (marks[k + 1] - marks[k]) / group_size if group_size else 0.0
+            result = kernel(block, grams[k], target_sparsity=share)
+        else:
+            result = kernel(block, grams[k], n=config.n, m=config.m)
+        values[part], keep[part] = result.values, result.mask
+    if tap_major:
+        moved = (weight.shape[0],) + weight.shape[2:] + (weight.shape[1],)
+        return pack_kept(
+            np.ascontiguousarray(np.moveaxis(values.reshape(moved), -1, 1)),
+            np.ascontiguousarray(np.moveaxis(keep.reshape(moved), -1, 1)),
+        )
+    return pack_kept(from_rows(values, layout, weight.shape), from_rows(keep, layout, weight.shape))
+
+
 @register_handler(ThresholdConfig, chunked=lambda config, context, shape, scored: Threshold(config.threshold))
 def _threshold(weight: NDArray[Any], config: ThresholdConfig, context: Optional[ScoreContext] = None) -> Outcome:
     # threshold >= 0 (validated), so every zero is pruned and "not pruned" is exactly the
@@ -196,6 +252,8 @@ def nm_skip(config: NMConfig, shape: tuple[int, ...], dim: int) -> Optional[Skip
 
 @register_handler(MagnitudeConfig, chunked=_magnitude_pattern)
 def _magnitude(weight: NDArray[Any], config: MagnitudeConfig, context: Optional[ScoreContext] = None) -> Outcome:
+    if is_reconstruction(config):
+        return _reconstruct(weight, config, context)
     if not _is_activation(config):
         return pack_sparse(weight, magnitude_prune_mask(weight, config.target_sparsity))
     scores, rows = _activation_scores(weight, config, context)
@@ -220,6 +278,8 @@ def _n_m(weight: NDArray[Any], config: NMConfig, context: Optional[ScoreContext]
     skip = nm_skip(config, weight.shape, dim)
     if skip is not None:
         return skip
+    if is_reconstruction(config):
+        return _reconstruct(weight, config, context)
     if not _is_activation(config):
         return pack_sparse(weight, nm_prune_mask(weight, config.n, config.m, dim))
     scores, _ = _activation_scores(weight, config, context)

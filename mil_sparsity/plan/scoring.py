@@ -48,6 +48,11 @@ class ScoreContext:
     comparison rows) and ``scale_digest`` (SHA-256 of the scale's shape and bytes, which stands
     for the scale in comparisons: equal contexts give equal results, so a blob shared by two
     consts is pruned and written once exactly when their statistics agree).
+
+    For a reconstruction method (SparseGPT, ADMM): ``gram`` (float64 ``X^T X`` of the inputs
+    along the reduction axis: ``[K, K]``, or ``[groups, K, K]`` for a grouped conv, one per
+    group), ``gram_layout`` (how the weight becomes the kernels' ``[out, in]``) and
+    ``gram_digest`` (as ``scale_digest``).
     """
 
     axis: Optional[int] = None
@@ -55,10 +60,42 @@ class ScoreContext:
     scale_axis: int = 0
     rows: Optional[RowLayout] = None
     scale_digest: str = ""
+    gram: Optional[NDArray[np.float64]] = attrs.field(default=None, eq=False, repr=False)
+    gram_layout: Optional["GramLayout"] = None
+    gram_digest: str = ""
 
 
-def scale_digest(scale: NDArray[np.float32]) -> str:
-    """What :class:`ScoreContext` compares instead of the scale array."""
+@attrs.frozen
+class GramLayout:
+    """How a weight becomes the reconstruction kernels' ``[out, in]`` matrices.
+
+    ``transpose``: a 2-D weight stored ``[in, out]`` (a matmul ``y`` const like GPT-2's Conv1D)
+    is transposed; otherwise the weight is ``weight.reshape(O, -1)`` (linear ``[O, I]``, a
+    matmul const read along its last axis; conv ``[O, I/g, kH, kW]`` in C_in-major order, the
+    order of the im2col Gram). ``groups``: the output rows split into this many equal groups,
+    group ``k`` reconstructed with ``gram[k]``.
+    """
+
+    transpose: bool = False
+    groups: int = 1
+
+
+def to_rows(weight: NDArray[Any], layout: GramLayout) -> NDArray[Any]:
+    """The weight as the kernels' ``[out, in]`` (a view where possible)."""
+    if layout.transpose:
+        return weight.T
+    return weight.reshape(weight.shape[0], -1)
+
+
+def from_rows(rows: NDArray[Any], layout: GramLayout, shape: tuple[int, ...]) -> NDArray[Any]:
+    """Inverse of :func:`to_rows`: ``[out, in]`` back to the weight's ``shape``, C-contiguous."""
+    restored = rows.T if layout.transpose else rows.reshape(shape)
+    result: NDArray[Any] = np.ascontiguousarray(restored)
+    return result
+
+
+def scale_digest(scale: NDArray[Any]) -> str:
+    """What :class:`ScoreContext` compares instead of the scale (or Gram) array."""
     digest = hashlib.sha256(repr(scale.shape).encode())
     digest.update(np.ascontiguousarray(scale).tobytes())
     return digest.hexdigest()

@@ -69,27 +69,40 @@ def pattern_points(
     *,
     dim: Optional[int] = None,
     weight_threshold: Optional[int] = None,
+    scoring: Optional[str] = None,
+    method: Optional[str] = None,
 ) -> list[SweepPoint]:
     """The points of one pattern name (see the module docstring); n:m gives one point.
 
     ``dim`` is the axis of block and n:m patterns (None: the config's default) and is ignored
-    by ``unstructured``. Raises :class:`SweepArgumentError` naming ``patterns`` for an unknown
-    name or a config the name's numbers make invalid.
+    by ``unstructured``. ``scoring`` / ``method``: the configs' fields (None: their defaults;
+    block patterns take no method other than "prune"). Raises :class:`SweepArgumentError`
+    naming ``patterns`` for an unknown name or a config the name's numbers make invalid, and
+    ``scoring`` / ``method`` for values the configs reject.
     """
     parts = [part.strip() for part in pattern.lower().split(":")]
+    ranking = {"scoring": scoring, "method": method}
+    if scoring is not None or method is not None:
+        _build("scoring/method", MagnitudeConfig, target_sparsity=0.5, **ranking)
     if parts in (["unstructured"], ["magnitude"]):
         return [
             SweepPoint(
                 "unstructured",
                 level,
                 _build("sparsities", MagnitudeConfig, target_sparsity=level,
-                       weight_threshold=weight_threshold),
+                       weight_threshold=weight_threshold, **ranking),
             )
             for level in sparsities
         ]
     if len(parts) == 2 and parts[0] == "block" and parts[1].isdigit():
         label = f"block:{int(parts[1])}"
-        values = {"block_size": int(parts[1]), "dim": dim, "weight_threshold": weight_threshold}
+        if method not in (None, "prune"):
+            raise SweepArgumentError(
+                "method", f"pattern {label} with method={method!r}: block configs have no method "
+                "(the reconstruction kernels prune unstructured or n:m patterns only)"
+            )
+        values = {"block_size": int(parts[1]), "dim": dim, "weight_threshold": weight_threshold,
+                  "scoring": scoring}
         _build(f"patterns {label}", BlockConfig, target_sparsity=0.5, **values)
         return [
             SweepPoint(
@@ -100,7 +113,8 @@ def pattern_points(
     if len(parts) == 4 and parts[:2] == ["n", "m"] and parts[2].isdigit() and parts[3].isdigit():
         label = f"n:m:{int(parts[2])}:{int(parts[3])}"
         config = cast(NMConfig, _build(f"patterns {label}", NMConfig, n=int(parts[2]),
-                                       m=int(parts[3]), dim=dim, weight_threshold=weight_threshold))
+                                       m=int(parts[3]), dim=dim, weight_threshold=weight_threshold,
+                                       **ranking))
         return [SweepPoint(label, config.sparsity, config)]
     raise SweepArgumentError("patterns", f"unknown pattern {pattern!r}; use {PATTERN_HELP}")
 
@@ -111,8 +125,11 @@ def sweep_points(
     *,
     dim: Optional[int] = None,
     weight_threshold: Optional[int] = None,
+    scoring: Optional[str] = None,
+    method: Optional[str] = None,
 ) -> list[SweepPoint]:
-    """Every pattern at every level, in that order; a repeated pattern runs once.
+    """Every pattern at every level, in that order; a repeated pattern runs once
+    (``scoring`` / ``method``: as :func:`pattern_points`).
 
     Every level is checked (a fraction in [0, 1]) even if only n:m patterns are given; ``dim``
     needs at least one block or n:m pattern. Raises :class:`SweepArgumentError`.
@@ -122,7 +139,8 @@ def sweep_points(
     points: list[SweepPoint] = []
     seen: set[str] = set()
     for pattern in patterns:
-        found = pattern_points(pattern, sparsities, dim=dim, weight_threshold=weight_threshold)
+        found = pattern_points(pattern, sparsities, dim=dim, weight_threshold=weight_threshold,
+                               scoring=scoring, method=method)
         label = found[0].pattern if found else pattern
         if label not in seen:
             seen.add(label)

@@ -35,6 +35,8 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity.errors import InvalidInputError
+from mil_sparsity.calibration.stats import ActivationStats
+from mil_sparsity.plan.scoring import load_calibration
 from mil_sparsity.model import pymil as _graph
 from mil_sparsity.inspect_model import materialize, package_size, weight_sources
 from mil_sparsity.passes import PruneByMagnitude
@@ -105,7 +107,10 @@ def _stored_bytes(prog: Program) -> int:
 
 
 def _run_point(
-    mlmodel: Any, point: SweepPoint, quality: Optional[Callable[[Program], QualityLike]]
+    mlmodel: Any,
+    point: SweepPoint,
+    quality: Optional[Callable[[Program], QualityLike]],
+    calibration: Optional[ActivationStats] = None,
 ) -> dict[str, Any]:
     """Prune a fresh program at ``point``; sizes from the program, errors against the originals."""
     prog = load_program(mlmodel)
@@ -113,6 +118,7 @@ def _run_point(
     report = SparsityReport()
     graph_pass = PruneByMagnitude()
     graph_pass.config = OpSelector(global_config=point.config)
+    graph_pass.calibration = calibration
     graph_pass.report = report
     graph_pass.apply(prog)
     layers: list[LayerError] = []
@@ -179,6 +185,7 @@ def sweep(
     quality: Optional[Callable[[Program], QualityLike]] = None,
     program: Optional[Program] = None,
     progress: Optional[bool] = None,
+    calibration: Any = None,
 ) -> SweepResult:
     """Measure size, weight error and (with ``samples``) output quality of ``model`` pruned at
     each point (module docstring).
@@ -197,7 +204,8 @@ def sweep(
     ``samples``, any callable given each point's pruned program; its result is stored in the
     row. ``program``: the model's program if the caller has already loaded it (only read, for
     the original sizes; saves one load). ``progress``: a tqdm bar on stderr (None: when stderr
-    is a terminal).
+    is a terminal). ``calibration``: activation statistics (an ActivationStats or the path of
+    one) for points with ``scoring="activation"`` or a reconstruction ``method``.
 
     Raises ValueError for ``samples`` together with ``quality``, for the evaluator's input
     checks, and for errors of the pass (e.g. a function older than iOS16); RuntimeError for
@@ -208,6 +216,7 @@ def sweep(
             "samples and quality: give one (samples measures output quality itself; quality is "
             "a callable for any other per-point measurement)"
         )
+    stats = load_calibration(calibration, "sweep: calibration")
     mlmodel = load_model(model)
     if isinstance(model, (str, os.PathLike)):
         path: Optional[str] = os.fspath(model)
@@ -224,7 +233,7 @@ def sweep(
     items = sweep_points() if points is None else points
     for item in progress_bar(items, desc="sweep", enabled=progress):
         point = item if isinstance(item, SweepPoint) else SweepPoint.of(item)
-        measured = _run_point(mlmodel, point, quality)
+        measured = _run_point(mlmodel, point, quality, stats)
         rows.append(
             SweepRow(
                 pattern=point.pattern,
