@@ -130,8 +130,18 @@ def test_integer_inputs_converted_as_core_ml_does() -> None:
     np.testing.assert_array_equal(got, table[ids])
     with pytest.raises(ValueError, match=r"input 'ids': values .* do not fit int32"):
         reference.run(prog, {"ids": np.full((2, 4), 2**40, np.int64)})
+    # floats that hold whole numbers are accepted, as Core ML's predict takes them
+    (got,) = reference.run(prog, {"ids": ids.astype(np.float32)}).values()
+    np.testing.assert_array_equal(got, table[ids])
+    for bad in (0.5, np.nan, np.inf):
+        floats = ids.astype(np.float32)
+        floats[1, 2] = bad
+        with pytest.raises(ValueError, match=r"input 'ids': expected integers \(int32\).*whole numbers"):
+            reference.run(prog, {"ids": floats})
+    with pytest.raises(ValueError, match=r"input 'ids': values .* do not fit int32"):
+        reference.run(prog, {"ids": np.full((2, 4), 2.0**40, np.float32)})
     with pytest.raises(TypeError, match=r"input 'ids': expected integers"):
-        reference.run(prog, {"ids": np.ones((2, 4), np.float32)})
+        reference.run(prog, {"ids": np.full((2, 4), "1")})
 
 
 def test_float_inputs_follow_the_input_type() -> None:
