@@ -1,0 +1,80 @@
+"""The evaluator refuses what the Core ML runtime refuses, found by coremltools' own op tests
+run through tests/conformance (scripts/conformance.py): values computed where the runtime
+raises, and the runtime's rules the MIL builder does not check."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import coremltools as ct
+import numpy as np
+import pytest
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import types
+
+from mil_sparsity import reference
+
+IOS16 = ct.target.iOS16
+IOS17 = ct.target.iOS17
+
+DATA = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+
+
+def run_with_indices(build: Callable[[Any, Any], Any], indices: np.ndarray, target: Any = IOS17) -> np.ndarray:
+    """``build(data, indices)`` with both as inputs (dynamic indices: the builder cannot check them)."""
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=DATA.shape), mb.TensorSpec(shape=indices.shape, dtype=types.int32)],
+        opset_version=target,
+    )
+    def prog(data: Any, idx: Any) -> Any:
+        return build(data, idx)
+
+    (result,) = reference.run(prog, {"data": DATA, "idx": indices}).values()
+    return result
+
+
+SCATTERS = {
+    "scatter": (
+        lambda d, i, v: mb.scatter(data=d, indices=i, updates=np.ones((2, 3), np.float32), mode="add", validate_indices=v),
+        np.array([1, 0], np.int32),
+        [np.array([-1, 0], np.int32), np.array([2, 0], np.int32)],
+    ),
+    "scatter_along_axis": (
+        lambda d, i, v: mb.scatter_along_axis(
+            data=d, indices=i, updates=np.ones((2, 3), np.float32), axis=0, mode="add", validate_indices=v
+        ),
+        np.array([[1, 0, 1], [0, 1, 0]], np.int32),
+        [np.array([[-1, 0, 1], [0, 1, 0]], np.int32), np.array([[1, 2, 1], [0, 1, 0]], np.int32)],
+    ),
+    "scatter_nd": (
+        lambda d, i, v: mb.scatter_nd(data=d, indices=i, updates=np.ones(2, np.float32), mode="add", validate_indices=v),
+        np.array([[1, 0], [0, 2]], np.int32),
+        [np.array([[1, 0], [0, -1]], np.int32), np.array([[1, 0], [0, 3]], np.int32)],
+    ),
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(SCATTERS))
+def test_ios17_scatter_indices_out_of_bounds(op_type: str) -> None:
+    build, good, bad_cases = SCATTERS[op_type]
+    full = (run_with_indices(lambda d, i: build(d, i, True), good) != DATA).sum()
+    assert full == (2 if op_type == "scatter_nd" else DATA.size)
+    for bad in bad_cases:
+        # validate_indices: the runtime refuses a negative or too large index
+        with pytest.raises(ValueError, match=rf"{op_type}: indices: .* is out of bounds, allowed 0\.\.\d"):
+            run_with_indices(lambda d, i: build(d, i, True), bad)
+        # without it the runtime's result is undefined: the invalid updates are dropped
+        got = run_with_indices(lambda d, i: build(d, i, False), bad)
+        changed = (got != DATA).sum()
+        assert 0 < changed < full
+        assert set(np.unique(got - DATA)) <= {0.0, 1.0}
+
+
+def test_ios16_scatter_negative_indices_count_from_the_end() -> None:
+    got = run_with_indices(
+        lambda d, i: mb.scatter(data=d, indices=i, updates=np.ones((2, 3), np.float32), mode="add"),
+        np.array([-1, 0], np.int32),
+        target=IOS16,
+    )
+    np.testing.assert_array_equal(got, DATA + 1)
