@@ -78,3 +78,21 @@ def test_ios16_scatter_negative_indices_count_from_the_end() -> None:
         target=IOS16,
     )
     np.testing.assert_array_equal(got, DATA + 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((1, 0, -1, 0), (1, 1, 2, 50)), ((0, -1), (2, 50)), ((0, 0, 0), (1, 2, 50)), ((-1, 0), (2, 50))],
+)
+def test_ios17_reshape_zero_matches_the_input_from_the_right(shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    x = np.arange(100, dtype=np.float32).reshape(2, 50)
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=x.shape), mb.TensorSpec(shape=(len(shape),), dtype=types.int32)],
+        opset_version=IOS17,
+    )
+    def prog(x: Any, shape: Any) -> Any:  # the shape an input: nothing folds it
+        return mb.reshape(x=x, shape=shape)
+
+    (got,) = reference.run(prog, {"x": x, "shape": np.array(shape, np.int32)}).values()
+    np.testing.assert_array_equal(got, x.reshape(expected))

@@ -29,11 +29,16 @@ def _identity(args: Args) -> np.ndarray:
 
 @kernel("reshape")
 def _reshape(args: Args) -> np.ndarray:
-    """``0`` keeps the input's size on that axis (when the ranks match), ``-1`` is inferred."""
+    """``-1`` is inferred; a ``0`` takes the input's size on the axis at the same place counted
+    from the right, or 1 where the input has no such axis (iOS17's rule; iOS15/16 allow ``0``
+    only when the ranks match, where both rules agree)."""
     x = array(args, "x")
     shape = integers(args, "shape")
-    if len(shape) == x.ndim:
-        shape = [x.shape[i] if size == 0 else size for i, size in enumerate(shape)]
+    offset = x.ndim - len(shape)  # shape[i] sits over x.shape[i + offset]
+    shape = [
+        (x.shape[i + offset] if i + offset >= 0 else 1) if size == 0 else size
+        for i, size in enumerate(shape)
+    ]
     return x.reshape(shape)
 
 
