@@ -265,7 +265,7 @@ class Evaluator:
         if op_type == "const":
             return (_const_value(op),)
         if op_type in ops_constexpr.OP_TYPES:
-            return ops_constexpr.materialize(op)
+            return ops_constexpr.materialize(op, args)
         if op_type in ops_control.BLOCK_OPS:
             blocks = plan.nested[id(op)]
 
