@@ -96,3 +96,16 @@ def test_ios17_reshape_zero_matches_the_input_from_the_right(shape: tuple[int, .
 
     (got,) = reference.run(prog, {"x": x, "shape": np.array(shape, np.int32)}).values()
     np.testing.assert_array_equal(got, x.reshape(expected))
+
+
+@pytest.mark.parametrize("axis", [-4, -3, -1, 0, 1, 4])
+def test_flatten2d_negative_axis_counts_from_rank(axis: int) -> None:
+    x = np.arange(120, dtype=np.float32).reshape(2, 3, 4, 5)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=IOS17)
+    def prog(x: Any) -> Any:
+        return mb.flatten2d(x=x, axis=axis)
+
+    (got,) = reference.run(prog, {"x": x}).values()
+    split = axis + 4 if axis < 0 else axis
+    np.testing.assert_array_equal(got, x.reshape(int(np.prod(x.shape[:split])), -1))

@@ -82,7 +82,8 @@ def _squeeze(args: Args) -> np.ndarray:
 @kernel("flatten2d")
 def _flatten2d(args: Args) -> np.ndarray:
     x = array(args, "x")
-    axis = integer(args, "axis", 1) % (x.ndim + 1) if x.ndim else 0
+    axis = integer(args, "axis", 1)  # in [-rank, rank]; a negative axis counts from rank
+    axis = axis + x.ndim if axis < 0 else axis
     return x.reshape(math.prod(x.shape[:axis]), -1)
 
 
