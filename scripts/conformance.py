@@ -15,7 +15,6 @@ Exit status: 1 when a case failed or crashed, else 0. Arguments after ``--`` go 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -26,27 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 from ct_conformance import OUTCOMES  # noqa: E402
+from runner import SUITES, pytest_command, read_report  # noqa: E402
 
-SUITES = {
-    "ops": "coremltools.converters.mil.mil.ops.tests",
-    "torch": "coremltools.converters.mil.frontend.torch.test.test_torch_ops",
-}
 BAD = ("fail", "crash")
 
 
-def run_suite(suite: str, sample: int, perturb: bool, pytest_args: list[str], report: Path) -> int:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(ROOT / "tests" / "conformance"), env.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
-    env.setdefault("TQDM_DISABLE", "1")
-    command = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "ct_conformance",
-        "--rootdir", str(ROOT), "-o", "addopts=", "--tb=no", "-W", "ignore",
-        f"--conformance-sample={sample}", f"--conformance-report={report}",
-        *(["--conformance-perturb"] if perturb else []),
-        "--pyargs", SUITES[suite], *pytest_args,
-    ]
+def run_suite(suite: str, sample: int, functions: float, perturb: bool, pytest_args: list[str], report: Path) -> int:
+    command, env = pytest_command(SUITES[suite], report, sample, functions, perturb)
+    command += pytest_args
     completed = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not report.exists():
         sys.stdout.write(completed.stdout)
@@ -89,6 +75,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suites", nargs="*", choices=list(SUITES), default=list(SUITES))
     parser.add_argument("--sample", type=int, default=0, help="at most N cases per test function (0: all)")
+    parser.add_argument("--functions", type=float, default=1.0, help="with --sample: this share of the test functions")
     parser.add_argument("--perturb", action="store_true", help="perturb the evaluator's outputs")
     parser.add_argument("--keep", type=Path, default=None, help="directory to keep the JSON reports in")
     args = parser.parse_args(argv)
@@ -97,12 +84,12 @@ def main(argv: list[str]) -> int:
         for suite in args.suites or list(SUITES):
             report = (args.keep or Path(scratch)) / f"{suite}.jsonl"
             report.parent.mkdir(parents=True, exist_ok=True)
-            run_suite(suite, args.sample, args.perturb, pytest_args, report)
+            run_suite(suite, args.sample, args.functions, args.perturb, pytest_args, report)
             if not report.exists():
                 print(f"{suite}: pytest wrote no report")
                 bad += 1
                 continue
-            rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+            rows = read_report(report)
             total = table(suite, rows)
             bad += sum(total.get(kind, 0) for kind in BAD)
     return 1 if bad else 0

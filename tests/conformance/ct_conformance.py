@@ -21,7 +21,8 @@ test failed before anything was predicted: coremltools' converter or the test it
 ``no prediction`` (passed without predicting), ``skipped`` and ``xfail``.
 
 Options: ``--conformance-sample=N`` keeps at most N cases per test function, chosen by a
-stable hash of the case id (0: every case); ``--conformance-perturb`` adds an offset to every
+stable hash of the case id (0: every case), and with ``--conformance-functions=F`` only the
+share F of the test functions (by a hash of the function's id); ``--conformance-perturb`` adds an offset to every
 value the evaluator returns (the sample must then fail: the harness bites).
 """
 
@@ -168,6 +169,10 @@ def _patch() -> None:
 def pytest_addoption(parser: Any) -> None:
     group = parser.getgroup("conformance", "coremltools' tests against mil_sparsity.reference")
     group.addoption("--conformance-sample", type=int, default=0, help="at most N cases per test function (0: all)")
+    group.addoption(
+        "--conformance-functions", type=float, default=1.0,
+        help="with --conformance-sample: keep only this share of the test functions (by hash)",
+    )
     group.addoption("--conformance-perturb", action="store_true", help="perturb every evaluator output")
     group.addoption("--conformance-report", default=None, help="write one JSON line per case here")
 
@@ -198,8 +203,11 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     groups: dict[str, list[Any]] = defaultdict(list)
     for item in items:
         groups[case_id(item).split("[")[0]].append(item)
+    share = float(config.getoption("conformance_functions"))
     keep = set()
-    for group in groups.values():
+    for function, group in groups.items():
+        if int(case_hash(function)[:8], 16) >= share * 16**8:
+            continue
         chosen = sorted(group, key=lambda item: case_hash(case_id(item)))[:per_function]
         keep.update(id(item) for item in chosen)
     config.hook.pytest_deselected(items=[item for item in items if id(item) not in keep])
