@@ -36,6 +36,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_elementwise,
     ops_gather,
     ops_image,
+    ops_list,
     ops_nn,
     ops_quantize,
     ops_recurrent,
