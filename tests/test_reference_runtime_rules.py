@@ -109,3 +109,22 @@ def test_flatten2d_negative_axis_counts_from_rank(axis: int) -> None:
     (got,) = reference.run(prog, {"x": x}).values()
     split = axis + 4 if axis < 0 else axis
     np.testing.assert_array_equal(got, x.reshape(int(np.prod(x.shape[:split])), -1))
+
+
+def test_ios17_resize() -> None:
+    """Values from coremltools' iOS17 TestResize (what the runtime gives): nearest rounds the
+    DEFAULT grid's halves up, linear blends on it, a 0 in ``shape`` keeps x's size."""
+    x = np.array([-6.174, 9.371], np.float32).reshape(1, 1, 2, 1)
+
+    def resize(value: np.ndarray, shape: list[int], mode: str) -> np.ndarray:
+        @mb.program(input_specs=[mb.TensorSpec(shape=value.shape)], opset_version=IOS17)
+        def prog(v: Any) -> Any:
+            return mb.resize(x=v, shape=shape, resized_dims=np.uint32(2), interpolation_mode=mode, sampling_mode="DEFAULT")
+
+        (got,) = reference.run(prog, {"v": value}).values()
+        return got
+
+    np.testing.assert_array_equal(resize(x, [1, 1, 3, 2], "NEAREST_NEIGHBOR")[0, 0], x[0, 0][[0, 1, 1]][:, [0, 0]])
+    line = np.array([0, 1], np.float32).reshape(1, 1, 2)
+    np.testing.assert_allclose(resize(line, [1, 1, 5], "LINEAR").reshape(-1), [0, 0.4, 0.8, 1, 1], atol=1e-6)
+    assert resize(line, [1, 0, 5], "LINEAR").shape == (1, 1, 5)

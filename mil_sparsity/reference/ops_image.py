@@ -163,3 +163,27 @@ def _batch_to_space(args: Args) -> np.ndarray:
     blocks = x.reshape(block_h, block_w, n, c, h, w).transpose(2, 3, 4, 0, 5, 1)
     full = blocks.reshape(n, c, h * block_h, w * block_w)
     return full[:, :, int(crops[0, 0]) : h * block_h - int(crops[0, 1]), int(crops[1, 0]) : w * block_w - int(crops[1, 1])]
+
+
+@kernel("resize")
+def _resize(args: Args) -> np.ndarray:
+    """iOS17 resize: the last ``resized_dims`` axes of x take their sizes from the last
+    ``resized_dims`` entries of ``shape`` (a 0 keeps x's size); each axis is resampled on its own
+    on the sampling mode's grid: blended (LINEAR) or the nearest source index, halves rounded
+    up (NEAREST_NEIGHBOR; 2 -> 3 reads rows 0, 1, 1 on the DEFAULT grid)."""
+    x = array(args, "x")
+    count = integer(args, "resized_dims")
+    shape = [int(s) for s in np.asarray(args["shape"]).reshape(-1)]
+    targets = shape[len(shape) - count :]
+    mode = text(args, "sampling_mode", "DEFAULT")
+    linear = text(args, "interpolation_mode", "LINEAR") == "LINEAR"
+    result = x.astype(np.float32) if linear else x
+    for offset, target in enumerate(targets):
+        axis = x.ndim - count + offset
+        size = target if target > 0 else x.shape[axis]
+        if linear:
+            result = _interpolate(result, axis, _grid(x.shape[axis], size, mode))
+        else:
+            nearest_index = np.floor(_grid(x.shape[axis], size, mode) + np.float32(0.5)).astype(np.int64)
+            result = np.take(result, np.minimum(nearest_index, x.shape[axis] - 1), axis=axis)
+    return np.asarray(result).astype(x.dtype, copy=False)
