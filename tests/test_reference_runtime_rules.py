@@ -1,6 +1,7 @@
-"""The evaluator refuses what the Core ML runtime refuses, found by coremltools' own op tests
-run through tests/conformance (scripts/conformance.py): values computed where the runtime
-raises, and the runtime's rules the MIL builder does not check."""
+"""The runtime's rules coremltools' own op tests found the evaluator missing, run through
+tests/conformance (scripts/conformance.py): values computed where the runtime raises (iOS17
+scatter indices), and results that differed (reshape's 0, flatten2d's negative axis, iOS17
+resize)."""
 
 from __future__ import annotations
 
