@@ -187,3 +187,80 @@ def _resize(args: Args) -> np.ndarray:
             nearest_index = np.floor(_grid(x.shape[axis], size, mode) + np.float32(0.5)).astype(np.int64)
             result = np.take(result, np.minimum(nearest_index, x.shape[axis] - 1), axis=axis)
     return np.asarray(result).astype(x.dtype, copy=False)
+
+
+def _box_grid(start: np.ndarray, end: np.ndarray, count: int, mode: str) -> np.ndarray:
+    """(N, count) sample coordinates inside boxes from ``start`` to ``end`` (N each), corners
+    aligned (one sample: the box's middle, or its start for STRICT_ALIGN_CORNERS)."""
+    i = np.arange(count, dtype=np.float32)
+    length = (end - start)[:, None]
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if count == 1:
+            middle = (start + end) / 2 if mode == "ALIGN_CORNERS" else start
+            return np.asarray(middle, np.float32)[:, None]
+        return np.asarray(start[:, None] + i * length / (count - 1), np.float32)
+    # the other modes: the runtime's rule inside a box is not known here (coremltools' iOS15
+    # UNALIGN_CORNERS case samples an inverted normalized box at 0.5, 2.5 of a 4-pixel axis)
+    raise NotImplementedError(f"crop_resize: sampling_mode {mode!r} (the evaluator has ALIGN_CORNERS, STRICT_ALIGN_CORNERS)")
+
+
+def crop_resize(x: np.ndarray, boxes: np.ndarray, box_indices: np.ndarray, args: Args) -> np.ndarray:
+    """(N, C, target_height, target_width): box n of image box_indices[n], bilinear; samples
+    outside the image take ``pad_value``."""
+    boxes = boxes.astype(np.float32) * np.float32(floating(args, "spatial_scale", 1.0))
+    mode = text(args, "box_coordinate_mode", "CORNERS_HEIGHT_FIRST")
+    a, b, c, d = (boxes[:, k] for k in range(4))
+    if mode == "CORNERS_HEIGHT_FIRST":
+        y1, x1, y2, x2 = a, b, c, d
+    elif mode == "CORNERS_WIDTH_FIRST":
+        x1, y1, x2, y2 = a, b, c, d
+    else:  # CENTER_SIZE_*: centre and size
+        yc, xc, h, w = (a, b, c, d) if mode == "CENTER_SIZE_HEIGHT_FIRST" else (b, a, d, c)
+        y1, y2, x1, x2 = yc - h / 2, yc + h / 2, xc - w / 2, xc + w / 2
+    height, width = x.shape[-2], x.shape[-1]
+    if flag(args, "normalized_coordinates"):
+        y1, y2, x1, x2 = y1 * (height - 1), y2 * (height - 1), x1 * (width - 1), x2 * (width - 1)
+    sampling = text(args, "sampling_mode", "DEFAULT")
+    ys = _box_grid(y1, y2, integer(args, "target_height", 1), sampling)  # (N, th)
+    xs = _box_grid(x1, x2, integer(args, "target_width", 1), sampling)  # (N, tw)
+    images = x[box_indices.astype(np.int64)].astype(np.float32)  # (N, C, H, W)
+
+    def corners(grid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        inside = (grid >= 0) & (grid <= size - 1)
+        clipped = np.clip(grid, 0, size - 1)
+        low = np.floor(clipped).astype(np.int64)
+        return low, np.minimum(low + 1, size - 1), (clipped - low).astype(np.float32), inside
+
+    y0, y1i, wy, y_in = corners(ys, height)
+    x0, x1i, wx, x_in = corners(xs, width)
+    n = np.arange(len(images))[:, None, None]
+
+    def at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # (N, th, tw, C)
+        return np.asarray(images[n, :, rows[:, :, None], cols[:, None, :]])
+
+    wy4, wx4 = wy[:, :, None, None], wx[:, None, :, None]
+    top = at(y0, x0) + (at(y0, x1i) - at(y0, x0)) * wx4
+    bottom = at(y1i, x0) + (at(y1i, x1i) - at(y1i, x0)) * wx4
+    result = top + (bottom - top) * wy4
+    inside = (y_in[:, :, None] & x_in[:, None, :])[..., None]
+    result = np.where(inside, result, np.float32(floating(args, "pad_value", 0.0)))
+    return np.transpose(result, (0, 3, 1, 2))
+
+
+@kernel("crop_resize")
+def _crop_resize(args: Args) -> np.ndarray:
+    """iOS17: boxes (N, 4) and box_indices (default arange(N)) -> (N, C, th, tw). iOS15/16:
+    roi (N, 1, 4 or 5, 1, 1); with 5 the first entry is the image index -> (N, 1, C, th, tw),
+    with 4 every box crops every image -> (N, B, C, th, tw)."""
+    x = array(args, "x")
+    if "boxes" in args:
+        boxes = array(args, "boxes").reshape(-1, 4)
+        indices = args.get("box_indices")
+        box_indices = np.arange(len(boxes)) if indices is None else np.asarray(indices).reshape(-1)
+        return crop_resize(x, boxes, box_indices, args)
+    roi = array(args, "roi").reshape(array(args, "roi").shape[0], -1)
+    if roi.shape[1] == 5:
+        return crop_resize(x, roi[:, 1:], roi[:, 0].astype(np.int64), args)[:, None]
+    count, batch = roi.shape[0], x.shape[0]
+    every = crop_resize(x, np.repeat(roi, batch, axis=0), np.tile(np.arange(batch), count), args)
+    return every.reshape((count, batch) + every.shape[1:])
