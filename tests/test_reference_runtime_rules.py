@@ -129,3 +129,15 @@ def test_ios17_resize() -> None:
     line = np.array([0, 1], np.float32).reshape(1, 1, 2)
     np.testing.assert_allclose(resize(line, [1, 1, 5], "LINEAR").reshape(-1), [0, 0.4, 0.8, 1, 1], atol=1e-6)
     assert resize(line, [1, 0, 5], "LINEAR").shape == (1, 1, 5)
+
+
+def test_concat_of_scalars_is_a_vector() -> None:
+    """The torch frontend concatenates scalar sizes into a shape (torch.ones(x.shape))."""
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2,), dtype=types.int32)], opset_version=IOS17)
+    def prog(x: Any) -> Any:
+        first = mb.slice_by_index(x=x, begin=[0], end=[1], squeeze_mask=[True])
+        return mb.concat(values=(first, mb.gather(x=x, indices=1, axis=0)), axis=0)
+
+    (got,) = reference.run(prog, {"x": np.array([3, 5], np.int32)}).values()
+    np.testing.assert_array_equal(got, [3, 5])

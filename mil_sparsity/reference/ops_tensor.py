@@ -153,8 +153,9 @@ def _slice_by_size(args: Args) -> np.ndarray:
 
 @kernel("concat")
 def _concat(args: Args) -> np.ndarray:
-    """``interleave``: the result takes one slice of each input in turn along ``axis``."""
-    values = [np.asarray(v) for v in args["values"]]
+    """``interleave``: the result takes one slice of each input in turn along ``axis``. Scalars
+    count as shape (1,) (the torch frontend concatenates scalar sizes into a shape)."""
+    values = [np.atleast_1d(np.asarray(v)) for v in args["values"]]
     rank = values[0].ndim
     axis = integer(args, "axis") % rank
     if not flag(args, "interleave"):
