@@ -20,8 +20,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
 from runner import ROOT, SUITES, pytest_command, read_report  # noqa: E402
 
-OPS_SHARE = 0.15  # of coremltools' ~800 MIL op test functions
-TORCH_SHARE = 0.02  # of its ~1000 torch frontend test functions (each converts a torch model)
+OPS_SHARE = 0.1  # of coremltools' ~550 MIL op test functions: ~56 cases, ~24 compare values
+TORCH_SHARE = 0.03  # of its ~400 torch frontend test functions: ~11 cases (each converts a torch model)
 BAD = ("fail", "crash")
 
 
@@ -43,7 +43,7 @@ def test_op_tests_sample_conforms(tmp_path: Path) -> None:
     rows = run(SUITES["ops"], tmp_path, sample=1, functions=OPS_SHARE)
     outcomes = Counter(row["outcome"] for row in rows)
     assert not (outcomes["fail"] or outcomes["crash"]), failures(rows)
-    assert outcomes["pass"] >= 30, outcomes  # the sample compares values: not all skipped
+    assert outcomes["pass"] >= 20, outcomes  # the sample compares values: not all skipped
 
 
 def test_torch_frontend_sample_conforms(tmp_path: Path) -> None:
