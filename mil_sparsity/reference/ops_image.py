@@ -264,3 +264,56 @@ def _crop_resize(args: Args) -> np.ndarray:
     count, batch = roi.shape[0], x.shape[0]
     every = crop_resize(x, np.repeat(roi, batch, axis=0), np.tile(np.arange(batch), count), args)
     return every.reshape((count, batch) + every.shape[1:])
+
+
+def _source(coords: np.ndarray, size: int, mode: str, align: bool) -> np.ndarray:
+    """Pixel coordinates (0 .. size - 1 inside the image) of resample's ``coordinates``."""
+    if mode == "normalized_minus_one_to_one":
+        return (coords + 1) / 2 * (size - 1) if align else ((coords + 1) * size - 1) / 2
+    if mode == "normalized_zero_to_one":
+        return coords * (size - 1) if align else coords * size - 0.5
+    return coords  # unnormalized
+
+
+def _reflect(p: np.ndarray, low: float, high: float) -> np.ndarray:
+    span = high - low
+    if span <= 0:
+        return np.zeros_like(p)
+    distance = np.abs(p - low)
+    flips = np.floor(distance / span)
+    extra = distance - flips * span
+    return np.where(flips % 2 == 0, low + extra, high - extra)
+
+
+@kernel("resample")
+def _resample(args: Args) -> np.ndarray:
+    """x (B, C, H, W) sampled at coordinates (B, H2, W2, 2) given as (x, y): bilinear (outside
+    samples by ``padding_mode``: constant per corner, border clamps, reflection mirrors about the
+    edge pixels, symmetric about the image's edges) or nearest (halves to even)."""
+    x = array(args, "x").astype(np.float32)
+    coords = array(args, "coordinates").astype(np.float32)
+    mode, align = text(args, "coordinates_mode", "normalized_minus_one_to_one"), flag(args, "align_corners")
+    padding = text(args, "padding_mode", "constant")
+    height, width = x.shape[-2], x.shape[-1]
+    px, py = _source(coords[..., 0], width, mode, align), _source(coords[..., 1], height, mode, align)
+    if padding == "reflection":
+        px, py = _reflect(px, 0, width - 1), _reflect(py, 0, height - 1)
+    elif padding == "symmetric":
+        px, py = _reflect(px, -0.5, width - 0.5), _reflect(py, -0.5, height - 0.5)
+    if padding != "constant":
+        px, py = np.clip(px, 0, width - 1), np.clip(py, 0, height - 1)
+    batch = np.arange(x.shape[0])[:, None, None]
+    value = np.float32(floating(args, "padding_value", 0.0))
+
+    def pixel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # (B, C, H2, W2)
+        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        got = x[batch, :, np.clip(rows, 0, height - 1), np.clip(cols, 0, width - 1)]  # (B, H2, W2, C)
+        return np.transpose(np.where(inside[..., None], got, value), (0, 3, 1, 2))
+
+    if text(args, "sampling_mode", "bilinear") == "nearest":
+        return pixel(np.rint(py).astype(np.int64), np.rint(px).astype(np.int64))
+    x0, y0 = np.floor(px).astype(np.int64), np.floor(py).astype(np.int64)
+    wx, wy = (px - x0)[:, None], (py - y0)[:, None]
+    top = pixel(y0, x0) * (1 - wx) + pixel(y0, x0 + 1) * wx
+    bottom = pixel(y0 + 1, x0) * (1 - wx) + pixel(y0 + 1, x0 + 1) * wx
+    return np.asarray(top * (1 - wy) + bottom * wy, np.float32)
