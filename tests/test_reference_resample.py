@@ -1,5 +1,5 @@
 """resample in the reference evaluator: the four padding modes, three coordinate modes and two
-sampling modes, on the values coremltools' iOS15 TestResample expects of the runtime."""
+sampling modes, on the values coremltools' iOS15 TestResample expects of the runtime; affine."""
 
 from __future__ import annotations
 
@@ -35,3 +35,26 @@ def test_resample(sampling: str, padding: str, coordinates: str, align: bool, ex
 
     (got,) = reference.run(prog, {"x": X, "c": COORDS}).values()
     np.testing.assert_allclose(got.reshape(-1), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_affine_identity_and_shift(align: bool) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+
+    def affine(matrix: list[float]) -> np.ndarray:
+        @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS17)
+        def prog(v: Any) -> Any:
+            return mb.affine(
+                x=v, transform_matrix=np.array([matrix], np.float32), output_height=3, output_width=4,
+                sampling_mode="bilinear", padding_mode="constant", padding_value=0.0,
+                coordinates_mode="normalized_minus_one_to_one", align_corners=align,
+            )
+
+        (got,) = reference.run(prog, {"v": x}).values()
+        return got
+
+    np.testing.assert_allclose(affine([1, 0, 0, 0, 1, 0]), x, atol=1e-5)
+    # x' = x + one pixel (2 / (W - 1) aligned, 2 / W not): column j reads column j + 1, the last pads
+    step = 2 / 3 if align else 2 / 4
+    shifted = np.concatenate([x[..., 1:], np.zeros((1, 1, 3, 1), np.float32)], axis=-1)
+    np.testing.assert_allclose(affine([1, 0, step, 0, 1, 0]), shifted, atol=1e-5)

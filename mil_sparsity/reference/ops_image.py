@@ -290,8 +290,12 @@ def _resample(args: Args) -> np.ndarray:
     """x (B, C, H, W) sampled at coordinates (B, H2, W2, 2) given as (x, y): bilinear (outside
     samples by ``padding_mode``: constant per corner, border clamps, reflection mirrors about the
     edge pixels, symmetric about the image's edges) or nearest (halves to even)."""
-    x = array(args, "x").astype(np.float32)
-    coords = array(args, "coordinates").astype(np.float32)
+    return resample(array(args, "x"), array(args, "coordinates"), args)
+
+
+def resample(x: np.ndarray, coords: np.ndarray, args: Args) -> np.ndarray:
+    """resample's (and affine's) sampling of x (B, C, H, W) at coords (B, H2, W2, 2)."""
+    x, coords = x.astype(np.float32), coords.astype(np.float32)
     mode, align = text(args, "coordinates_mode", "normalized_minus_one_to_one"), flag(args, "align_corners")
     padding = text(args, "padding_mode", "constant")
     height, width = x.shape[-2], x.shape[-1]
@@ -317,3 +321,26 @@ def _resample(args: Args) -> np.ndarray:
     top = pixel(y0, x0) * (1 - wx) + pixel(y0, x0 + 1) * wx
     bottom = pixel(y0 + 1, x0) * (1 - wx) + pixel(y0 + 1, x0 + 1) * wx
     return np.asarray(top * (1 - wy) + bottom * wy, np.float32)
+
+
+@kernel("affine")
+def _affine(args: Args) -> np.ndarray:
+    """The output's (x, y) grid in the coordinates mode (corners aligned or not), mapped by
+    [a0, a1, a2, b0, b1, b2] (one row per batch, or one for all) to x' = a0 x + a1 y + a2,
+    y' = b0 x + b1 y + b2, then sampled like resample."""
+    x = array(args, "x")
+    matrix = array(args, "transform_matrix").astype(np.float32).reshape(-1, 6)
+    matrix = np.broadcast_to(matrix, (x.shape[0], 6))
+    height, width = integer(args, "output_height"), integer(args, "output_width")
+
+    def axis(size: int) -> np.ndarray:  # normalized -1..1 positions of the output's pixels
+        if flag(args, "align_corners"):
+            return np.linspace(-1, 1, size, dtype=np.float32) if size > 1 else np.zeros(1, np.float32)
+        return ((2 * np.arange(size, dtype=np.float32) + 1) / size - 1).astype(np.float32)
+
+    gx, gy = np.meshgrid(axis(width), axis(height))  # (H2, W2)
+    a, b = matrix[:, None, None, :3], matrix[:, None, None, 3:]
+    coords = np.stack(
+        [a[..., 0] * gx + a[..., 1] * gy + a[..., 2], b[..., 0] * gx + b[..., 1] * gy + b[..., 2]], axis=-1
+    )
+    return resample(x, coords, args)
