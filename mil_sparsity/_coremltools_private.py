@@ -203,6 +203,7 @@ __all__ = [
     "OPSET_NAMES",
     "UINT1_DTYPE",
     "bit_width",
+    "decompressed_value",
     "blob_storage_writer",
     "feeds_block_output",
     "is_loaded",
