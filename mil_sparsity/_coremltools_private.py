@@ -77,6 +77,32 @@ def materialized_value(op: Any) -> NDArray[Any]:
     return value
 
 
+#: iOS18 constexpr op type -> the inputs its class's ``decompress`` takes, in order
+_DECOMPRESS_INPUTS: Mapping[str, tuple[str, ...]] = {
+    "constexpr_blockwise_shift_scale": ("data", "scale", "offset"),
+    "constexpr_lut_to_dense": ("indices", "lut", "vector_axis"),
+    "constexpr_sparse_to_dense": ("nonzero_data", "mask"),
+    "constexpr_lut_to_sparse": ("indices_mask", "indices_nonzero_data", "lut", "vector_axis"),
+    "constexpr_sparse_blockwise_shift_scale": ("data_mask", "nonzero_data", "scale", "offset"),
+}
+
+
+def decompressed_value(op: Any, inputs: Mapping[str, Any]) -> Any:
+    """What an iOS18 ``constexpr_*`` op decompresses ``inputs`` (input name -> value) to, by its
+    class's ``decompress``: for an op fed by another constexpr op, whose input therefore has
+    no ``.val`` for ``materialized_val_inference`` to read (coremltools chains only some).
+    None for op types without ``decompress``."""
+    names = _DECOMPRESS_INPUTS.get(op.op_type)
+    if names is None:
+        return None
+    axis = inputs.get("vector_axis")
+    values = [
+        (None if axis is None else int(np.asarray(axis))) if name == "vector_axis" else inputs.get(name)
+        for name in names
+    ]
+    return type(op).decompress(*values)
+
+
 # ---- loading, exporting and running pipelines ------------------------------------------------
 
 def program_from_spec(spec: Any, weights_dir: str, specification_version: Optional[int] = None) -> Any:
@@ -177,6 +203,7 @@ __all__ = [
     "OPSET_NAMES",
     "UINT1_DTYPE",
     "bit_width",
+    "decompressed_value",
     "blob_storage_writer",
     "feeds_block_output",
     "is_loaded",

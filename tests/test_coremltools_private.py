@@ -94,6 +94,17 @@ def test_materialized_value() -> None:
     np.testing.assert_array_equal(value, np.eye(8, dtype=np.float32))
 
 
+def test_decompressed_value() -> None:
+    """The op class's decompress applied to given input values; None for an op without one."""
+    op = _op(_program(), "s")
+    inputs = {name: var.val for name, var in op.inputs.items()}
+    value = private.decompressed_value(op, inputs)
+    np.testing.assert_array_equal(value, np.eye(8, dtype=np.float32))
+    inputs["nonzero_data"] = inputs["nonzero_data"] * 2  # the given values are used, not the op's
+    np.testing.assert_array_equal(private.decompressed_value(op, inputs), 2 * np.eye(8, dtype=np.float32))
+    assert private.decompressed_value(_op(_program(), "y"), {}) is None
+
+
 def test_program_from_spec_and_back() -> None:
     model = _model()
     prog = private.program_from_spec(model.get_spec(), model.weights_dir)

@@ -130,8 +130,18 @@ def test_integer_inputs_converted_as_core_ml_does() -> None:
     np.testing.assert_array_equal(got, table[ids])
     with pytest.raises(ValueError, match=r"input 'ids': values .* do not fit int32"):
         reference.run(prog, {"ids": np.full((2, 4), 2**40, np.int64)})
+    # floats that hold whole numbers are accepted, as Core ML's predict takes them
+    (got,) = reference.run(prog, {"ids": ids.astype(np.float32)}).values()
+    np.testing.assert_array_equal(got, table[ids])
+    for bad in (0.5, np.nan, np.inf):
+        floats = ids.astype(np.float32)
+        floats[1, 2] = bad
+        with pytest.raises(ValueError, match=r"input 'ids': expected integers \(int32\).*whole numbers"):
+            reference.run(prog, {"ids": floats})
+    with pytest.raises(ValueError, match=r"input 'ids': values .* do not fit int32"):
+        reference.run(prog, {"ids": np.full((2, 4), 2.0**40, np.float32)})
     with pytest.raises(TypeError, match=r"input 'ids': expected integers"):
-        reference.run(prog, {"ids": np.ones((2, 4), np.float32)})
+        reference.run(prog, {"ids": np.full((2, 4), "1")})
 
 
 def test_float_inputs_follow_the_input_type() -> None:
@@ -425,6 +435,28 @@ def test_sparse_blockwise_shift_scale_feeds_sparse_to_dense() -> None:
     def build() -> Any:
         sparse_mask, nonzero = mb.constexpr_sparse_blockwise_shift_scale(
             data_mask=mask.astype(private.UINT1_DTYPE), nonzero_data=data, scale=scale
+        )
+        return mb.constexpr_sparse_to_dense(nonzero_data=nonzero, mask=sparse_mask)
+
+    check_weight(build, IOS18, dense, rtol=2e-3)
+
+
+def test_quantized_lut_feeds_lut_to_sparse() -> None:
+    """Joint compression: an int8 LUT (blockwise_shift_scale) read by lut_to_sparse, read by
+    sparse_to_dense; coremltools cannot materialize the middle op (its lut has no .val)."""
+    mask = RNG.random((6, 8)) < 0.5
+    quantized = RNG.integers(-128, 128, (1, 1, 256, 1)).astype(np.int8)
+    scale = np.full((1, 1, 1, 1), 0.02, np.float16)
+    offset = np.full((1, 1, 1, 1), 3, np.int8)
+    lut = ((quantized.astype(np.float32) - 3) * np.float32(scale.item())).astype(np.float16).reshape(256)
+    indices = RNG.integers(0, 256, int(mask.sum())).astype(np.uint8)
+    dense = np.zeros((6, 8), np.float16)
+    dense[mask] = lut[indices]
+
+    def build() -> Any:
+        quantized_lut = mb.constexpr_blockwise_shift_scale(data=quantized, scale=scale, offset=offset)
+        sparse_mask, nonzero = mb.constexpr_lut_to_sparse(
+            indices_mask=mask.astype(private.UINT1_DTYPE), indices_nonzero_data=indices, lut=quantized_lut
         )
         return mb.constexpr_sparse_to_dense(nonzero_data=nonzero, mask=sparse_mask)
 

@@ -36,6 +36,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_elementwise,
     ops_gather,
     ops_image,
+    ops_list,
     ops_nn,
     ops_quantize,
     ops_recurrent,
@@ -265,7 +266,7 @@ class Evaluator:
         if op_type == "const":
             return (_const_value(op),)
         if op_type in ops_constexpr.OP_TYPES:
-            return ops_constexpr.materialize(op)
+            return ops_constexpr.materialize(op, args)
         if op_type in ops_control.BLOCK_OPS:
             blocks = plan.nested[id(op)]
 

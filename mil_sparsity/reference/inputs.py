@@ -6,7 +6,9 @@ dimension, or an enumerated list of shapes, as ``ct.TensorType`` with ``RangeDim
 a symbolic dimension accepts any size >= 1.
 
 Dtypes are converted as Core ML does when it feeds a model: integer arrays (int64 token ids
-included) to the input's integer type, with a ValueError when a value does not fit; floating
+included) to the input's integer type, with a ValueError when a value does not fit (float
+arrays are accepted for an integer input when every value is a whole number, as Core ML's
+predict takes them; others raise a ValueError naming the input); floating
 point arrays to the input's float type (float64 -> float32, or -> float16 for an fp16 input,
 which is then upcast to float32 for computation, exactly).
 """
@@ -106,6 +108,18 @@ def compute_dtype(storage: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.float32) if storage.kind == "f" else storage
 
 
+def _integral(spec: InputSpec, given: np.ndarray) -> np.ndarray:
+    """Float values that are all whole numbers, as int64; a ValueError naming the input if not."""
+    whole = np.isfinite(given) & (given == np.round(given))
+    if not whole.all():
+        bad = given[~whole].reshape(-1)[0]
+        raise InvalidInputError(
+            f"input {spec.name!r}: expected integers ({spec.dtype}); float values are accepted "
+            f"only when they hold whole numbers, got {bad!r} (dtype {given.dtype})"
+        )
+    return given.astype(np.int64)
+
+
 def convert_input(spec: InputSpec, value: Any) -> np.ndarray:
     """Check ``value`` against ``spec`` and return it in the evaluator's compute dtype."""
     given = np.asarray(value)
@@ -121,6 +135,8 @@ def convert_input(spec: InputSpec, value: Any) -> np.ndarray:
             raise InvalidTypeError(f"input {spec.name!r}: expected bool values, got dtype {given.dtype}")
         return given.astype(np.bool_, copy=False)
     if kind in "iu":
+        if given.dtype.kind == "f":  # Core ML's predict takes floats that hold integers
+            given = _integral(spec, given)
         if given.dtype.kind not in "bui":
             raise InvalidTypeError(
                 f"input {spec.name!r}: expected integers ({spec.dtype}), got dtype {given.dtype}"

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from mil_sparsity.reference._registry import Args, array, integer, kernel, text
+from mil_sparsity.errors import InvalidInputError
+from mil_sparsity.reference._registry import Args, array, flag, integer, kernel, text
 
 
 def open_grid(shape: tuple[int, ...], trailing: int = 0) -> tuple[np.ndarray, ...]:
@@ -91,15 +92,34 @@ def _scatter_into(data: np.ndarray, index: tuple[Any, ...], updates: np.ndarray,
     return result
 
 
+def _checked(args: Args, op_type: str, indices: np.ndarray, valid: np.ndarray, allowed: str) -> np.ndarray:
+    """iOS17+ scatter ops (they have ``validate_indices``) take indices in [0, D) only. With
+    ``validate_indices`` an index outside raises, as the runtime does; without, its update is
+    dropped (the runtime's behaviour is undefined there). Returns the mask of valid indices."""
+    if "validate_indices" not in args:  # iOS15/16 scatter: negative indices count from the end
+        return np.ones_like(valid)
+    if flag(args, "validate_indices") and not valid.all():
+        raise InvalidInputError(
+            f"{op_type}: indices: {indices[~valid][0].tolist()} is out of bounds, allowed "
+            f"{allowed} (validate_indices=True)"
+        )
+    return valid
+
+
 @kernel("scatter")
 def _scatter(args: Args) -> np.ndarray:
     """data[..., indices[i], ...] (on ``axis``) combined with updates[..., i, ...]."""
     data = array(args, "data")
     axis = integer(args, "axis", 0) % data.ndim
     indices = array(args, "indices").reshape(-1)
+    updates = array(args, "updates")
+    size = data.shape[axis]
+    keep = _checked(args, "scatter", indices, (indices >= 0) & (indices < size), f"0..{size - 1}")
+    if not keep.all():
+        indices, updates = indices[keep], np.compress(keep, updates, axis=axis)
     index = (slice(None),) * axis + (indices,)
     # an index array after leading slices keeps the updated axis in place
-    return _scatter_into(data, index, array(args, "updates"), text(args, "mode", "add"))
+    return _scatter_into(data, index, updates, text(args, "mode", "add"))
 
 
 @kernel("scatter_along_axis")
@@ -107,14 +127,26 @@ def _scatter_along_axis(args: Args) -> np.ndarray:
     data = array(args, "data")
     axis = integer(args, "axis", 0) % data.ndim
     indices = array(args, "indices")
+    updates = array(args, "updates")
+    size = data.shape[axis]
+    keep = _checked(args, "scatter_along_axis", indices, (indices >= 0) & (indices < size), f"0..{size - 1}")
     grid = list(open_grid(indices.shape))
     grid[axis] = indices
-    return _scatter_into(data, tuple(grid), array(args, "updates"), text(args, "mode", "add"))
+    if keep.all():
+        return _scatter_into(data, tuple(grid), updates, text(args, "mode", "add"))
+    full = np.broadcast_arrays(*grid)
+    return _scatter_into(data, tuple(g[keep] for g in full), updates[keep], text(args, "mode", "add"))
 
 
 @kernel("scatter_nd")
 def _scatter_nd(args: Args) -> np.ndarray:
     data = array(args, "data")
     indices = array(args, "indices")
+    updates = array(args, "updates")
+    sizes = np.asarray(data.shape[: indices.shape[-1]])
+    valid = np.asarray(((indices >= 0) & (indices < sizes)).all(axis=-1))
+    keep = _checked(args, "scatter_nd", indices, valid, " x ".join(f"0..{d - 1}" for d in sizes))
+    if not keep.all():
+        indices, updates = indices[keep], updates[keep]
     index = tuple(np.moveaxis(indices, -1, 0))
-    return _scatter_into(data, index, array(args, "updates"), text(args, "mode", "add"))
+    return _scatter_into(data, index, updates, text(args, "mode", "add"))

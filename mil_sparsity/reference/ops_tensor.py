@@ -29,11 +29,16 @@ def _identity(args: Args) -> np.ndarray:
 
 @kernel("reshape")
 def _reshape(args: Args) -> np.ndarray:
-    """``0`` keeps the input's size on that axis (when the ranks match), ``-1`` is inferred."""
+    """``-1`` is inferred; a ``0`` takes the input's size on the axis at the same place counted
+    from the right, or 1 where the input has no such axis (iOS17's rule; iOS15/16 allow ``0``
+    only when the ranks match, where both rules agree)."""
     x = array(args, "x")
     shape = integers(args, "shape")
-    if len(shape) == x.ndim:
-        shape = [x.shape[i] if size == 0 else size for i, size in enumerate(shape)]
+    offset = x.ndim - len(shape)  # shape[i] sits over x.shape[i + offset]
+    shape = [
+        (x.shape[i + offset] if i + offset >= 0 else 1) if size == 0 else size
+        for i, size in enumerate(shape)
+    ]
     return x.reshape(shape)
 
 
@@ -77,7 +82,8 @@ def _squeeze(args: Args) -> np.ndarray:
 @kernel("flatten2d")
 def _flatten2d(args: Args) -> np.ndarray:
     x = array(args, "x")
-    axis = integer(args, "axis", 1) % (x.ndim + 1) if x.ndim else 0
+    axis = integer(args, "axis", 1)  # in [-rank, rank]; a negative axis counts from rank
+    axis = axis + x.ndim if axis < 0 else axis
     return x.reshape(math.prod(x.shape[:axis]), -1)
 
 
@@ -147,8 +153,9 @@ def _slice_by_size(args: Args) -> np.ndarray:
 
 @kernel("concat")
 def _concat(args: Args) -> np.ndarray:
-    """``interleave``: the result takes one slice of each input in turn along ``axis``."""
-    values = [np.asarray(v) for v in args["values"]]
+    """``interleave``: the result takes one slice of each input in turn along ``axis``. Scalars
+    count as shape (1,) (the torch frontend concatenates scalar sizes into a shape)."""
+    values = [np.atleast_1d(np.asarray(v)) for v in args["values"]]
     rank = values[0].ndim
     axis = integer(args, "axis") % rank
     if not flag(args, "interleave"):

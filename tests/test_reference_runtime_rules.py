@@ -1,0 +1,143 @@
+"""The runtime's rules coremltools' own op tests found the evaluator missing, run through
+tests/conformance (scripts/conformance.py): values computed where the runtime raises (iOS17
+scatter indices), and results that differed (reshape's 0, flatten2d's negative axis, iOS17
+resize)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import coremltools as ct
+import numpy as np
+import pytest
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import types
+
+from mil_sparsity import reference
+
+IOS16 = ct.target.iOS16
+IOS17 = ct.target.iOS17
+
+DATA = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+
+
+def run_with_indices(build: Callable[[Any, Any], Any], indices: np.ndarray, target: Any = IOS17) -> np.ndarray:
+    """``build(data, indices)`` with both as inputs (dynamic indices: the builder cannot check them)."""
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=DATA.shape), mb.TensorSpec(shape=indices.shape, dtype=types.int32)],
+        opset_version=target,
+    )
+    def prog(data: Any, idx: Any) -> Any:
+        return build(data, idx)
+
+    (result,) = reference.run(prog, {"data": DATA, "idx": indices}).values()
+    return result
+
+
+SCATTERS = {
+    "scatter": (
+        lambda d, i, v: mb.scatter(data=d, indices=i, updates=np.ones((2, 3), np.float32), mode="add", validate_indices=v),
+        np.array([1, 0], np.int32),
+        [np.array([-1, 0], np.int32), np.array([2, 0], np.int32)],
+    ),
+    "scatter_along_axis": (
+        lambda d, i, v: mb.scatter_along_axis(
+            data=d, indices=i, updates=np.ones((2, 3), np.float32), axis=0, mode="add", validate_indices=v
+        ),
+        np.array([[1, 0, 1], [0, 1, 0]], np.int32),
+        [np.array([[-1, 0, 1], [0, 1, 0]], np.int32), np.array([[1, 2, 1], [0, 1, 0]], np.int32)],
+    ),
+    "scatter_nd": (
+        lambda d, i, v: mb.scatter_nd(data=d, indices=i, updates=np.ones(2, np.float32), mode="add", validate_indices=v),
+        np.array([[1, 0], [0, 2]], np.int32),
+        [np.array([[1, 0], [0, -1]], np.int32), np.array([[1, 0], [0, 3]], np.int32)],
+    ),
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(SCATTERS))
+def test_ios17_scatter_indices_out_of_bounds(op_type: str) -> None:
+    build, good, bad_cases = SCATTERS[op_type]
+    full = (run_with_indices(lambda d, i: build(d, i, True), good) != DATA).sum()
+    assert full == (2 if op_type == "scatter_nd" else DATA.size)
+    for bad in bad_cases:
+        # validate_indices: the runtime refuses a negative or too large index
+        with pytest.raises(ValueError, match=rf"{op_type}: indices: .* is out of bounds, allowed 0\.\.\d"):
+            run_with_indices(lambda d, i: build(d, i, True), bad)
+        # without it the runtime's result is undefined: the invalid updates are dropped
+        got = run_with_indices(lambda d, i: build(d, i, False), bad)
+        changed = (got != DATA).sum()
+        assert 0 < changed < full
+        assert set(np.unique(got - DATA)) <= {0.0, 1.0}
+
+
+def test_ios16_scatter_negative_indices_count_from_the_end() -> None:
+    got = run_with_indices(
+        lambda d, i: mb.scatter(data=d, indices=i, updates=np.ones((2, 3), np.float32), mode="add"),
+        np.array([-1, 0], np.int32),
+        target=IOS16,
+    )
+    np.testing.assert_array_equal(got, DATA + 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((1, 0, -1, 0), (1, 1, 2, 50)), ((0, -1), (2, 50)), ((0, 0, 0), (1, 2, 50)), ((-1, 0), (2, 50))],
+)
+def test_ios17_reshape_zero_matches_the_input_from_the_right(shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    x = np.arange(100, dtype=np.float32).reshape(2, 50)
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=x.shape), mb.TensorSpec(shape=(len(shape),), dtype=types.int32)],
+        opset_version=IOS17,
+    )
+    def prog(x: Any, shape: Any) -> Any:  # the shape an input: nothing folds it
+        return mb.reshape(x=x, shape=shape)
+
+    (got,) = reference.run(prog, {"x": x, "shape": np.array(shape, np.int32)}).values()
+    np.testing.assert_array_equal(got, x.reshape(expected))
+
+
+@pytest.mark.parametrize("axis", [-4, -3, -1, 0, 1, 4])
+def test_flatten2d_negative_axis_counts_from_rank(axis: int) -> None:
+    x = np.arange(120, dtype=np.float32).reshape(2, 3, 4, 5)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=IOS17)
+    def prog(x: Any) -> Any:
+        return mb.flatten2d(x=x, axis=axis)
+
+    (got,) = reference.run(prog, {"x": x}).values()
+    split = axis + 4 if axis < 0 else axis
+    np.testing.assert_array_equal(got, x.reshape(int(np.prod(x.shape[:split])), -1))
+
+
+def test_ios17_resize() -> None:
+    """Values from coremltools' iOS17 TestResize (what the runtime gives): nearest rounds the
+    DEFAULT grid's halves up, linear blends on it, a 0 in ``shape`` keeps x's size."""
+    x = np.array([-6.174, 9.371], np.float32).reshape(1, 1, 2, 1)
+
+    def resize(value: np.ndarray, shape: list[int], mode: str) -> np.ndarray:
+        @mb.program(input_specs=[mb.TensorSpec(shape=value.shape)], opset_version=IOS17)
+        def prog(v: Any) -> Any:
+            return mb.resize(x=v, shape=shape, resized_dims=np.uint32(2), interpolation_mode=mode, sampling_mode="DEFAULT")
+
+        (got,) = reference.run(prog, {"v": value}).values()
+        return got
+
+    np.testing.assert_array_equal(resize(x, [1, 1, 3, 2], "NEAREST_NEIGHBOR")[0, 0], x[0, 0][[0, 1, 1]][:, [0, 0]])
+    line = np.array([0, 1], np.float32).reshape(1, 1, 2)
+    np.testing.assert_allclose(resize(line, [1, 1, 5], "LINEAR").reshape(-1), [0, 0.4, 0.8, 1, 1], atol=1e-6)
+    assert resize(line, [1, 0, 5], "LINEAR").shape == (1, 1, 5)
+
+
+def test_concat_of_scalars_is_a_vector() -> None:
+    """The torch frontend concatenates scalar sizes into a shape (torch.ones(x.shape))."""
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2,), dtype=types.int32)], opset_version=IOS17)
+    def prog(x: Any) -> Any:
+        first = mb.slice_by_index(x=x, begin=[0], end=[1], squeeze_mask=[True])
+        return mb.concat(values=(first, mb.gather(x=x, indices=1, axis=0)), axis=0)
+
+    (got,) = reference.run(prog, {"x": np.array([3, 5], np.int32)}).values()
+    np.testing.assert_array_equal(got, [3, 5])
