@@ -328,7 +328,8 @@ def test_calibrate_gram_equals_the_library(run_main: Main, packages: Packages, t
     assert grams and all(saved.entries[key].gram is not None for key in grams)
     for key, gram in grams.items():
         np.testing.assert_array_equal(saved.entries[key].gram, gram)
-    assert saved.get("conv1_weight_0").gram is None  # conv weights: channel statistics only
+    # a conv weight: one Gram matrix per group over its C_in/groups x kH x kW patches (8 x 3 x 3)
+    assert saved.get("conv1_weight_0").gram.shape == (1, 72, 72)
 
 
 def test_calibrate_multifunction_and_data(run_main: Main, packages: Packages, tmp_path: Path) -> None:
