@@ -145,16 +145,11 @@ def conv_gram(
 def conv_gram_of(args: Mapping[str, Any]) -> np.ndarray:
     """:func:`conv_gram` of a conv op's evaluated arguments, read as the reference conv reads
     them (strides, dilations, pad_type / pad, groups)."""
-    from mil_sparsity.reference._registry import array, integers, text
-    from mil_sparsity.reference.ops_conv import _conv_params, padding
+    from mil_sparsity.reference._registry import array
+    from mil_sparsity.reference.ops_conv import conv_geometry
 
     x, weight = array(args, "x"), array(args, "weight")
-    spatial = x.ndim - 2
-    strides, dilations, groups = _conv_params(args, spatial)
-    pads = padding(
-        text(args, "pad_type", "valid"), x.shape[2:], weight.shape[2:], strides, dilations,
-        integers(args, "pad", [0] * 2 * spatial),
-    )
+    strides, dilations, pads, groups = conv_geometry(args)
     return conv_gram(x, tuple(weight.shape[2:]), strides, dilations, pads, groups)
 
 

@@ -109,8 +109,9 @@ def _conv_params(args: Args, spatial: int) -> tuple[list[int], list[int], int]:
     return strides, dilations, integer(args, "groups", 1)
 
 
-@kernel("conv")
-def _conv(args: Args) -> np.ndarray:
+def conv_geometry(args: Args) -> tuple[list[int], list[int], Pads, int]:
+    """(strides, dilations, pads, groups) of a conv op's evaluated arguments: how the conv
+    kernel reads them, and the calibration's patch extraction with it."""
     x, weight = array(args, "x"), array(args, "weight")
     spatial = x.ndim - 2
     strides, dilations, groups = _conv_params(args, spatial)
@@ -118,10 +119,17 @@ def _conv(args: Args) -> np.ndarray:
         text(args, "pad_type", "valid"), x.shape[2:], weight.shape[2:], strides, dilations,
         integers(args, "pad", [0] * 2 * spatial),
     )
+    return strides, dilations, pads, groups
+
+
+@kernel("conv")
+def _conv(args: Args) -> np.ndarray:
+    x, weight = array(args, "x"), array(args, "weight")
+    strides, dilations, pads, groups = conv_geometry(args)
     out = convolve(x, weight, strides, dilations, pads, groups)
     bias = optional_array(args, "bias")
     if bias is not None:
-        out += bias.reshape((1, -1) + (1,) * spatial)
+        out += bias.reshape((1, -1) + (1,) * (x.ndim - 2))
     return out
 
 
