@@ -11,7 +11,7 @@ default function).
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from coremltools import PassPipeline
 
@@ -29,6 +29,9 @@ from mil_sparsity.model.io import (
 from mil_sparsity.plan import targets
 from mil_sparsity.plan.pipeline import PipelinePlan, make_plan
 from mil_sparsity.report import SparsityReport
+
+if TYPE_CHECKING:  # streaming imports the plan; posthoc loads it only when a run streams
+    from mil_sparsity.streaming import StreamSource
 
 def apply_pipeline(
     model: ModelLike,
@@ -113,7 +116,7 @@ def apply_pipeline(
     return result
 
 
-def _apply_streaming(plan: PipelinePlan, source: Any) -> Any:
+def _apply_streaming(plan: PipelinePlan, source: "StreamSource") -> Any:
     """Stream into a temporary package owned by the returned MLModel (``is_temp_package``:
     coremltools deletes it when the interpreter exits; ``save`` copies it where you want it).
     The input is a path, never a loaded model: the result is not loaded either, and has no

@@ -3,7 +3,9 @@
 ``compress_package(src, dst, config_or_pipeline)`` works on the package files, not on a PyMIL
 program, so a model larger than memory can be pruned or packed:
 
-1. Parse the ML Program spec (``model.mlmodel``: small, no weight data). Describe every const
+1. Check the package (:mod:`mil_sparsity.format.package_guard`: every path inside it, every
+   blob's metadata against its declaration) and parse the ML Program spec (``model.mlmodel``:
+   small, no weight data). Describe every const
    whose value lives in the weight file as a :class:`~mil_sparsity.model.inventory.Weight`
    (names, op types and consumers come from the spec) and run the passes' own selection
    (:func:`mil_sparsity.plan.rules.select`) on all of them first: config conflicts and config
@@ -20,9 +22,9 @@ program, so a model larger than memory can be pruned or packed:
    ``shape``; iOS18+: inputs ``nonzero_data`` and uint1 ``mask``), named ``<const>_sparse`` as the
    PyMIL passes name it, and point every reference at it. Every other blob reference gets its
    new offset.
-4. Write ``dst`` atomically: a temporary sibling directory holding a copy of the package with the
-   new spec and weight file, renamed into place. The source is never modified; on any error
-   nothing is left behind.
+4. Write ``dst`` atomically: a temporary sibling directory holding a new package of our own
+   layout (``Manifest.json``, the spec, one ``weights/weight.bin``; each file created new),
+   renamed into place. The source is never modified; on any error nothing is left behind.
 
 Consts stored inline in the spec (immediate values: coremltools inlines fewer than 10 elements)
 are never packed here. Graph passes other than mil_sparsity's cannot run without PyMIL: use
