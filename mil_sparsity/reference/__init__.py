@@ -25,18 +25,38 @@ runtime: it runs on any platform, without the Core ML framework.
 - Before anything runs, a function with op types the evaluator lacks raises one
   NotImplementedError listing each type and how many times it occurs.
 
+Engine features (all per run; nothing in the program or the evaluator changes):
+
+- ``overrides={const name: array}``: evaluate as if those consts held those values (stored as
+  the const's dtype stores them: an fp16 const's override is rounded to fp16). Use it to probe
+  a changed weight without rebuilding anything. An unknown name, a wrong shape or non-numbers
+  raise; a const read by a ``constexpr_*`` op is refused (override the decompressed value by
+  that op's name).
+- ``outputs=[names]``: return these top-level values (any op output or input, by name)
+  instead of the function's outputs; only the ops they need run.
+- ``start={name: array}``: bind these top-level intermediate values; the ops they depend on
+  do not run, and ``inputs`` needs only the function inputs the remaining ops read. With
+  ``outputs``, a run covers one slice of the graph: calibrating layer by layer, or re-running
+  only what follows a changed weight from cached activations.
+- ``ReferenceEvaluator(model, ops={...})``: kernels of this evaluator only (the global table
+  is untouched): ``{"my_op": kernel}`` for every opset, ``{("resize", ct.target.iOS17):
+  kernel}`` for ops of that opset version and later. A kernel takes the op's input values by
+  name and returns one array or a tuple, one per output. Precedence: the evaluator's
+  opset-keyed kernels, its plain ones, the built-in opset-keyed ones, the built-in ones.
+
 Supported op types: :func:`supported_op_types`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity import _coremltools_private as private
+from mil_sparsity.reference._registry import Kernel, KernelKey
 from mil_sparsity.reference.engine import Capture, Evaluator, check_supported, supported_op_types
 from mil_sparsity.reference.inputs import InputSpec, spec_from_feature, spec_from_placeholder
 
@@ -87,6 +107,7 @@ class ReferenceEvaluator:
         *,
         function_name: str = "main",
         round_fp16_intermediates: bool = False,
+        ops: Optional[Mapping[KernelKey, Kernel]] = None,
     ) -> None:
         if not isinstance(function_name, str):
             raise InvalidTypeError(f"function_name must be a str, got {type(function_name).__name__}")
@@ -101,14 +122,24 @@ class ReferenceEvaluator:
             _input_specs(program.functions[function_name], description),
             function_name=function_name,
             round_fp16_intermediates=round_fp16_intermediates,
+            ops=ops,
         )
 
     @property
     def input_specs(self) -> tuple[InputSpec, ...]:
         return self._evaluator.input_specs
 
-    def run(self, inputs: Mapping[str, Any], capture: Optional[Capture] = None) -> dict[str, np.ndarray]:
-        return self._evaluator.run(inputs, capture)
+    def run(
+        self,
+        inputs: Mapping[str, Any],
+        capture: Optional[Capture] = None,
+        *,
+        overrides: Optional[Mapping[str, Any]] = None,
+        outputs: Optional[Sequence[str]] = None,
+        start: Optional[Mapping[str, Any]] = None,
+    ) -> dict[str, np.ndarray]:
+        """The function's outputs by name (or the ``outputs`` asked for); see the module doc."""
+        return self._evaluator.run(inputs, capture, overrides=overrides, outputs=outputs, start=start)
 
     __call__ = run
 
@@ -120,17 +151,23 @@ def run(
     function_name: str = "main",
     capture: Optional[Capture] = None,
     round_fp16_intermediates: bool = False,
+    overrides: Optional[Mapping[str, Any]] = None,
+    outputs: Optional[Sequence[str]] = None,
+    start: Optional[Mapping[str, Any]] = None,
+    ops: Optional[Mapping[KernelKey, Kernel]] = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate ``model``'s function ``function_name`` on ``inputs``; every output by name."""
     evaluator = ReferenceEvaluator(
-        model, function_name=function_name, round_fp16_intermediates=round_fp16_intermediates
+        model, function_name=function_name, round_fp16_intermediates=round_fp16_intermediates, ops=ops
     )
-    return evaluator.run(inputs, capture)
+    return evaluator.run(inputs, capture, overrides=overrides, outputs=outputs, start=start)
 
 
 __all__ = [
     "Capture",
     "InputSpec",
+    "Kernel",
+    "KernelKey",
     "ReferenceEvaluator",
     "check_supported",
     "run",

@@ -11,28 +11,100 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import attrs
 import numpy as np
 
-from mil_sparsity.errors import InvalidInputError
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 
 Args = Mapping[str, Any]
 Outputs = Union[np.ndarray, tuple[np.ndarray, ...]]
 Kernel = Callable[[Args], Outputs]
 
 OP_TABLE: dict[str, Kernel] = {}
+#: op type -> {first opset version (an int, ``ct.target.iOS17`` say) -> kernel}: semantics that
+#: changed between iOS versions; an op of opset v takes the entry with the largest key <= v,
+#: and OP_TABLE's kernel when it has none.
+OPSET_TABLE: dict[str, dict[int, Kernel]] = {}
+
+#: what a user adds per evaluator: ``"op_type"`` (every opset) or ``("op_type", opset)`` (that
+#: opset and later) -> kernel
+KernelKey = Union[str, tuple[str, int]]
 
 
-def kernel(*op_types: str) -> Callable[[Kernel], Kernel]:
-    """Register the decorated function as the kernel of every op type in ``op_types``."""
+def kernel(*op_types: str, since: Optional[int] = None) -> Callable[[Kernel], Kernel]:
+    """Register the decorated function as the kernel of every op type in ``op_types``; with
+    ``since``, only for ops of that opset version and later."""
 
     def register(function: Kernel) -> Kernel:
         for op_type in op_types:
-            if op_type in OP_TABLE:
-                raise InvalidInputError(f"op type {op_type!r} registered twice")
-            OP_TABLE[op_type] = function
+            if since is None:
+                if op_type in OP_TABLE:
+                    raise InvalidInputError(f"op type {op_type!r} registered twice")
+                OP_TABLE[op_type] = function
+            else:
+                versions = OPSET_TABLE.setdefault(op_type, {})
+                if int(since) in versions:
+                    raise InvalidInputError(f"op type {op_type!r} registered twice for opset {since}")
+                versions[int(since)] = function
         return function
 
     return register
+
+
+def _by_opset(table: Mapping[int, Kernel], opset: Optional[int]) -> Optional[Kernel]:
+    usable = [version for version in table if opset is not None and version <= opset]
+    return table[max(usable)] if usable else None
+
+
+@attrs.frozen
+class KernelTable:
+    """The kernels one evaluator uses: the built-in tables plus its own ``extra`` kernels.
+
+    Precedence for an op of type t and opset v: an extra kernel keyed ``(t, u)`` with the
+    largest u <= v, then an extra keyed ``t``, then a built-in kernel for (t, opset), then the
+    built-in kernel of t. The built-in tables are never modified.
+    """
+
+    extra_by_opset: Mapping[str, Mapping[int, Kernel]] = attrs.field(factory=dict)
+    extra: Mapping[str, Kernel] = attrs.field(factory=dict)
+
+    @classmethod
+    def with_extra(cls, ops: Optional[Mapping[KernelKey, Kernel]]) -> "KernelTable":
+        """Check ``ops`` (the ``ops=`` argument of an evaluator) and build the table."""
+        if ops is None:
+            return cls()
+        if not isinstance(ops, Mapping):
+            raise InvalidTypeError(f"ops must map op types to kernels, got {type(ops).__name__}")
+        by_opset: dict[str, dict[int, Kernel]] = {}
+        plain: dict[str, Kernel] = {}
+        for key, function in ops.items():
+            if not callable(function):
+                raise InvalidTypeError(f"ops[{key!r}]: a kernel must be callable, got {type(function).__name__}")
+            if isinstance(key, str) and key:
+                plain[key] = function
+            elif (
+                isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str) and key[0]
+                and isinstance(key[1], int)
+            ):
+                by_opset.setdefault(key[0], {})[int(key[1])] = function
+            else:
+                raise InvalidTypeError(
+                    f"ops: a key must be an op type (str) or (op type, opset version), got {key!r}"
+                )
+        return cls(by_opset, plain)
+
+    def op_types(self) -> frozenset[str]:
+        """Every op type this table has a kernel for."""
+        return frozenset(OP_TABLE) | frozenset(OPSET_TABLE) | frozenset(self.extra) | frozenset(self.extra_by_opset)
+
+    def lookup(self, op_type: str, opset: Optional[int]) -> Optional[Kernel]:
+        """The kernel for an op of ``op_type`` and ``opset`` (None: unknown opset), or None."""
+        found = _by_opset(self.extra_by_opset.get(op_type, {}), opset)
+        if found is None:
+            found = self.extra.get(op_type)
+        if found is None:
+            found = _by_opset(OPSET_TABLE.get(op_type, {}), opset)
+        return found if found is not None else OP_TABLE.get(op_type)
 
 
 # -- argument readers shared by the kernel modules ---------------------------------------------

@@ -6,29 +6,42 @@ reader of a value frees it; a value nobody reads is freed right after its op). V
 a nested block but defined outside it count as read by the op that owns the block.
 
 Run: inputs are checked and converted (see :mod:`.inputs`); const ops give their value (fp16
-upcast to float32), constexpr ops their materialized value, cond/while_loop evaluate their
-blocks, every other op calls its kernel from the op table. Each output is brought to its
-compute dtype (float32 for every float type; integer and bool types as declared) and, with
+upcast to float32), or the run's override for them; constexpr ops their materialized value,
+cond/while_loop evaluate their blocks, every other op calls the kernel resolved for it when
+the plan was made (:class:`~mil_sparsity.reference._registry.KernelTable`: the evaluator's own
+kernels first, then the built-in ones, by opset). Each output is brought to its compute dtype
+(float32 for every float type; integer and bool types as declared) and, with
 ``round_fp16_intermediates``, fp16-typed outputs are rounded to fp16 and back.
+
+A run may ask for any top-level values (``outputs``) and bind intermediates (``start``): it
+then follows a partial plan (:func:`~mil_sparsity.reference.planning.plan_partial`), cached per
+(outputs, start names), and evaluates only the ops between them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-import attrs
 import numpy as np
-from coremltools.converters.mil.mil.block import Block, Function
+from coremltools.converters.mil.mil.block import Function
 from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
-from mil_sparsity.errors import InvalidInputError
-from mil_sparsity import _coremltools_private as private
+from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.reference import ops_constexpr, ops_control
-from mil_sparsity.reference._registry import OP_TABLE
-from mil_sparsity.reference.inputs import InputSpec, compute_dtype
+from mil_sparsity.reference._registry import Kernel, KernelKey, KernelTable
+from mil_sparsity.reference.inputs import InputSpec, compute_dtype, convert_inputs
+from mil_sparsity.reference.planning import (
+    BlockPlan,
+    PartialPlan,
+    Step,
+    plan_block,
+    plan_partial,
+    storage_dtype,
+    walk,
+)
 
 # import for their side effect: registering kernels in OP_TABLE
 from mil_sparsity.reference import (  # noqa: F401,E402
@@ -46,128 +59,33 @@ from mil_sparsity.reference import (  # noqa: F401,E402
 
 Capture = Callable[[Operation, Mapping[str, Any], tuple[Any, ...]], None]
 
-
-def supported_op_types() -> frozenset[str]:
-    """Every op type the evaluator can run."""
-    return frozenset(OP_TABLE) | ops_constexpr.OP_TYPES | frozenset(ops_control.BLOCK_OPS) | {"const"}
+_ENGINE_OPS = ops_constexpr.OP_TYPES | frozenset(ops_control.BLOCK_OPS) | {"const"}
 
 
-def _walk(block: Block) -> Iterator[Operation]:
-    for op in block.operations:
-        yield op
-        for inner in op.blocks:
-            yield from _walk(inner)
+def supported_op_types(table: Optional[KernelTable] = None) -> frozenset[str]:
+    """Every op type the evaluator can run (with ``table``'s extra kernels, if given)."""
+    return (table or KernelTable()).op_types() | _ENGINE_OPS
 
 
-def check_supported(function: Function, function_name: str) -> None:
+def _opset(op: Operation) -> Optional[int]:
+    version = op.opset_version
+    return None if version is None else int(version)
+
+
+def check_supported(function: Function, function_name: str, table: Optional[KernelTable] = None) -> None:
     """One NotImplementedError listing every op type the evaluator lacks, with counts."""
-    supported = supported_op_types()
-    missing = Counter(op.op_type for op in _walk(function) if op.op_type not in supported)
+    table = table or KernelTable()
+    missing = Counter(
+        op.op_type
+        for op in walk(function)
+        if op.op_type not in _ENGINE_OPS and table.lookup(op.op_type, _opset(op)) is None
+    )
     if missing:
         listing = ", ".join(f"{op_type} (x{count})" for op_type, count in sorted(missing.items()))
         raise NotImplementedError(
             f"function {function_name!r}: the reference evaluator cannot run "
             f"{len(missing)} op type(s): {listing}"
         )
-
-
-def _flat_inputs(op: Operation) -> list[Var]:
-    result: list[Var] = []
-    for value in op.inputs.values():
-        result.extend(value if isinstance(value, (list, tuple)) else (value,))
-    return result
-
-
-def _storage_dtype(var: Var) -> Optional[np.dtype[Any]]:
-    """The numpy dtype of a var's element type; None for lists, strings and states."""
-    try:
-        storage = private.numpy_dtype_of(var.dtype)
-    except Exception:  # not a numeric element type: left as the kernel returns it
-        return None
-    return storage if storage.kind in "biuf" else None
-
-
-def _compute_dtype(var: Var) -> Optional[np.dtype[Any]]:
-    """float32 for float types, the declared dtype otherwise; None for non-tensor values."""
-    storage = _storage_dtype(var)
-    return None if storage is None else compute_dtype(storage)
-
-
-@attrs.frozen
-class _Step:
-    op: Operation
-    outputs: tuple[tuple[int, Optional[np.dtype[Any]], bool], ...]  # (var id, dtype, is fp16)
-    free_after: tuple[int, ...]
-
-
-@attrs.frozen
-class _BlockPlan:
-    inputs: tuple[int, ...]
-    steps: tuple[_Step, ...]
-    outputs: tuple[int, ...]
-    owned_outputs: tuple[int, ...]  # block outputs defined in the block (freed on exit)
-    nested: Mapping[int, tuple["_BlockPlan", ...]]  # op id -> plans of its blocks
-
-
-def _block_inputs(block: Block) -> list[Var]:
-    """A block's input vars (a Function keeps them in a name -> Var dict)."""
-    inputs = block.inputs
-    return list(inputs.values()) if isinstance(inputs, Mapping) else list(inputs)
-
-
-def _free_vars(block: Block) -> set[int]:
-    """Vars read in ``block`` (nested blocks included) but defined outside it."""
-    defined = {id(v) for v in _block_inputs(block)}
-    read: set[int] = set()
-    for op in block.operations:
-        defined.update(id(v) for v in op.outputs)
-        read.update(id(v) for v in _flat_inputs(op))
-        for inner in op.blocks:
-            read.update(_free_vars(inner))
-    read.update(id(v) for v in block.outputs)
-    return read - defined
-
-
-def _plan_block(block: Block) -> _BlockPlan:
-    ops = list(block.operations)
-    reads: list[set[int]] = []
-    for op in ops:
-        used = {id(v) for v in _flat_inputs(op)}
-        for inner in op.blocks:
-            used.update(_free_vars(inner))
-        reads.append(used)
-    defined_here = {id(v) for v in _block_inputs(block)} | {id(v) for op in ops for v in op.outputs}
-    kept = {id(v) for v in block.outputs}
-    last_reader: dict[int, int] = {}
-    for index, used in enumerate(reads):
-        for var_id in used:
-            last_reader[var_id] = index
-    free_after: list[list[int]] = [[] for _ in ops]
-    for var_id, index in last_reader.items():
-        if var_id in defined_here and var_id not in kept:
-            free_after[index].append(var_id)
-    for index, op in enumerate(ops):
-        for var in op.outputs:
-            if id(var) not in last_reader and id(var) not in kept:
-                free_after[index].append(id(var))
-    steps = tuple(
-        _Step(
-            op=op,
-            outputs=tuple(
-                (id(v), _compute_dtype(v), _storage_dtype(v) == np.float16) for v in op.outputs
-            ),
-            free_after=tuple(free_after[index]),
-        )
-        for index, op in enumerate(ops)
-    )
-    nested = {id(op): tuple(_plan_block(inner) for inner in op.blocks) for op in ops if op.blocks}
-    return _BlockPlan(
-        inputs=tuple(id(v) for v in _block_inputs(block)),
-        steps=steps,
-        outputs=tuple(id(v) for v in block.outputs),
-        owned_outputs=tuple(id(v) for v in block.outputs if id(v) in defined_here),
-        nested=nested,
-    )
 
 
 def _as_compute_value(value: Any, dtype: Optional[np.dtype[Any]]) -> Any:
@@ -184,12 +102,27 @@ def _const_value(op: Operation) -> Any:
     return value
 
 
+Values = Mapping[str, Any]
+
+
+def _shape_fits(declared: Sequence[Any], shape: tuple[int, ...]) -> bool:
+    """``shape`` has the declared rank and matches every fixed (integer) dimension."""
+    return len(declared) == len(shape) and all(
+        not isinstance(d, (int, np.integer)) or int(d) == size for d, size in zip(declared, shape)
+    )
+
+
+def _declared_shape(var: Var) -> tuple[Any, ...]:
+    return tuple(var.shape) if var.shape is not None else ()
+
+
 class Evaluator:
     """A planned function of a program, run on any number of input dicts.
 
     ``round_fp16_intermediates``: round every fp16-typed value (op outputs, fp16 consts are
     already fp16) to the nearest fp16 and back after each op, so results show fp16 effects;
-    arithmetic inside an op stays float32.
+    arithmetic inside an op stays float32. ``ops``: this evaluator's extra kernels (see
+    :class:`~mil_sparsity.reference._registry.KernelTable` for keys and precedence).
     """
 
     def __init__(
@@ -199,6 +132,7 @@ class Evaluator:
         *,
         function_name: str = "main",
         round_fp16_intermediates: bool = False,
+        ops: Optional[Mapping[KernelKey, Kernel]] = None,
     ) -> None:
         if function_name not in program.functions:
             raise InvalidInputError(
@@ -206,29 +140,151 @@ class Evaluator:
                 f"{sorted(program.functions)}"
             )
         function = program.functions[function_name]
-        check_supported(function, function_name)
+        self._table = KernelTable.with_extra(ops)
+        check_supported(function, function_name, self._table)
         self.function_name = function_name
         self.round_fp16_intermediates = bool(round_fp16_intermediates)
         self.input_specs = tuple(input_specs)
         self._function = function
-        self._input_ids = {name: id(var) for name, var in function.inputs.items()}
         self._output_names = tuple(str(var.name) for var in function.outputs)
-        self._plan = _plan_block(function)
+        self._plan = plan_block(function, self._kernel_for)
+        self._partial_plans: dict[tuple[tuple[str, ...], frozenset[str]], PartialPlan] = {}
+        self._values = {name: var for name, var in function.inputs.items()}
+        self._values.update({str(v.name): v for op in function.operations for v in op.outputs})
+        self._weights = {
+            str(op.outputs[0].name): op.outputs[0]
+            for op in walk(function)
+            if (op.op_type == "const" or op.op_type in ops_constexpr.OP_TYPES) and len(op.outputs) == 1
+        }
 
-    def run(self, inputs: Mapping[str, Any], capture: Optional[Capture] = None) -> dict[str, np.ndarray]:
-        from mil_sparsity.reference.inputs import convert_inputs
+    def _kernel_for(self, op: Operation) -> Optional[Kernel]:
+        if op.op_type in _ENGINE_OPS:
+            return None
+        return self._table.lookup(op.op_type, _opset(op))
 
-        converted = convert_inputs(self.input_specs, inputs)
-        values = [converted[name] for name in self._function.inputs]
-        outputs = self._run_block(self._plan, values, {}, capture)
-        return {name: np.asarray(value) for name, value in zip(self._output_names, outputs)}
+    # -- the three kinds of named values a run can take ----------------------------------------
+
+    def _override_values(self, overrides: Optional[Values]) -> dict[int, Any]:
+        """``overrides`` checked: const (or single-output constexpr) names, exact shapes,
+        numbers; each value stored as the const's dtype would store it, in the compute dtype."""
+        if not overrides:
+            return {}
+        if not isinstance(overrides, Mapping):
+            raise InvalidTypeError(f"overrides must map const names to arrays, got {type(overrides).__name__}")
+        replaced: dict[int, Any] = {}
+        for name, value in overrides.items():
+            var = self._weights.get(name) if isinstance(name, str) else None
+            if var is None:
+                raise InvalidInputError(
+                    f"overrides: {name!r} is not a const of function {self.function_name!r} "
+                    f"({len(self._weights)} consts, e.g. {sorted(self._weights)[:5]})"
+                )
+            readers = sorted(str(op.name) for op in var.child_ops if op.op_type in ops_constexpr.OP_TYPES)
+            if readers:
+                raise InvalidInputError(
+                    f"overrides: {name!r} is an operand of compressed weight(s) {readers}; "
+                    "override the decompressed value by that op's name instead"
+                )
+            array = np.asarray(value)
+            if array.dtype.kind not in "biuf":
+                raise InvalidTypeError(f"overrides[{name!r}]: expected numbers, got dtype {array.dtype}")
+            declared = _declared_shape(var)
+            if tuple(array.shape) != tuple(int(d) for d in declared):
+                raise InvalidInputError(
+                    f"overrides[{name!r}]: shape {tuple(array.shape)} differs from the const's "
+                    f"shape {declared}"
+                )
+            storage = storage_dtype(var)
+            if storage is not None:
+                array = _as_compute_value(array.astype(storage, copy=False), compute_dtype(storage))
+            replaced[id(var)] = array
+        return replaced
+
+    def _start_values(self, start: Optional[Values]) -> dict[int, Any]:
+        """``start`` checked: names of values the function computes, declared ranks and sizes."""
+        if not start:
+            return {}
+        if not isinstance(start, Mapping):
+            raise InvalidTypeError(f"start must map value names to arrays, got {type(start).__name__}")
+        given: dict[int, Any] = {}
+        for name, value in start.items():
+            var = self._values.get(name) if isinstance(name, str) else None
+            if var is None or name in self._function.inputs:
+                what = "is a function input (give it in inputs)" if var is not None else "is not a value"
+                raise InvalidInputError(
+                    f"start: {name!r} {what} of the top level of function {self.function_name!r}"
+                )
+            storage = storage_dtype(var)
+            if storage is not None:
+                array = np.asarray(value)
+                if not _shape_fits(_declared_shape(var), tuple(array.shape)):
+                    raise InvalidInputError(
+                        f"start[{name!r}]: shape {tuple(array.shape)} does not fit the value's "
+                        f"declared shape {_declared_shape(var)}"
+                    )
+                value = _as_compute_value(array, compute_dtype(storage))
+            given[id(var)] = value
+        return given
+
+    def _targets(self, outputs: Optional[Sequence[str]]) -> tuple[Var, ...]:
+        if outputs is None:
+            return tuple(self._function.outputs)
+        if isinstance(outputs, str) or not isinstance(outputs, Sequence):
+            raise InvalidTypeError(f"outputs must be a list of value names, got {type(outputs).__name__}")
+        unknown = [name for name in outputs if name not in self._values]
+        if unknown or not outputs:
+            raise InvalidInputError(
+                f"outputs: {unknown or 'an empty list'} not values of the top level of function "
+                f"{self.function_name!r} (function outputs: {list(self._output_names)})"
+            )
+        return tuple(self._values[name] for name in outputs)
+
+    def _partial(self, targets: tuple[Var, ...], start: Values) -> PartialPlan:
+        key = (tuple(str(v.name) for v in targets), frozenset(start))
+        plan = self._partial_plans.get(key)
+        if plan is None:
+            plan = plan_partial(self._function, targets, [self._values[n] for n in start], self._kernel_for)
+            self._partial_plans[key] = plan
+        return plan
+
+    def run(
+        self,
+        inputs: Values,
+        capture: Optional[Capture] = None,
+        *,
+        overrides: Optional[Values] = None,
+        outputs: Optional[Sequence[str]] = None,
+        start: Optional[Values] = None,
+    ) -> dict[str, np.ndarray]:
+        """The function's outputs (or ``outputs``, any top-level values by name) on ``inputs``.
+
+        ``overrides``: const name -> array, used in place of the const's value for this run
+        only. ``start``: top-level value name -> array; the run binds these and evaluates only
+        the ops that the requested values need beyond them (``inputs`` then needs only the
+        function inputs those ops read).
+        """
+        replaced = self._override_values(overrides)
+        if outputs is None and not start:
+            converted = convert_inputs(self.input_specs, inputs)
+            values = [converted[name] for name in self._function.inputs]
+            results = self._run_block(self._plan, values, {}, capture, replaced)
+            return {name: np.asarray(value) for name, value in zip(self._output_names, results)}
+        targets = self._targets(outputs)
+        given = self._start_values(start)
+        partial = self._partial(targets, start or {})
+        converted = convert_inputs(self.input_specs, inputs, required=partial.needed_inputs)
+        for name in partial.needed_inputs:
+            given[id(self._function.inputs[name])] = converted[name]
+        results = self._run_block(partial.plan, [given[i] for i in partial.plan.inputs], {}, capture, replaced)
+        return {str(var.name): np.asarray(value) for var, value in zip(targets, results)}
 
     def _run_block(
         self,
-        plan: _BlockPlan,
+        plan: BlockPlan,
         block_inputs: Sequence[Any],
         env: dict[int, Any],
         capture: Optional[Capture],
+        replaced: Mapping[int, Any],
     ) -> list[Any]:
         for var_id, value in zip(plan.inputs, block_inputs):
             env[var_id] = value
@@ -238,7 +294,11 @@ class Evaluator:
                 name: tuple(env[id(v)] for v in var) if isinstance(var, (list, tuple)) else env[id(var)]
                 for name, var in op.inputs.items()
             }
-            results = self._run_op(plan, op, args, env, capture)
+            if step.kernel is not None:
+                result = step.kernel(args)
+                results = result if isinstance(result, tuple) else (result,)
+            else:
+                results = self._run_engine_op(plan, step, args, env, capture, replaced)
             for (var_id, dtype, is_fp16), value in zip(step.outputs, results):
                 value = _as_compute_value(value, dtype)
                 if is_fp16 and self.round_fp16_intermediates and op.op_type != "const":
@@ -254,25 +314,27 @@ class Evaluator:
             env.pop(var_id, None)
         return outputs
 
-    def _run_op(
+    def _run_engine_op(
         self,
-        plan: _BlockPlan,
-        op: Operation,
+        plan: BlockPlan,
+        step: Step,
         args: Mapping[str, Any],
         env: dict[int, Any],
         capture: Optional[Capture],
+        replaced: Mapping[int, Any],
     ) -> tuple[Any, ...]:
+        """Const, constexpr and block ops: what the engine itself computes."""
+        op = step.op
+        if replaced and step.outputs[0][0] in replaced:
+            return (replaced[step.outputs[0][0]],)
         op_type = op.op_type
         if op_type == "const":
             return (_const_value(op),)
         if op_type in ops_constexpr.OP_TYPES:
             return ops_constexpr.materialize(op, args)
-        if op_type in ops_control.BLOCK_OPS:
-            blocks = plan.nested[id(op)]
+        blocks = plan.nested[id(op)]
 
-            def run_nested(index: int, block_inputs: Sequence[Any]) -> list[Any]:
-                return self._run_block(blocks[index], block_inputs, env, capture)
+        def run_nested(index: int, block_inputs: Sequence[Any]) -> list[Any]:
+            return self._run_block(blocks[index], block_inputs, env, capture, replaced)
 
-            return tuple(ops_control.BLOCK_OPS[op_type](args, run_nested))
-        result = OP_TABLE[op_type](args)
-        return result if isinstance(result, tuple) else (result,)
+        return tuple(ops_control.BLOCK_OPS[op_type](args, run_nested))

@@ -154,12 +154,18 @@ def convert_input(spec: InputSpec, value: Any) -> np.ndarray:
     return stored.astype(np.float32, copy=False)
 
 
-def convert_inputs(specs: Sequence[InputSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """All inputs checked (missing and unknown names first), then converted one by one."""
+def convert_inputs(
+    specs: Sequence[InputSpec], inputs: Mapping[str, Any], required: Optional[Sequence[str]] = None
+) -> dict[str, np.ndarray]:
+    """All inputs checked (missing and unknown names first), then converted one by one.
+
+    ``required``: the names that must be given (default: every input); a name outside the
+    function is always an error, a name given but not required is checked and converted too."""
     if not isinstance(inputs, Mapping):
         raise InvalidTypeError(f"inputs must map input names to arrays, got {type(inputs).__name__}")
     expected = [spec.name for spec in specs]
-    missing = [name for name in expected if name not in inputs]
+    needed = expected if required is None else list(required)
+    missing = [name for name in needed if name not in inputs]
     unknown = [str(name) for name in inputs if name not in expected]
     if missing or unknown:
         details = []
@@ -168,4 +174,4 @@ def convert_inputs(specs: Sequence[InputSpec], inputs: Mapping[str, Any]) -> dic
         if unknown:
             details.append(f"unknown {unknown}")
         raise InvalidInputError(f"inputs: {'; '.join(details)}; the function takes {expected}")
-    return {spec.name: convert_input(spec, inputs[spec.name]) for spec in specs}
+    return {spec.name: convert_input(spec, inputs[spec.name]) for spec in specs if spec.name in inputs}

@@ -1,0 +1,213 @@
+"""Plan a function's evaluation once: which ops run, in what order, and when each value dies.
+
+A plan lists, for one block (nested blocks get their own plans), the ops in program order and,
+for each op, the values to free once it has run: the last reader of a value frees it; a value
+nobody reads is freed right after its op. Vars read inside a nested block but defined outside
+it count as read by the op that owns the block.
+
+A *partial* plan (:func:`plan_partial`) covers only the top-level ops that the requested
+values need, walking back from them and stopping at values the caller gives (function inputs
+or intermediates): ``outputs=["h3"]`` runs the ops up to ``h3``; ``start={"h3": ...}`` never
+runs what ``h3`` depends on. Kernels are resolved per op here, once, so running a plan does no
+table lookups.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import attrs
+import numpy as np
+from coremltools.converters.mil.mil.block import Block, Function
+from coremltools.converters.mil.mil.operation import Operation
+from coremltools.converters.mil.mil.var import Var
+
+from mil_sparsity import _coremltools_private as private
+from mil_sparsity.reference.inputs import compute_dtype
+
+Kernel = Callable[[Mapping[str, Any]], Any]
+#: op -> the kernel that computes it (None: const, constexpr and block ops, run by the engine)
+KernelFor = Callable[[Operation], Optional[Kernel]]
+
+
+def walk(block: Block) -> Iterator[Operation]:
+    """Every op of ``block``, nested blocks included, in program order."""
+    for op in block.operations:
+        yield op
+        for inner in op.blocks:
+            yield from walk(inner)
+
+
+def flat_inputs(op: Operation) -> list[Var]:
+    """An op's input vars, variadic inputs flattened."""
+    result: list[Var] = []
+    for value in op.inputs.values():
+        result.extend(value if isinstance(value, (list, tuple)) else (value,))
+    return result
+
+
+def storage_dtype(var: Var) -> Optional[np.dtype[Any]]:
+    """The numpy dtype of a var's element type; None for lists, strings and states."""
+    try:
+        storage = private.numpy_dtype_of(var.dtype)
+    except Exception:  # not a numeric element type: left as the kernel returns it
+        return None
+    return storage if storage.kind in "biuf" else None
+
+
+def _compute_dtype(var: Var) -> Optional[np.dtype[Any]]:
+    """float32 for float types, the declared dtype otherwise; None for non-tensor values."""
+    storage = storage_dtype(var)
+    return None if storage is None else compute_dtype(storage)
+
+
+@attrs.frozen
+class Step:
+    """One op to run: its kernel, its outputs (var id, compute dtype, is fp16) and the values
+    that die after it."""
+
+    op: Operation
+    kernel: Optional[Kernel]
+    outputs: tuple[tuple[int, Optional[np.dtype[Any]], bool], ...]
+    free_after: tuple[int, ...]
+
+
+@attrs.frozen
+class BlockPlan:
+    """The steps of one block; ``inputs`` are the ids the caller binds before the steps run."""
+
+    inputs: tuple[int, ...]
+    steps: tuple[Step, ...]
+    outputs: tuple[int, ...]
+    owned_outputs: tuple[int, ...]  # outputs the plan defines (freed on exit)
+    nested: Mapping[int, tuple["BlockPlan", ...]]  # op id -> plans of its blocks
+
+
+def block_inputs(block: Block) -> list[Var]:
+    """A block's input vars (a Function keeps them in a name -> Var dict)."""
+    inputs = block.inputs
+    return list(inputs.values()) if isinstance(inputs, Mapping) else list(inputs)
+
+
+def _free_vars(block: Block) -> set[int]:
+    """Vars read in ``block`` (nested blocks included) but defined outside it."""
+    defined = {id(v) for v in block_inputs(block)}
+    read: set[int] = set()
+    for op in block.operations:
+        defined.update(id(v) for v in op.outputs)
+        read.update(id(v) for v in flat_inputs(op))
+        for inner in op.blocks:
+            read.update(_free_vars(inner))
+    read.update(id(v) for v in block.outputs)
+    return read - defined
+
+
+def _reads(op: Operation) -> set[int]:
+    """The ids of every value ``op`` needs, those its nested blocks read from outside included."""
+    used = {id(v) for v in flat_inputs(op)}
+    for inner in op.blocks:
+        used.update(_free_vars(inner))
+    return used
+
+
+def _plan(
+    ops: Sequence[Operation],
+    inputs: Sequence[int],
+    outputs: Sequence[int],
+    kernel_for: KernelFor,
+) -> BlockPlan:
+    reads = [_reads(op) for op in ops]
+    defined_here = set(inputs) | {id(v) for op in ops for v in op.outputs}
+    kept = set(outputs)
+    last_reader: dict[int, int] = {}
+    for index, used in enumerate(reads):
+        for var_id in used:
+            last_reader[var_id] = index
+    free_after: list[list[int]] = [[] for _ in ops]
+    for var_id, index in last_reader.items():
+        if var_id in defined_here and var_id not in kept:
+            free_after[index].append(var_id)
+    for index, op in enumerate(ops):
+        for var in op.outputs:
+            if id(var) not in last_reader and id(var) not in kept:
+                free_after[index].append(id(var))
+    steps = tuple(
+        Step(
+            op=op,
+            kernel=kernel_for(op),
+            outputs=tuple(
+                (id(v), _compute_dtype(v), storage_dtype(v) == np.float16) for v in op.outputs
+            ),
+            free_after=tuple(free_after[index]),
+        )
+        for index, op in enumerate(ops)
+    )
+    nested = {
+        id(op): tuple(plan_block(inner, kernel_for) for inner in op.blocks) for op in ops if op.blocks
+    }
+    return BlockPlan(
+        inputs=tuple(inputs),
+        steps=steps,
+        outputs=tuple(outputs),
+        owned_outputs=tuple(var_id for var_id in outputs if var_id in defined_here),
+        nested=nested,
+    )
+
+
+def plan_block(block: Block, kernel_for: KernelFor) -> BlockPlan:
+    """Every op of ``block`` in order; its inputs bound by the caller, its outputs kept."""
+    return _plan(
+        list(block.operations),
+        [id(v) for v in block_inputs(block)],
+        [id(v) for v in block.outputs],
+        kernel_for,
+    )
+
+
+@attrs.frozen
+class PartialPlan:
+    """A plan that computes ``targets`` from ``given`` values; ``needed_inputs`` are the
+    function inputs (by name) it reads."""
+
+    plan: BlockPlan
+    needed_inputs: tuple[str, ...]
+
+
+def plan_partial(
+    function: Function,
+    targets: Sequence[Var],
+    given: Iterable[Var],
+    kernel_for: KernelFor,
+) -> PartialPlan:
+    """The top-level ops of ``function`` that ``targets`` need when ``given`` values are bound.
+
+    Walks back from each target through the producers of what it reads, stopping at given
+    values and at function inputs (which become ``needed_inputs``). The ops keep program order.
+    """
+    producer = {id(v): op for op in function.operations for v in op.outputs}
+    input_names = {id(var): name for name, var in function.inputs.items()}
+    given_ids = {id(v) for v in given}
+    chosen: set[int] = set()
+    needed: set[int] = set()
+    pending = [id(v) for v in targets]
+    seen: set[int] = set()
+    while pending:
+        var_id = pending.pop()
+        if var_id in seen:
+            continue
+        seen.add(var_id)
+        if var_id in given_ids:
+            continue
+        if var_id in input_names:
+            needed.add(var_id)
+            continue
+        op = producer.get(var_id)
+        if op is None or id(op) in chosen:
+            continue
+        chosen.add(id(op))
+        pending.extend(_reads(op))
+    ops = [op for op in function.operations if id(op) in chosen]
+    bound = [var_id for var_id in given_ids] + sorted(needed)
+    plan = _plan(ops, bound, [id(v) for v in targets], kernel_for)
+    names = tuple(name for var_id, name in input_names.items() if var_id in needed)
+    return PartialPlan(plan=plan, needed_inputs=names)
