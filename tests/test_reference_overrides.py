@@ -239,3 +239,17 @@ def test_kernels_keyed_by_opset_apply_from_that_version_on(target: Any, expected
 def test_bad_extra_kernels_are_refused(ops: Any, error: type, word: str) -> None:
     with pytest.raises(error, match=word):
         KernelTable.with_extra(ops)
+
+
+def test_cut_before_a_weight_gives_what_a_probe_of_it_needs() -> None:
+    prog, weights = three_layers()
+    evaluator = reference.ReferenceEvaluator(prog)
+    assert evaluator.cut_before(["w2"]) == ("r1",)
+    assert evaluator.cut_before(["w1", "w2"]) == ("r0",)
+    assert evaluator.cut_before(["w0"]) == ()
+    cached = evaluator.run({"x": X}, outputs=list(evaluator.cut_before(["w1"])))
+    probe = np.flip(weights[1], axis=0).copy()
+    fast = evaluator.run({"x": X}, start=cached, overrides={"w1": probe})
+    np.testing.assert_array_equal(output_of(fast), output_of(evaluator.run({"x": X}, overrides={"w1": probe})))
+    with pytest.raises(ValueError, match="h0"):
+        evaluator.cut_before(["h0"])

@@ -117,6 +117,7 @@ class ReferenceEvaluator:
                 f"function_name: {function_name!r} is not in the model; it has "
                 f"{sorted(program.functions)}"
             )
+        self._program = program
         self._evaluator = Evaluator(
             program,
             _input_specs(program.functions[function_name], description),
@@ -128,6 +129,16 @@ class ReferenceEvaluator:
     @property
     def input_specs(self) -> tuple[InputSpec, ...]:
         return self._evaluator.input_specs
+
+    @property
+    def program(self) -> Any:
+        """The PyMIL program evaluated (read it; modifying it invalidates the evaluator)."""
+        return self._program
+
+    def cut_before(self, const_names: Sequence[str]) -> tuple[str, ...]:
+        """Names of the values that, given as ``start``, let a run skip every op before the
+        first reader of ``const_names`` (what a probe of those weights needs cached)."""
+        return self._evaluator.cut_before(const_names)
 
     def run(
         self,

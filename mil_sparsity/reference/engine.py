@@ -37,6 +37,7 @@ from mil_sparsity.reference.planning import (
     BlockPlan,
     PartialPlan,
     Step,
+    live_before,
     plan_block,
     plan_partial,
     storage_dtype,
@@ -156,6 +157,15 @@ class Evaluator:
             for op in walk(function)
             if (op.op_type == "const" or op.op_type in ops_constexpr.OP_TYPES) and len(op.outputs) == 1
         }
+
+    def cut_before(self, const_names: Sequence[str]) -> tuple[str, ...]:
+        """The top-level values to pass as ``start`` to re-run only what follows the first op
+        that reads any of ``const_names`` (see :func:`~.planning.live_before`)."""
+        unknown = [name for name in const_names if name not in self._weights]
+        if unknown:
+            raise InvalidInputError(f"const_names: {unknown} are not consts of function {self.function_name!r}")
+        live = live_before(self._function, const_names, _ENGINE_OPS - frozenset(ops_control.BLOCK_OPS))
+        return tuple(str(v.name) for v in live)
 
     def _kernel_for(self, op: Operation) -> Optional[Kernel]:
         if op.op_type in _ENGINE_OPS:

@@ -211,3 +211,21 @@ def plan_partial(
     plan = _plan(ops, bound, [id(v) for v in targets], kernel_for)
     names = tuple(name for var_id, name in input_names.items() if var_id in needed)
     return PartialPlan(plan=plan, needed_inputs=names)
+
+
+def live_before(function: Function, names: Iterable[str], skip: frozenset[str]) -> list[Var]:
+    """The values to bind (``start``) to re-run ``function`` from the first top-level op that
+    reads any value named in ``names``: those defined by earlier top-level ops, not of an op
+    type in ``skip`` (consts: cheap to recompute, and an override must still reach them), and
+    read at or after that op or returned by the function. Function inputs are not included.
+    """
+    wanted = set(names)
+    ops = list(function.operations)
+    wanted_ids = {id(v) for op in ops for v in op.outputs if str(v.name) in wanted}
+    first = next((i for i, op in enumerate(ops) if _reads(op) & wanted_ids), len(ops))
+    later: set[int] = {id(v) for v in function.outputs}
+    for op in ops[first:]:
+        later.update(_reads(op))
+    return [
+        v for op in ops[:first] if op.op_type not in skip for v in op.outputs if id(v) in later
+    ]
