@@ -11,7 +11,8 @@
 * :class:`SparseReplacement`: what replaces a const ``w``, as data: the new op's name
   (``<w>_sparse``), its form, and its tensors under PyMIL's input names. ``model.pymil`` renders it
   with the Builder, ``streaming`` as blobs plus spec fields. :func:`joint_name`: the name of
-  the op joint compression puts in place of a palettized / quantized op.
+  the op joint compression puts in place of a palettized / quantized op; :func:`dense_name`:
+  back from a compression op's name to the const it replaced.
 
 Changing an opset's form or the op's encoding is one edit here.
 """
@@ -194,6 +195,37 @@ JOINT_SUFFIXES: Final[Mapping[str, str]] = {
 def joint_name(compressed_name: str, joint_op_type: str) -> str:
     """The name of the ``joint_op_type`` op that replaces the compressed op ``compressed_name``."""
     return f"{compressed_name}{JOINT_SUFFIXES[joint_op_type]}"
+
+
+#: what compression passes append to the name of the const they replace: ours
+#: (:func:`replacement_name`), then coremltools' ``optimize.coreml`` ones (longer ones first)
+COMPRESSION_SUFFIXES: Final[tuple[str, ...]] = (
+    replacement_name(""),
+    "_sparsified",
+    "_palettized_pcs",
+    "_palettized",
+    "_quantized",
+)
+
+
+def dense_name(op_name: str, op_type: str) -> str:
+    """The name of the const that the compression op ``op_name`` (of ``op_type``) replaced:
+    without the joint suffix an op of joint compression adds (:data:`JOINT_SUFFIXES`), then
+    without the first of :data:`COMPRESSION_SUFFIXES` it ends with; ``w_palettized_lut_to_sparse``
+    -> ``w``. A suffix that is the whole name stays."""
+    joint_suffix = JOINT_SUFFIXES.get(op_type)
+    if joint_suffix is not None:
+        op_name = _without_suffix(op_name, (joint_suffix,))
+    return _without_suffix(op_name, COMPRESSION_SUFFIXES)
+
+
+def _without_suffix(name: str, suffixes: tuple[str, ...]) -> str:
+    """``name`` without the first of ``suffixes`` it ends with (unchanged if none, or if nothing
+    would be left)."""
+    for suffix in suffixes:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def replacement(const_name: str, sparse: SparseWeight, form: SparseForm) -> SparseReplacement:
