@@ -2,7 +2,8 @@
 
 * :data:`DTYPES`: the one dtype table. Each MIL tensor type with its blob-file name and code,
   its spec (``MIL_pb2.DataType``) name, the numpy dtype PyMIL holds it in, its bit width, and
-  whether a const of that type is a weight the passes consider.
+  whether a const of that type is a weight the passes consider; with the model description's
+  input array types (:data:`ARRAY_FEATURE_DTYPES`).
 * :func:`sparse_form`: deployment target -> form of ``constexpr_sparse_to_dense``. iOS16/17:
   ``nonzero_data``, a uint8 ``mask`` of packed bits (LSB first, row-major) and a uint32
   ``shape``, stored as op attributes in the spec. iOS18+: ``nonzero_data`` and a uint1 ``mask``
@@ -25,6 +26,7 @@ from typing import Any, Final, Mapping, Optional
 import attrs
 import coremltools as ct
 import numpy as np
+from coremltools.proto import FeatureTypes_pb2
 from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError
@@ -78,6 +80,15 @@ def numpy_dtype_of_spec(spec_name: str) -> Optional[str]:
     dtype (sub-byte types do: uint4 reads as uint8); None otherwise."""
     dtype = BY_SPEC_NAME.get(spec_name)
     return dtype.numpy if dtype is not None and dtype.numpy in WEIGHT_NUMPY_DTYPES else None
+
+
+_ARRAY_DATA_TYPE: Final = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+#: a model description's multi-array input types that samples are drawn in (the
+#: ``ArrayFeatureType.ArrayDataType`` code -> numpy dtype name); INT8 inputs are not sampled
+ARRAY_FEATURE_DTYPES: Final[Mapping[int, str]] = {
+    int(_ARRAY_DATA_TYPE.Value(name)): numpy
+    for name, numpy in (("FLOAT32", "float32"), ("FLOAT16", "float16"), ("DOUBLE", "float64"), ("INT32", "int32"))
+}
 
 
 # ---- deployment targets and sparse forms ------------------------------------------------------
