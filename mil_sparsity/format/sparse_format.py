@@ -2,8 +2,9 @@
 
 * :data:`DTYPES`: the one dtype table. Each MIL tensor type with its blob-file name and code,
   its spec (``MIL_pb2.DataType``) name, the numpy dtype PyMIL holds it in, its bit width, and
-  whether a const of that type is a weight the passes consider; with the model description's
-  input array types (:data:`ARRAY_FEATURE_DTYPES`).
+  whether a const of that type is a weight the passes consider; with the bit widths of the
+  other spec types (:func:`spec_type_bits`) and the model description's input array types
+  (:data:`ARRAY_FEATURE_DTYPES`).
 * :func:`sparse_form`: deployment target -> form of ``constexpr_sparse_to_dense``. iOS16/17:
   ``nonzero_data``, a uint8 ``mask`` of packed bits (LSB first, row-major) and a uint32
   ``shape``, stored as op attributes in the spec. iOS18+: ``nonzero_data`` and a uint1 ``mask``
@@ -26,7 +27,7 @@ from typing import Any, Final, Mapping, Optional
 import attrs
 import coremltools as ct
 import numpy as np
-from coremltools.proto import FeatureTypes_pb2
+from coremltools.proto import FeatureTypes_pb2, MIL_pb2
 from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError
@@ -80,6 +81,21 @@ def numpy_dtype_of_spec(spec_name: str) -> Optional[str]:
     dtype (sub-byte types do: uint4 reads as uint8); None otherwise."""
     dtype = BY_SPEC_NAME.get(spec_name)
     return dtype.numpy if dtype is not None and dtype.numpy in WEIGHT_NUMPY_DTYPES else None
+
+
+#: bits of the spec types outside :data:`DTYPES` (for the memory bound of a declared tensor)
+_OTHER_SPEC_BITS: Final[Mapping[str, int]] = {"BOOL": 8, "FLOAT64": 64, "INT64": 64, "UINT64": 64, "BFLOAT16": 16}
+
+
+def spec_type_name(code: int) -> Optional[str]:
+    """The ``MIL_pb2.DataType`` name of a spec's tensor data type code; None for an unknown code."""
+    return str(MIL_pb2.DataType.Name(code)) if code in MIL_pb2.DataType.values() else None
+
+
+def spec_type_bits(spec_name: str) -> int:
+    """Bits per element of a spec type (8 for a type not known here)."""
+    dtype = BY_SPEC_NAME.get(spec_name)
+    return dtype.bits if dtype is not None else _OTHER_SPEC_BITS.get(spec_name, 8)
 
 
 _ARRAY_DATA_TYPE: Final = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType

@@ -30,7 +30,13 @@ import attrs
 import numpy as np
 
 from mil_sparsity.model.products import NotAProduct, ProductRole
-from mil_sparsity.format.sparse_format import BY_SPEC_NAME, dense_name, numpy_dtype_of_spec, saved_name
+from mil_sparsity.format.sparse_format import (
+    BY_SPEC_NAME,
+    dense_name,
+    numpy_dtype_of_spec,
+    saved_name,
+    spec_type_name,
+)
 
 T = TypeVar("T")
 
@@ -223,15 +229,12 @@ class SpecWeight:
 
 def _tensor_type(value_type: Any) -> Optional[tuple[str, tuple[int, ...]]]:
     """(spec DataType name, shape) of a static tensor type; None for anything else."""
-    from coremltools.proto import MIL_pb2
-
     if value_type.WhichOneof("type") != "tensorType":
         return None
     tensor = value_type.tensorType
     if any(dim.WhichOneof("dimension") != "constant" for dim in tensor.dimensions):
         return None
-    code = int(tensor.dataType)
-    name = MIL_pb2.DataType.Name(code) if code in MIL_pb2.DataType.values() else ""
+    name = spec_type_name(int(tensor.dataType)) or ""
     return name, tuple(int(dim.constant.size) for dim in tensor.dimensions)
 
 
