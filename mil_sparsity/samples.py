@@ -22,11 +22,10 @@ import numpy as np
 from mil_sparsity.errors import InvalidInputError, UnsafePackageError
 from mil_sparsity.reference.inputs import InputSpec
 from mil_sparsity.format.package_guard import memory_bytes
+from mil_sparsity.format.sparse_format import ARRAY_FEATURE_DTYPES
 
 Sample = dict[str, np.ndarray]
 
-# Core ML's ArrayFeatureType.ArrayDataType codes (Model.proto) -> the numpy dtype of a sample.
-_ARRAY_DATA_TYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32}
 _INDEXED = re.compile(r"^(?P<name>.+)_(?P<index>\d+)$")
 
 
@@ -64,7 +63,7 @@ def input_specs(mlmodel: Any, function_name: Optional[str] = None) -> tuple[Inpu
                 f"input {feature.name!r}: only multi-array inputs can be sampled, got {kind}"
             )
         array = feature.type.multiArrayType
-        dtype = _ARRAY_DATA_TYPES.get(array.dataType)
+        dtype = ARRAY_FEATURE_DTYPES.get(int(array.dataType))
         if dtype is None:
             raise InvalidInputError(f"input {feature.name!r}: unknown array data type {array.dataType}")
         shape = tuple(int(d) for d in array.shape)

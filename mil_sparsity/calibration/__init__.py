@@ -6,7 +6,7 @@ from mil_sparsity.calibration.collect import (
     ProductSite,
     collect_activation_stats,
     product_sites,
-    source_const_name,
+    source_names,
 )
 from mil_sparsity.calibration.stats import ActivationStats, ChannelStats, channel_sum_squares
 
@@ -17,5 +17,5 @@ __all__ = [
     "channel_sum_squares",
     "collect_activation_stats",
     "product_sites",
-    "source_const_name",
+    "source_names",
 ]

@@ -6,13 +6,13 @@ receives the activation; its per-channel sum of squares along the axis that meet
 reduction axis is added to the statistics of that weight, and the activation is dropped. Memory
 holds one activation at a time plus the statistics (one float64 per input channel per weight).
 
-A weight fed by a ``constexpr_*`` op (already sparse, palettized or quantized) is recorded under
-the const it came from: the constexpr op's name without the suffix its compression pass
-appended (``_sparse`` for mil_sparsity; ``_sparsified``, ``_palettized``, ``_quantized`` for
-coremltools' ``optimize.coreml``), so statistics of a compressed model apply to the dense one.
-An op that joint compression (``sparse_pack(joint_compression=True)``) put in place of a
-palettized / quantized op first loses the suffix it added to that op's name
-(:data:`mil_sparsity.format.sparse_format.JOINT_SUFFIXES`): ``w_palettized_lut_to_sparse`` -> ``w``.
+Which weight an operand is comes from the weight inventory of the function being run
+(:func:`mil_sparsity.model.inventory.function_weights`, read once): a const, or the end of a
+``constexpr_*`` chain (already sparse, palettized or quantized), recorded under the name of the
+dense const it stands for (``ProgramWeight.source_name``: the chain's first op's name without
+the suffixes its compression added, :func:`mil_sparsity.format.sparse_format.dense_name`;
+``w_sparse`` -> ``w``, ``w_palettized_lut_to_sparse`` -> ``w``), so statistics of a compressed
+model apply to the dense one.
 """
 
 from __future__ import annotations
@@ -24,19 +24,10 @@ import numpy as np
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.calibration.stats import ActivationStats, channel_gram, channel_sum_squares
-from mil_sparsity.model.inventory import is_constexpr
+from mil_sparsity.model.inventory import function_weights
 from mil_sparsity.model.products import PRODUCT_OPS, WEIGHT_OPERANDS, ProductRole
 from mil_sparsity.progress import progress_bar
-from mil_sparsity.format.sparse_format import JOINT_SUFFIXES, replacement_name
 
-# Suffixes compression passes append to a const's name when they replace it (see module doc).
-_COMPRESSION_SUFFIXES = (
-    replacement_name(""),
-    "_sparsified",
-    "_palettized_pcs",
-    "_palettized",
-    "_quantized",
-)
 #: the product ops whose Gram matrix is collected (conv: of its im2col patches, per group)
 _GRAM_OPS = frozenset({"linear", "matmul", "conv"})
 
@@ -49,47 +40,16 @@ class ProductSite:
     role: ProductRole
 
 
-def source_const_name(var: Any) -> Optional[str]:
-    """The name of the const a weight var stands for, or None if it is computed at run time.
-
-    A const's own name; through a chain of constexpr ops, the first op's name without its
-    compression suffix (and, for an op of joint compression, the joint suffix before it).
-    """
-    op = var.op
-    if op is None:
-        return None
-    if op.op_type == "const":
-        return str(op.name)
-    if not is_constexpr(op.op_type):
-        return None
-    while True:
-        upstream = [
-            v.op
-            for v in op.inputs.values()
-            if not isinstance(v, (list, tuple)) and v.op is not None
-            and is_constexpr(v.op.op_type)
-        ]
-        if not upstream:
-            break
-        op = upstream[0]
-    name = str(op.name)
-    joint_suffix = JOINT_SUFFIXES.get(op.op_type)
-    if joint_suffix is not None:
-        name = _without_suffix(name, (joint_suffix,))
-    return _without_suffix(name, _COMPRESSION_SUFFIXES)
+def source_names(function_name: str, function: Any) -> dict[int, str]:
+    """The weights of one function of a PyMIL program: the identity of the op that holds each
+    (a const or a chain end; :func:`mil_sparsity.model.inventory.function_weights`) -> the name
+    of the dense const it stands for."""
+    return {id(found.op): found.source_name for found in function_weights(function_name, function)}
 
 
-def _without_suffix(name: str, suffixes: tuple[str, ...]) -> str:
-    """``name`` without the first of ``suffixes`` it ends with (unchanged if none, or if nothing
-    would be left)."""
-    for suffix in suffixes:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def product_sites(op: Any) -> tuple[ProductSite, ...]:
-    """The weights ``op`` multiplies with an activation, each with its product role."""
+def product_sites(op: Any, sources: Mapping[int, str]) -> tuple[ProductSite, ...]:
+    """The weights ``op`` multiplies with an activation, each with its product role; a weight
+    operand counts when the op producing it is in ``sources`` (:func:`source_names`)."""
     params = WEIGHT_OPERANDS.get(op.op_type)
     if params is None:
         return ()
@@ -98,15 +58,36 @@ def product_sites(op: Any) -> tuple[ProductSite, ...]:
     sites = []
     for param in params:
         var = op.inputs.get(param)
-        if var is None:
-            continue
-        name = source_const_name(var)
+        name = sources.get(id(var.op)) if var is not None and var.op is not None else None
         if name is None:
             continue
         role = input_role(op, param, var)
         if isinstance(role, ProductRole):
             sites.append(ProductSite(name, role))
     return tuple(sites)
+
+
+class _Sites:
+    """The product sites of each op the evaluator runs, found once per op. The weights' names
+    come from the inventory of the function being run, read at the first product op."""
+
+    def __init__(self, function_name: str) -> None:
+        self._function_name = function_name
+        self._sources: Optional[dict[int, str]] = None
+        self._sites: dict[int, tuple[ProductSite, ...]] = {}
+
+    def __call__(self, op: Any) -> tuple[ProductSite, ...]:
+        sites = self._sites.get(id(op))
+        if sites is None:
+            sites = self._sites[id(op)] = product_sites(op, self._sources_of(op)) if op.op_type in PRODUCT_OPS else ()
+        return sites
+
+    def _sources_of(self, op: Any) -> Mapping[int, str]:
+        if self._sources is None:
+            from mil_sparsity.model.pymil import enclosing_function
+
+            self._sources = source_names(self._function_name, enclosing_function(op))
+        return self._sources
 
 
 def conv_gram(
@@ -178,14 +159,10 @@ def collect_activation_stats(
 
     evaluator = ReferenceEvaluator(model, function_name=function_name)
     result = ActivationStats() if stats is None else stats
-    cache: dict[int, tuple[ProductSite, ...]] = {}
+    sites_of = _Sites(function_name)
 
     def capture(op: Any, args: Mapping[str, Any], outputs: tuple[Any, ...]) -> None:
-        key = id(op)
-        sites = cache.get(key)
-        if sites is None:
-            sites = cache[key] = product_sites(op) if op.op_type in PRODUCT_OPS else ()
-        for site in sites:
+        for site in sites_of(op):
             activation = args[site.role.activation_param]
             sums, rows = channel_sum_squares(activation, site.role.activation_axis)
             matrix = None

@@ -37,7 +37,7 @@ import attrs
 
 from mil_sparsity.format.blob import BlobInfo, BlobReader
 from mil_sparsity.errors import InvalidInputError, UnsafePackageError
-from mil_sparsity.format.sparse_format import BY_SPEC_NAME
+from mil_sparsity.format.sparse_format import BY_SPEC_NAME, spec_type_bits, spec_type_name
 
 #: what we promise about untrusted input: the README's "Security" section and the CLI's --help
 SECURITY_NOTE: Final = (
@@ -306,10 +306,6 @@ def declared_elements(value_type: Any, entry: str, root: str) -> Optional[int]:
     return count
 
 
-#: bits of spec types outside the weight-file dtype table (for the memory bound only)
-_OTHER_TYPE_BITS: Final = {"BOOL": 8, "FLOAT64": 64, "INT64": 64, "UINT64": 64, "BFLOAT16": 16}
-
-
 def memory_bytes() -> int:
     """The machine's physical memory (2**40 where the platform does not say)."""
     try:
@@ -319,15 +315,9 @@ def memory_bytes() -> int:
 
 
 def _data_type_name(value_type: Any) -> str:
-    from coremltools.proto import MIL_pb2
-
     code = int(value_type.tensorType.dataType)
-    return str(MIL_pb2.DataType.Name(code)) if code in MIL_pb2.DataType.values() else f"<unknown {code}>"
-
-
-def _bits(type_name: str) -> int:
-    dtype = BY_SPEC_NAME.get(type_name)
-    return dtype.bits if dtype is not None else _OTHER_TYPE_BITS.get(type_name, 8)
+    name = spec_type_name(code)
+    return name if name is not None else f"<unknown {code}>"
 
 
 def _check_immediate(value: Any, entry: str, root: str) -> None:
@@ -340,7 +330,7 @@ def _check_immediate(value: Any, entry: str, root: str) -> None:
     stored = len(getattr(tensor, kind).values)
     expected = count
     if kind == "bytes":
-        expected = -(-count * _bits(_data_type_name(value.type)) // 8)
+        expected = -(-count * spec_type_bits(_data_type_name(value.type)) // 8)
     if stored != expected:
         unit = "bytes" if kind == "bytes" else "values"
         raise UnsafePackageError(
@@ -392,7 +382,7 @@ def _check_bound(value_type: Any, entry: str, root: str, limit: int) -> None:
     count = declared_elements(value_type, entry, root)
     if count is None:
         return
-    nbytes = -(-count * _bits(_data_type_name(value_type)) // 8)
+    nbytes = -(-count * spec_type_bits(_data_type_name(value_type)) // 8)
     if nbytes > limit:
         raise UnsafePackageError(
             f"{root}: {entry} declares a tensor of {count} elements ({nbytes} bytes), more than "

@@ -2,7 +2,9 @@
 
 * :data:`DTYPES`: the one dtype table. Each MIL tensor type with its blob-file name and code,
   its spec (``MIL_pb2.DataType``) name, the numpy dtype PyMIL holds it in, its bit width, and
-  whether a const of that type is a weight the passes consider.
+  whether a const of that type is a weight the passes consider; with the bit widths of the
+  other spec types (:func:`spec_type_bits`) and the model description's input array types
+  (:data:`ARRAY_FEATURE_DTYPES`).
 * :func:`sparse_form`: deployment target -> form of ``constexpr_sparse_to_dense``. iOS16/17:
   ``nonzero_data``, a uint8 ``mask`` of packed bits (LSB first, row-major) and a uint32
   ``shape``, stored as op attributes in the spec. iOS18+: ``nonzero_data`` and a uint1 ``mask``
@@ -11,7 +13,8 @@
 * :class:`SparseReplacement`: what replaces a const ``w``, as data: the new op's name
   (``<w>_sparse``), its form, and its tensors under PyMIL's input names. ``model.pymil`` renders it
   with the Builder, ``streaming`` as blobs plus spec fields. :func:`joint_name`: the name of
-  the op joint compression puts in place of a palettized / quantized op.
+  the op joint compression puts in place of a palettized / quantized op; :func:`dense_name`:
+  back from a compression op's name to the const it replaced.
 
 Changing an opset's form or the op's encoding is one edit here.
 """
@@ -24,6 +27,7 @@ from typing import Any, Final, Mapping, Optional
 import attrs
 import coremltools as ct
 import numpy as np
+from coremltools.proto import FeatureTypes_pb2, MIL_pb2
 from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError
@@ -77,6 +81,30 @@ def numpy_dtype_of_spec(spec_name: str) -> Optional[str]:
     dtype (sub-byte types do: uint4 reads as uint8); None otherwise."""
     dtype = BY_SPEC_NAME.get(spec_name)
     return dtype.numpy if dtype is not None and dtype.numpy in WEIGHT_NUMPY_DTYPES else None
+
+
+#: bits of the spec types outside :data:`DTYPES` (for the memory bound of a declared tensor)
+_OTHER_SPEC_BITS: Final[Mapping[str, int]] = {"BOOL": 8, "FLOAT64": 64, "INT64": 64, "UINT64": 64, "BFLOAT16": 16}
+
+
+def spec_type_name(code: int) -> Optional[str]:
+    """The ``MIL_pb2.DataType`` name of a spec's tensor data type code; None for an unknown code."""
+    return str(MIL_pb2.DataType.Name(code)) if code in MIL_pb2.DataType.values() else None
+
+
+def spec_type_bits(spec_name: str) -> int:
+    """Bits per element of a spec type (8 for a type not known here)."""
+    dtype = BY_SPEC_NAME.get(spec_name)
+    return dtype.bits if dtype is not None else _OTHER_SPEC_BITS.get(spec_name, 8)
+
+
+_ARRAY_DATA_TYPE: Final = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+#: a model description's multi-array input types that samples are drawn in (the
+#: ``ArrayFeatureType.ArrayDataType`` code -> numpy dtype name); INT8 inputs are not sampled
+ARRAY_FEATURE_DTYPES: Final[Mapping[int, str]] = {
+    int(_ARRAY_DATA_TYPE.Value(name)): numpy
+    for name, numpy in (("FLOAT32", "float32"), ("FLOAT16", "float16"), ("DOUBLE", "float64"), ("INT32", "int32"))
+}
 
 
 # ---- deployment targets and sparse forms ------------------------------------------------------
@@ -194,6 +222,37 @@ JOINT_SUFFIXES: Final[Mapping[str, str]] = {
 def joint_name(compressed_name: str, joint_op_type: str) -> str:
     """The name of the ``joint_op_type`` op that replaces the compressed op ``compressed_name``."""
     return f"{compressed_name}{JOINT_SUFFIXES[joint_op_type]}"
+
+
+#: what compression passes append to the name of the const they replace: ours
+#: (:func:`replacement_name`), then coremltools' ``optimize.coreml`` ones (longer ones first)
+COMPRESSION_SUFFIXES: Final[tuple[str, ...]] = (
+    replacement_name(""),
+    "_sparsified",
+    "_palettized_pcs",
+    "_palettized",
+    "_quantized",
+)
+
+
+def dense_name(op_name: str, op_type: str) -> str:
+    """The name of the const that the compression op ``op_name`` (of ``op_type``) replaced:
+    without the joint suffix an op of joint compression adds (:data:`JOINT_SUFFIXES`), then
+    without the first of :data:`COMPRESSION_SUFFIXES` it ends with; ``w_palettized_lut_to_sparse``
+    -> ``w``. A suffix that is the whole name stays."""
+    joint_suffix = JOINT_SUFFIXES.get(op_type)
+    if joint_suffix is not None:
+        op_name = _without_suffix(op_name, (joint_suffix,))
+    return _without_suffix(op_name, COMPRESSION_SUFFIXES)
+
+
+def _without_suffix(name: str, suffixes: tuple[str, ...]) -> str:
+    """``name`` without the first of ``suffixes`` it ends with (unchanged if none, or if nothing
+    would be left)."""
+    for suffix in suffixes:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def replacement(const_name: str, sparse: SparseWeight, form: SparseForm) -> SparseReplacement:

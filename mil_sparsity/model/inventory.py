@@ -3,7 +3,7 @@
 A :class:`Weight` is plain data: its function, its name in the program and the name a saved
 model gives it, its dense shape and dtype, how it is stored, and every op that reads it with
 the input names and each input's product role (the reduction axis: :mod:`mil_sparsity.model.products`).
-The selection rules, the report, ``inspect``, streaming and ``ms.weights`` all read it.
+The selection rules, the report, ``inspect``, streaming, calibration and ``ms.weights`` all read it.
 
 What counts as a weight:
 
@@ -30,7 +30,13 @@ import attrs
 import numpy as np
 
 from mil_sparsity.model.products import NotAProduct, ProductRole
-from mil_sparsity.format.sparse_format import BY_SPEC_NAME, numpy_dtype_of_spec, saved_name
+from mil_sparsity.format.sparse_format import (
+    BY_SPEC_NAME,
+    dense_name,
+    numpy_dtype_of_spec,
+    saved_name,
+    spec_type_name,
+)
 
 T = TypeVar("T")
 
@@ -172,33 +178,42 @@ class Weight:
 
 @attrs.frozen
 class ProgramWeight:
-    """A weight of a PyMIL program with the op (const or chain end) and block that hold it."""
+    """A weight of a PyMIL program with the op (const or chain end) and block that hold it, and
+    ``source_name``: the name of the dense const it stands for (statistics are kept under it).
+    A const's own name; for a chain end, the name of the chain's first op (reached through each
+    op's first constexpr input) without its compression suffixes
+    (:func:`mil_sparsity.format.sparse_format.dense_name`)."""
 
     weight: Weight
     op: Any
     block: Any
+    source_name: str
 
 
 def program_weights(prog: Any) -> list[ProgramWeight]:
     """Every weight of every function and nested block of a PyMIL program, in program order."""
+    return [found for name, function in prog.functions.items() for found in function_weights(str(name), function)]
+
+
+def function_weights(function_name: str, function: Any) -> Iterator[ProgramWeight]:
+    """Every weight of one function of a PyMIL program and its nested blocks, in program order."""
     from mil_sparsity.model import pymil as _graph
 
-    found: list[ProgramWeight] = []
-    for function_name, function in prog.functions.items():
-        for block in _graph.iter_blocks(function):
-            consts = {id(op) for op in _graph.weight_consts(block)}
-            for op in list(block.operations):
-                if id(op) in consts:
-                    found.append(ProgramWeight(_graph.weight_site(str(function_name), op), op, block))
-                elif is_constexpr(op.op_type) and not any(
-                    is_constexpr(reader.op_type) for var in op.outputs for reader in var.child_ops
-                ):
-                    chain = tuple(str(item.op_type) for item in _graph.constexpr_chain(op))
-                    weight = attrs.evolve(
-                        _graph.weight_site(str(function_name), op), storage=storage_kind(chain), chain=chain
-                    )
-                    found.append(ProgramWeight(weight, op, block))
-    return found
+    for block in _graph.iter_blocks(function):
+        consts = {id(op) for op in _graph.weight_consts(block)}
+        for op in list(block.operations):
+            if id(op) in consts:
+                weight = _graph.weight_site(function_name, op)
+                yield ProgramWeight(weight, op, block, weight.name)
+            elif is_constexpr(op.op_type) and not any(
+                is_constexpr(reader.op_type) for var in op.outputs for reader in var.child_ops
+            ):
+                chain = tuple(str(item.op_type) for item in _graph.constexpr_chain(op))
+                weight = attrs.evolve(
+                    _graph.weight_site(function_name, op), storage=storage_kind(chain), chain=chain
+                )
+                head = _graph.chain_head(op)
+                yield ProgramWeight(weight, op, block, dense_name(str(head.name), str(head.op_type)))
 
 
 # ---- a model spec ------------------------------------------------------------------------------
@@ -214,15 +229,12 @@ class SpecWeight:
 
 def _tensor_type(value_type: Any) -> Optional[tuple[str, tuple[int, ...]]]:
     """(spec DataType name, shape) of a static tensor type; None for anything else."""
-    from coremltools.proto import MIL_pb2
-
     if value_type.WhichOneof("type") != "tensorType":
         return None
     tensor = value_type.tensorType
     if any(dim.WhichOneof("dimension") != "constant" for dim in tensor.dimensions):
         return None
-    code = int(tensor.dataType)
-    name = MIL_pb2.DataType.Name(code) if code in MIL_pb2.DataType.values() else ""
+    name = spec_type_name(int(tensor.dataType)) or ""
     return name, tuple(int(dim.constant.size) for dim in tensor.dimensions)
 
 
@@ -350,6 +362,7 @@ __all__ = [
     "ProgramWeight",
     "SpecWeight",
     "Weight",
+    "function_weights",
     "is_constexpr",
     "program_weights",
     "spec_weights",

@@ -108,6 +108,32 @@ def constexpr_chain(op: Operation) -> list[Operation]:
     )
 
 
+def chain_head(op: Operation) -> Operation:
+    """The first op of the decompression chain that ends in ``op``: up through each op's first
+    constexpr input (in input order) until an op reads none (``op`` itself if it reads none)."""
+    while True:
+        upstream = next(
+            (
+                var.op
+                for var in op.inputs.values()
+                if not isinstance(var, (list, tuple)) and var.op is not None and is_constexpr(var.op.op_type)
+            ),
+            None,
+        )
+        if upstream is None:
+            return op
+        op = upstream
+
+
+def enclosing_function(op: Operation) -> Function:
+    """The function ``op`` belongs to, through the ops that own its nested blocks."""
+    block = op.enclosing_block
+    while block.outer_op is not None:
+        block = block.outer_op.enclosing_block
+    function: Function = block
+    return function
+
+
 def function_form(name: str, function: Function) -> SparseForm:
     """The sparse form of the function's opset; ValueError before iOS16."""
     return sparse_format.checked_form(name, function.opset_version)
