@@ -306,7 +306,7 @@ def _as_list(samples: Iterable[Sample] | Sample) -> Iterable[Sample]:
     return [samples] if isinstance(samples, Mapping) else samples
 
 
-def _summarise(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> QualityReport:
+def summarise(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> QualityReport:
     """The report of (reference outputs, candidate outputs) pairs, one pair per sample."""
     accumulators: dict[str, _OutputAccumulator] = {}
     count = 0
@@ -336,7 +336,7 @@ def compare_evaluators(
     progress: Optional[bool] = None,
 ) -> QualityReport:
     """:func:`compare` for two ready evaluators; one sample's outputs in memory at a time."""
-    return _summarise(
+    return summarise(
         (run_reference(sample), run_candidate(sample))
         for sample in progress_bar(_as_list(samples), desc="compare", enabled=progress)
     )
@@ -389,7 +389,7 @@ class ReferenceOutputs:
         run = evaluator(candidate, backend=self.backend, function_name=self.function_name,
                         template=self.model)
         pairs = zip(self.outputs, self.samples)
-        return _summarise(
+        return summarise(
             (ref_out, run(sample))
             for ref_out, sample in progress_bar(
                 pairs, desc="compare", total=len(self.samples), enabled=progress

@@ -68,26 +68,18 @@ def product_sites(op: Any, sources: Mapping[int, str]) -> tuple[ProductSite, ...
 
 
 class _Sites:
-    """The product sites of each op the evaluator runs, found once per op. The weights' names
-    come from the inventory of the function being run, read at the first product op."""
+    """The product sites of each op the evaluator runs, found once per op; the weights' names
+    come from the inventory of the function being run (``sources``)."""
 
-    def __init__(self, function_name: str) -> None:
-        self._function_name = function_name
-        self._sources: Optional[dict[int, str]] = None
+    def __init__(self, sources: Mapping[int, str]) -> None:
+        self._sources = sources
         self._sites: dict[int, tuple[ProductSite, ...]] = {}
 
     def __call__(self, op: Any) -> tuple[ProductSite, ...]:
         sites = self._sites.get(id(op))
         if sites is None:
-            sites = self._sites[id(op)] = product_sites(op, self._sources_of(op)) if op.op_type in PRODUCT_OPS else ()
+            sites = self._sites[id(op)] = product_sites(op, self._sources) if op.op_type in PRODUCT_OPS else ()
         return sites
-
-    def _sources_of(self, op: Any) -> Mapping[int, str]:
-        if self._sources is None:
-            from mil_sparsity.model.pymil import enclosing_function
-
-            self._sources = source_names(self._function_name, enclosing_function(op))
-        return self._sources
 
 
 def conv_gram(
@@ -159,7 +151,7 @@ def collect_activation_stats(
 
     evaluator = ReferenceEvaluator(model, function_name=function_name)
     result = ActivationStats() if stats is None else stats
-    sites_of = _Sites(function_name)
+    sites_of = _Sites(source_names(function_name, evaluator.program.functions[function_name]))
 
     def capture(op: Any, args: Mapping[str, Any], outputs: tuple[Any, ...]) -> None:
         for site in sites_of(op):

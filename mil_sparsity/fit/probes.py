@@ -134,8 +134,6 @@ def choose(item: ProgramWeight, setting: Setting, methods: Sequence[str], calibr
 
 def prunable(item: ProgramWeight, settings: Sequence[Setting]) -> bool:
     """True if the pass would take this weight at some setting with magnitude pruning."""
-    if isinstance(select(item.weight, OpSelector(op_name_configs={}), _RULES), Decision):
-        pass
     for setting in settings:
         config = setting.config("magnitude")
         chosen = select(item.weight, OpSelector(op_name_configs={item.weight.name: config}), _RULES)

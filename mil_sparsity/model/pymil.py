@@ -125,15 +125,6 @@ def chain_head(op: Operation) -> Operation:
         op = upstream
 
 
-def enclosing_function(op: Operation) -> Function:
-    """The function ``op`` belongs to, through the ops that own its nested blocks."""
-    block = op.enclosing_block
-    while block.outer_op is not None:
-        block = block.outer_op.enclosing_block
-    function: Function = block
-    return function
-
-
 def function_form(name: str, function: Function) -> SparseForm:
     """The sparse form of the function's opset; ValueError before iOS16."""
     return sparse_format.checked_form(name, function.opset_version)
