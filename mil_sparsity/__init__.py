@@ -24,6 +24,7 @@ from mil_sparsity.configs import (
     config_to_dict,
 )
 from mil_sparsity.calibration import ActivationStats, collect_activation_stats
+from mil_sparsity.fit import FitResult, fit
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError, MilSparsityError, UnsafePackageError
 from mil_sparsity.model.inventory import Weight, weights
 from mil_sparsity.passes import register_passes
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStats",
+    "FitResult",
     "InvalidInputError",
     "InvalidTypeError",
     "MilSparsityError",
@@ -73,6 +75,7 @@ __all__ = [
     "compare",
     "config_from_dict",
     "config_to_dict",
+    "fit",
     "pack_weights",
     "prune_weights",
     "reference",

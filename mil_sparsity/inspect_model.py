@@ -351,3 +351,8 @@ __all__ = [
     "var_nbytes",
     "weight_sources",
 ]
+
+
+def stored_weight_bytes(prog: Program) -> int:
+    """Bytes of every weight of ``prog`` as stored (compressed weights without decompressing)."""
+    return sum(source.stored_bytes() for source in weight_sources(prog, 0))

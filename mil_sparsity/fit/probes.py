@@ -50,9 +50,12 @@ class ProbeRow:
     quality: float
     nbytes: int
     dense_nbytes: int
+    setting: Setting
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self, filter=lambda attribute, _: attribute.name != "setting")
+        data["setting"] = self.setting.label
+        return data
 
 
 @attrs.frozen(eq=False)
@@ -181,6 +184,7 @@ def probe_weight(job: ProbeJob, name: str) -> list[ProbeRow]:
                 quality=quality,
                 nbytes=int(choice.outcome.packed_nbytes),
                 dense_nbytes=int(item.weight.nbytes),
+                setting=setting,
             )
         )
     return rows

@@ -38,7 +38,7 @@ from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.plan.scoring import load_calibration
 from mil_sparsity.model import pymil as _graph
-from mil_sparsity.inspect_model import materialize, package_size, weight_sources
+from mil_sparsity.inspect_model import materialize, package_size, stored_weight_bytes
 from mil_sparsity.passes import PruneByMagnitude
 from mil_sparsity.model.io import ModelLike, load_model, load_program
 from mil_sparsity.progress import progress_bar
@@ -102,10 +102,6 @@ def _ratio(error_sq: float, norm_sq: float) -> float:
     return math.sqrt(error_sq) / math.sqrt(norm_sq) if norm_sq > 0 else math.inf
 
 
-def _stored_bytes(prog: Program) -> int:
-    return sum(source.stored_bytes() for source in weight_sources(prog, 0))
-
-
 def _run_point(
     mlmodel: Any,
     point: SweepPoint,
@@ -146,7 +142,7 @@ def _run_point(
     return {
         "packed": totals["packed"],
         "considered": totals["weights"],
-        "model_bytes": _stored_bytes(prog),
+        "model_bytes": stored_weight_bytes(prog),
         "relative_error": _ratio(error_sq, norm_sq),
         "layers": tuple(layers),
         "quality": None if quality is None else quality(prog),
@@ -223,7 +219,7 @@ def sweep(
     else:
         path = getattr(mlmodel, "package_path", None)
     original = load_program(mlmodel) if program is None else program
-    original_bytes = _stored_bytes(original)
+    original_bytes = stored_weight_bytes(original)
     functions = tuple(str(name) for name in original.functions)
     del original, program
     if samples is not None:
