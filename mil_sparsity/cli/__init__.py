@@ -15,6 +15,9 @@ Subcommands (each has ``--help``), one module each::
                         [SAMPLES] [--backend reference|coreml]            sweep.py
     mil-sparsity compare A B SAMPLES [--backend reference|coreml] [--json]   compare.py
     mil-sparsity calibrate MODEL -o STATS.npz SAMPLES [--force] [--json]  calibrate.py
+    mil-sparsity fit    MODEL -o OUT SAMPLES (--max-size R | --min-cosine C) [--plan FILE.json]
+                        [--calibration STATS.npz] [--methods M,..] [--compute-unit all|ane|cpu]
+                        [--jobs N] [--plot FILE.png] [--force] [--json]   fit.py
 
     SAMPLES: (--data FILE.npz | --random-inputs N [--seed S] [--int-range LOW..HIGH])
              [--function NAME]                                             _inputs.py
@@ -53,11 +56,11 @@ from typing import Optional
 from mil_sparsity import __version__
 from mil_sparsity.errors import MilSparsityError, UnsafePackageError
 from mil_sparsity.format.package_guard import SECURITY_NOTE
-from mil_sparsity.cli import calibrate, compare, pack, passes, prune, report, sweep
+from mil_sparsity.cli import calibrate, compare, fit, pack, passes, prune, report, sweep
 from mil_sparsity.cli._common import PROG, CLIError, Parser, one_line, quiet_coremltools
 
 #: the command modules, in --help order
-COMMANDS: tuple[ModuleType, ...] = (passes, report, prune, pack, sweep, compare, calibrate)
+COMMANDS: tuple[ModuleType, ...] = (passes, report, prune, pack, sweep, compare, calibrate, fit)
 
 
 def build_parser() -> argparse.ArgumentParser:

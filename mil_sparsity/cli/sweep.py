@@ -12,7 +12,6 @@ matplotlib: size against output error when measured, weight error otherwise).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from typing import Any, Iterator, Optional
 
@@ -32,6 +31,7 @@ from mil_sparsity.cli._common import (
     one_line,
     progress,
 )
+from mil_sparsity.cli._plot import PLOT_INSTALL_HINT, check_plot_path, matplotlib_figure, save_figure
 from mil_sparsity.configs import ACTIVATION_SCORING, METHODS, PRUNE_METHOD, SCORINGS
 from mil_sparsity.cli._inputs import (
     add_sample_options,
@@ -51,7 +51,6 @@ from mil_sparsity.sweep import (
     sweep_points,
 )
 
-PLOT_INSTALL_HINT = 'pip install "mil_sparsity[plot]"'
 
 
 def register(commands: Commands) -> None:
@@ -176,9 +175,9 @@ def _reference_outputs(args: argparse.Namespace, mlmodel: Any) -> Optional[Refer
 def run(args: argparse.Namespace) -> int:
     check_sample_options(args, "sweep")
     found, notes = points(args)
-    figure_module = _matplotlib() if args.plot else None
+    figure_module = matplotlib_figure() if args.plot else None
     if figure_module is not None:
-        _check_plot_path(figure_module, args.plot)
+        check_plot_path(figure_module, args.plot, "sweep")
     mlmodel, prog = load(args.model)
     calibration = None
     if args.calibration is not None:
@@ -225,31 +224,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ----- --plot ---------------------------------------------------------------------------------
-def _matplotlib() -> Any:
-    """matplotlib's Figure module, or a CLIError naming the extra to install."""
-    try:
-        return importlib.import_module("matplotlib.figure")
-    except ImportError:
-        raise CLIError(
-            f"--plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}"
-        ) from None
-
-
-def _check_plot_path(figure_module: Any, path: str) -> None:
-    """Before the sweep runs: the plot's directory exists and matplotlib knows its format."""
-    try:
-        ms.check_destination(path, overwrite=True)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"--plot: {error}") from None
-    extension = os.path.splitext(path)[1][1:].lower()
-    supported = figure_module.Figure().canvas.get_supported_filetypes()
-    if extension and extension not in supported:
-        raise UsageError(
-            f"sweep: --plot {path}: matplotlib cannot write .{extension} files; use one of "
-            + ", ".join(f".{name}" for name in sorted(supported))
-        )
-
-
 def _plot(figure_module: Any, path: str, model: str, result: ms.SweepResult) -> None:
     """Weights as stored (KiB) against the worst output's relative L2 error when the rows have
     output quality, else against the weight error: one curve per pattern, the original as a
@@ -278,11 +252,7 @@ def _plot(figure_module: Any, path: str, model: str, result: ms.SweepResult) -> 
     axes.set_title(f"mil-sparsity sweep: {os.path.basename(model.rstrip(os.sep))}")
     axes.grid(True, alpha=0.3)
     axes.legend()
-    try:
-        with ms.atomic_output(path, overwrite=True) as staging:
-            figure.savefig(staging)
-    except Exception as error:
-        raise CLIError(f"--plot: cannot write {path}: {one_line(error)}") from None
+    save_figure(figure, path)
 
 
 def _plotted_error(row: SweepRow, outputs: bool) -> float:

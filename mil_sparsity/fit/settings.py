@@ -99,5 +99,5 @@ def check_methods(methods: Optional[Sequence[str]]) -> tuple[str, ...]:
         raise InvalidTypeError(f"methods must be a list of method names, got {type(methods).__name__}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise InvalidInputError(f"methods: {unknown or 'an empty list'}; allowed: {list(METHODS)}")
+        raise InvalidInputError(f"methods must be names from {list(METHODS)}, got {unknown or 'an empty list'}")
     return tuple(dict.fromkeys(methods))

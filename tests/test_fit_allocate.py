@@ -1,0 +1,87 @@
+"""fit's allocation alone: the greedy path over a probe table and the searches along it."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mil_sparsity.fit.allocate import Options, first_within_size, greedy_path, last_meeting_quality
+
+
+def table(*weights: list[tuple[int, float]]) -> list[Options]:
+    return [Options(tuple(b for b, _ in levels), tuple(l for _, l in levels)) for levels in weights]
+
+
+# a sensitive weight, a robust one of the same size, and a small one
+SENSITIVE = [(1000, 0.0), (600, 0.05), (300, 0.30)]
+ROBUST = [(1000, 0.0), (600, 0.001), (300, 0.004)]
+SMALL = [(100, 0.0), (60, 0.0005), (30, 0.002)]
+
+
+def test_the_robust_weight_is_pruned_first_and_furthest() -> None:
+    path = greedy_path(table(SENSITIVE, ROBUST, SMALL))
+    assert path[0].levels == (0, 0, 0) and path[-1].levels == (2, 2, 2)
+    # before the sensitive weight moves at all, the robust one is at its sparsest
+    first_sensitive = next(a for a in path if a.levels[0] > 0)
+    assert first_sensitive.levels[1] == 2
+    within = path[first_within_size(path, 1400) or 0]
+    assert within.levels[0] == 0 and within.nbytes <= 1400
+
+
+def test_a_size_nothing_reaches_gives_none() -> None:
+    path = greedy_path(table(SENSITIVE, ROBUST))
+    assert first_within_size(path, 599) is None
+    assert first_within_size(path, 2000) == 0
+
+
+@pytest.mark.parametrize("truth_scale", [0.5, 1.0, 2.0, 5.0])
+def test_the_quality_search_finds_the_furthest_point_that_really_meets_the_floor(truth_scale: float) -> None:
+    path = greedy_path(table(SENSITIVE, ROBUST, SMALL))
+
+    def measure(index: int) -> float:  # the model's true loss: the prediction off by a factor
+        return path[index].predicted_loss * truth_scale
+
+    index, measured = last_meeting_quality(path, 0.06, measure)
+    best = max(i for i, a in enumerate(path) if a.predicted_loss * truth_scale <= 0.06)
+    assert index == best
+    assert len(measured) <= 12
+
+
+def test_when_nothing_meets_the_floor_the_answer_is_all_dense() -> None:
+    path = greedy_path(table(SENSITIVE))
+    index, _ = last_meeting_quality(path, 0.01, lambda i: 1.0)
+    assert index == 0
+
+
+def test_levels_that_save_nothing_are_never_taken() -> None:
+    path = greedy_path(table([(100, 0.0), (120, 0.0), (50, 0.1)]))
+    assert [a.levels for a in path] == [(0,), (2,)]
+
+
+def test_options_need_one_loss_per_level() -> None:
+    with pytest.raises(ValueError, match="one entry per level"):
+        Options((1, 2), (0.0,))
+
+
+levels = st.lists(
+    st.tuples(st.integers(1, 1000), st.floats(0, 1, allow_nan=False)), min_size=1, max_size=4
+).map(lambda rest: [(2000, 0.0)] + sorted(rest, key=lambda x: -x[0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(levels, min_size=1, max_size=4), st.floats(0, 2, allow_nan=False))
+def test_path_properties(weights: list[list[tuple[int, float]]], floor: float) -> None:
+    options = table(*weights)
+    path = greedy_path(options)
+    assert all(b.nbytes < a.nbytes for a, b in itertools.pairwise(path))
+    assert path[0].nbytes == 2000 * len(weights)
+    # the end of the path is the fewest bytes any allocation reaches
+    assert path[-1].nbytes == sum(min(o.nbytes) for o in options)
+    index, _ = last_meeting_quality(path, floor, lambda i: path[i].predicted_loss, max_checks=64)
+    assert path[index].predicted_loss <= floor or index == 0
+    monotone = all(b.predicted_loss >= a.predicted_loss for a, b in itertools.pairwise(path))
+    if monotone and index + 1 < len(path):
+        assert path[index + 1].predicted_loss > floor
