@@ -85,3 +85,21 @@ def test_path_properties(weights: list[list[tuple[int, float]]], floor: float) -
     monotone = all(b.predicted_loss >= a.predicted_loss for a, b in itertools.pairwise(path))
     if monotone and index + 1 < len(path):
         assert path[index + 1].predicted_loss > floor
+
+
+def test_bytes_left_under_the_budget_are_spent_back_where_they_help_most() -> None:
+    from mil_sparsity.fit.allocate import spend_leftover
+
+    options = table(SENSITIVE, ROBUST)
+    path = greedy_path(options)
+    index = first_within_size(path, 1200)
+    assert index is not None
+    spent = spend_leftover(options, path[index], 1200)
+    assert spent.nbytes <= 1200 and spent.predicted_loss <= path[index].predicted_loss
+    # brute force over every allocation: nothing within 1200 bytes has less predicted loss
+    best = min(
+        sum(o.loss[j] for o, j in zip(options, levels))
+        for levels in itertools.product(range(3), range(3))
+        if sum(o.nbytes[j] for o, j in zip(options, levels)) <= 1200
+    )
+    assert spent.predicted_loss == pytest.approx(best)

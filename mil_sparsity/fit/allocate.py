@@ -125,3 +125,28 @@ def last_meeting_quality(
         else:
             bad = middle
     return good, measured
+
+
+def spend_leftover(options: Sequence[Options], allocation: Allocation, max_bytes: int) -> Allocation:
+    """``allocation`` with bytes left under ``max_bytes`` spent back: repeatedly move one weight
+    to a lower level (denser, less loss) that still fits, the move that removes the most
+    predicted loss per byte added, until none fits."""
+    levels = list(allocation.levels)
+    total = allocation.nbytes
+    while True:
+        best: Optional[tuple[float, int, int]] = None  # (loss removed per byte, -weight, level)
+        for index, option in enumerate(options):
+            current = levels[index]
+            for level in range(current):
+                added = option.nbytes[level] - option.nbytes[current]
+                removed = max(option.loss[current], 0.0) - max(option.loss[level], 0.0)
+                if added <= 0 or total + added > max_bytes or removed <= 0:
+                    continue
+                candidate = (removed / added, -index, level)
+                if best is None or candidate > best:
+                    best = candidate
+        if best is None:
+            return _allocation(options, levels)
+        index = -best[1]
+        total += options[index].nbytes[best[2]] - options[index].nbytes[levels[index]]
+        levels[index] = best[2]

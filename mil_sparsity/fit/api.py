@@ -5,8 +5,12 @@
    samples when none are given and a method needs them.
 2. Probes (:mod:`.probes`): every prunable weight at every setting of ``compute_unit``, alone,
    through the evaluator's overrides: its stored bytes and the worst output's mean cosine.
+   Statistics collected from the probe samples themselves make reconstruction look better on
+   them than on other inputs (a Gram matrix of few rows is fitted exactly): give
+   ``calibration`` from other inputs where you can.
 3. Allocation (:mod:`.allocate`): the greedy path from all dense to all at the sparsest
-   setting; ``max_size_ratio`` takes the first point within the bytes, ``min_cosine`` the
+   setting; ``max_size_ratio`` takes the first point within the bytes, then spends the bytes
+   left back on the moves that remove the most predicted loss; ``min_cosine`` the
    furthest point whose whole pruned model (all overrides at once) still meets the floor on
    the samples, found by bisection from the predicted point.
 4. The chosen per-weight configs become one :class:`OpSelector`, and
@@ -31,7 +35,14 @@ import numpy as np
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.configs import config_to_dict, is_activation_scored, is_reconstruction
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
-from mil_sparsity.fit.allocate import Allocation, Options, first_within_size, greedy_path, last_meeting_quality
+from mil_sparsity.fit.allocate import (
+    Allocation,
+    Options,
+    first_within_size,
+    greedy_path,
+    last_meeting_quality,
+    spend_leftover,
+)
 from mil_sparsity.fit.probes import Choice, ProbeJob, ProbeRow, choose, evaluate_with, forget_loaded, loaded, prunable, probe_weight
 from mil_sparsity.fit.settings import Setting, check_methods, settings_for
 from mil_sparsity.kernels.packing import packed_nbytes
@@ -295,12 +306,15 @@ def _fit(
 
     notes: list[str] = []
     if field == "max_size_ratio":
-        index = first_within_size(path, math.floor(budget * input_bytes) - fixed)
+        max_bytes = math.floor(budget * input_bytes) - fixed
+        index = first_within_size(path, max_bytes)
         if index is None:  # the exact probe bytes came out above the estimate
             raise InvalidInputError(
                 f"max_size_ratio={budget} is below what pruning reaches: "
                 f"{(fixed + path[-1].nbytes) / input_bytes:.4f}"
             )
+        path = list(path[: index + 1]) + [spend_leftover(options, path[index], max_bytes)]
+        index = len(path) - 1
     else:
         index, _ = last_meeting_quality(
             path, 1.0 - budget, lambda i: 1.0 - evaluate_with(job, overrides(path[i]))
