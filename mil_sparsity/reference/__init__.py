@@ -39,6 +39,7 @@ from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity.reference.engine import Capture, Evaluator, check_supported, supported_op_types
 from mil_sparsity.reference.inputs import InputSpec, spec_from_feature, spec_from_placeholder
+from mil_sparsity.reference.state import EvaluatorState, StateSpec
 
 
 def _program_and_description(model: Any, function_name: str) -> tuple[Any, Any]:
@@ -69,6 +70,8 @@ def _input_specs(function: Any, description: Any) -> list[InputSpec]:
     features = {feature.name: feature for feature in description.input} if description is not None else {}
     specs = []
     for name, var in function.inputs.items():
+        if private.is_state_type(var.sym_type):  # given with state=, see .state
+            continue
         dtype = private.numpy_dtype_of(var.dtype)
         spec = spec_from_feature(features[name], dtype) if name in features else None
         specs.append(spec if spec is not None else spec_from_placeholder(name, var.shape, dtype))
@@ -78,7 +81,8 @@ def _input_specs(function: Any, description: Any) -> list[InputSpec]:
 class ReferenceEvaluator:
     """``model``'s function ``function_name`` loaded and planned once, run on many inputs.
 
-    ``evaluator(inputs, capture=None)`` (or ``.run``) behaves like :func:`run`.
+    ``evaluator(inputs, capture=None, state=None)`` (or ``.run``) behaves like :func:`run`;
+    a stateful function needs ``state=evaluator.make_state()`` (see the module doc).
     """
 
     def __init__(
@@ -107,8 +111,24 @@ class ReferenceEvaluator:
     def input_specs(self) -> tuple[InputSpec, ...]:
         return self._evaluator.input_specs
 
-    def run(self, inputs: Mapping[str, Any], capture: Optional[Capture] = None) -> dict[str, np.ndarray]:
-        return self._evaluator.run(inputs, capture)
+    @property
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        """The function's states (name, shape, dtype); empty for a stateless function."""
+        return self._evaluator.states.specs
+
+    def make_state(self) -> EvaluatorState:
+        """New state buffers, zero as Core ML's ``make_state()`` makes them (an empty state for
+        a stateless function)."""
+        return self._evaluator.make_state()
+
+    def run(
+        self,
+        inputs: Mapping[str, Any],
+        capture: Optional[Capture] = None,
+        *,
+        state: Optional[EvaluatorState] = None,
+    ) -> dict[str, np.ndarray]:
+        return self._evaluator.run(inputs, capture, state=state)
 
     __call__ = run
 
@@ -130,8 +150,10 @@ def run(
 
 __all__ = [
     "Capture",
+    "EvaluatorState",
     "InputSpec",
     "ReferenceEvaluator",
+    "StateSpec",
     "check_supported",
     "run",
     "supported_op_types",

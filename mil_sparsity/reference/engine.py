@@ -5,7 +5,8 @@ included, the ops in order and, for each op, the values to free once it has run 
 reader of a value frees it; a value nobody reads is freed right after its op). Vars read inside
 a nested block but defined outside it count as read by the op that owns the block.
 
-Run: inputs are checked and converted (see :mod:`.inputs`); const ops give their value (fp16
+Run: inputs are checked and converted (see :mod:`.inputs`), state inputs bound to the run's
+state (see :mod:`.state`); const ops give their value (fp16
 upcast to float32), constexpr ops their materialized value, cond/while_loop evaluate their
 blocks, every other op calls its kernel from the op table. Each output is brought to its
 compute dtype (float32 for every float type; integer and bool types as declared) and, with
@@ -29,6 +30,7 @@ from mil_sparsity import _coremltools_private as private
 from mil_sparsity.reference import ops_constexpr, ops_control
 from mil_sparsity.reference._registry import OP_TABLE
 from mil_sparsity.reference.inputs import InputSpec, compute_dtype
+from mil_sparsity.reference.state import EvaluatorState, StateLayout
 
 # import for their side effect: registering kernels in OP_TABLE
 from mil_sparsity.reference import (  # noqa: F401,E402
@@ -41,6 +43,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_quantize,
     ops_recurrent,
     ops_reduce,
+    ops_state,
     ops_tensor,
 )
 
@@ -214,11 +217,23 @@ class Evaluator:
         self._input_ids = {name: id(var) for name, var in function.inputs.items()}
         self._output_names = tuple(str(var.name) for var in function.outputs)
         self._plan = _plan_block(function)
+        self.states = StateLayout(function, function_name)  # state inputs: see .state
 
-    def run(self, inputs: Mapping[str, Any], capture: Optional[Capture] = None) -> dict[str, np.ndarray]:
+    def make_state(self) -> EvaluatorState:
+        """New zero state buffers for :meth:`run` (an empty state for a stateless function)."""
+        return self.states.new_state()
+
+    def run(
+        self,
+        inputs: Mapping[str, Any],
+        capture: Optional[Capture] = None,
+        *,
+        state: Optional[EvaluatorState] = None,
+    ) -> dict[str, np.ndarray]:
         from mil_sparsity.reference.inputs import convert_inputs
 
-        converted = convert_inputs(self.input_specs, inputs)
+        slots = self.states.bind(state, inputs)  # state inputs come from `state`, never `inputs`
+        converted: dict[str, Any] = {**convert_inputs(self.input_specs, inputs), **slots}
         values = [converted[name] for name in self._function.inputs]
         outputs = self._run_block(self._plan, values, {}, capture)
         return {name: np.asarray(value) for name, value in zip(self._output_names, outputs)}
