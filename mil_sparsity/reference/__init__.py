@@ -24,6 +24,18 @@ runtime: it runs on any platform, without the Core ML framework.
   callback keeps.
 - Before anything runs, a function with op types the evaluator lacks raises one
   NotImplementedError listing each type and how many times it occurs.
+- States (iOS18 ``ct.StateType``, e.g. an LLM's KV cache): as ``MLModel.make_state()`` and
+  ``predict(..., state=)``, ``state = evaluator.make_state()`` (a
+  :class:`ReferenceEvaluator`'s) holds one zero buffer per state input, in the state's dtype
+  (fp16 for a Core ML model, so what the model writes is rounded to fp16), and
+  ``evaluator.run(inputs, state=state)`` runs on it: ``read_state`` reads a copy,
+  ``coreml_update_state`` / ``write_state`` write, and the writes persist in ``state`` for
+  the next run (a decode step by step). States are not ``inputs``. A stateful function without
+  a state, a state of another evaluator (even of the same model) or a state name among the
+  inputs raise ValueError naming it; states never share buffers (``state.copy()`` snapshots,
+  ``read_state(name)`` / ``write_state(name, value)`` copy out and in). A stateless function
+  takes its empty ``make_state()`` too. The one-shot :func:`run` has no state to give: use a
+  ``ReferenceEvaluator``. If a run raises, the state keeps the writes made before the error.
 
 Supported op types: :func:`supported_op_types`.
 """
