@@ -19,9 +19,9 @@ runtime: it runs on any platform, without the Core ML framework.
   between ops (an op's internal arithmetic stays float32).
 - ``capture(op, input_values, output_values)``, if given, is called once for every op
   evaluated (nested ops once per execution), with the PyMIL op, a dict input name -> value
-  (a tuple for variadic inputs) and a tuple of output values. Values are freed as soon as
-  their last reader has run, so memory holds what the graph still needs plus what the
-  callback keeps.
+  (a tuple for variadic inputs; a state as its :class:`~.state.StateSlot`) and a tuple of
+  output values. Values are freed as soon as their last reader has run, so memory holds what
+  the graph still needs plus what the callback keeps.
 - Before anything runs, a function with op types the evaluator lacks raises one
   NotImplementedError listing each type and how many times it occurs.
 - States (iOS18 ``ct.StateType``, e.g. an LLM's KV cache): as ``MLModel.make_state()`` and
