@@ -46,6 +46,11 @@ def is_tensor_type(sym_type: Any) -> bool:
     return bool(_types.is_tensor(sym_type))
 
 
+def is_state_type(sym_type: Any) -> bool:
+    """True if a var's ``sym_type`` is a state (an iOS18 ``ct.StateType`` function input)."""
+    return bool(_types.is_state(sym_type))
+
+
 def bit_width(builtin_type: Any) -> Optional[int]:
     """Bits per element of a MIL scalar type (1 for uint1, 16 for fp16), None if it has none."""
     getter = getattr(builtin_type, "get_bitwidth", None)
@@ -207,6 +212,7 @@ __all__ = [
     "blob_storage_writer",
     "feeds_block_output",
     "is_loaded",
+    "is_state_type",
     "is_tensor_type",
     "materialized_value",
     "mlmodel_from_program",

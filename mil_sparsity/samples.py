@@ -7,6 +7,10 @@ hold arrays named after the model's inputs, either
   input's rank + 1) or a single sample (the same rank as the input), or
 - ``name_0``, ``name_1``, ... one array per sample and input (shapes may differ between samples,
   e.g. sequence lengths within a flexible input shape).
+
+Samples keep their order (stacked index, or ``_0``, ``_1``, ... numerically). For a stateful
+model (``ct.StateType``) the states are no inputs: calibration runs a file's samples in that
+order on one state, as one sequence (e.g. a prompt's prefill, then one decode step per token).
 """
 
 from __future__ import annotations

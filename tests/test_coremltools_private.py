@@ -69,6 +69,19 @@ def test_is_tensor_type() -> None:
     assert not private.is_tensor_type(scalar_var.sym_type)
 
 
+def test_is_state_type() -> None:
+    from coremltools.converters.mil.mil import types
+
+    prog = mb.program(
+        input_specs=[mb.TensorSpec(shape=(2,)), mb.StateTensorSpec(shape=(2,), dtype=types.fp16)],
+        opset_version=ct.target.iOS18,
+    )(lambda x, s: mb.add(x=mb.cast(x=x, dtype="fp16"), y=mb.read_state(input=s)))
+    inputs = prog.functions["main"].inputs
+    assert private.is_state_type(inputs["s"].sym_type)
+    assert not private.is_state_type(inputs["x"].sym_type)
+    assert not private.is_tensor_type(inputs["s"].sym_type)
+
+
 def test_bit_width() -> None:
     prog = _program()
     assert private.bit_width(_op(prog, "w").outputs[0].dtype) == 32

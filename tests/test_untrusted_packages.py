@@ -230,6 +230,30 @@ def test_input_larger_than_memory_is_refused_before_the_evaluator_allocates(layo
         random_samples(input_specs(model), 1)
 
 
+def test_state_larger_than_memory_is_refused_before_make_state_allocates(tmp_path: Path) -> None:
+    """A state input declaring more than the machine's memory (only there: the ops' types
+    untouched) is refused before the evaluator could allocate its buffer."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=(2,), dtype=types.fp16), mb.StateTensorSpec(shape=(2,), dtype=types.fp16)],
+        opset_version=ct.target.iOS18,
+    )
+    def prog(x: Any, s: Any) -> Any:
+        return mb.coreml_update_state(state=s, value=mb.add(x=mb.read_state(input=s), y=x))
+
+    package = tmp_path / "stateful.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18).save(str(package))
+    assert ms.reference.ReferenceEvaluator(package).make_state().names == ("s",)
+    spec = load_spec(package)
+    (state,) = [item for item in spec.mlProgram.functions["main"].inputs if item.name == "s"]
+    state.type.stateType.wrappedType.tensorType.dimensions[0].constant.size = package_guard.memory_bytes()
+    save_spec(package, spec)
+    with pytest.raises(UnsafePackageError, match=r"input 's' declares a tensor of .* more than this machine's memory"):
+        ms.reference.ReferenceEvaluator(package)
+
+
 def test_streaming_reads_each_blob_from_the_file_its_spec_names(layout: dict[str, Path]) -> None:
     """One const's blob moves to weights/second.bin and its bytes in weight.bin are zeroed:
     streaming must read second.bin (as coremltools' loader does) and write canonical names."""

@@ -17,7 +17,7 @@ model apply to the dense one.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import attrs
 import numpy as np
@@ -126,9 +126,13 @@ def conv_gram_of(args: Mapping[str, Any]) -> np.ndarray:
     return conv_gram(x, tuple(weight.shape[2:]), strides, dilations, pads, groups)
 
 
+#: one calibration sample (an input dict), or one sequence of them sharing a fresh state
+SampleOrSequence = Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
+
+
 def collect_activation_stats(
     model: Any,
-    samples: Iterable[Mapping[str, Any]],
+    samples: Iterable[SampleOrSequence],
     *,
     function_name: str = "main",
     stats: Optional[ActivationStats] = None,
@@ -138,7 +142,12 @@ def collect_activation_stats(
     """Run ``model`` on every sample and return the statistics of each product weight.
 
     ``model``: what :func:`mil_sparsity.reference.run` accepts. ``samples``: input dicts (any
-    iterable; consumed once). ``stats``: add to these statistics instead of new ones.
+    iterable; consumed once). A stateful model (``ct.StateType``, e.g. an LLM's KV cache) runs
+    them in order on one state, made fresh (zeros) for this call: the samples are one
+    sequence, e.g. a prompt's prefill then one decode step per token. An item that is a list
+    or tuple of input dicts is a sequence of its own, run in order on a fresh state of its own
+    (several prompts in one call); the top-level dicts keep sharing the call's state. For a
+    stateless model a sequence is just its samples. ``stats``: add to these statistics instead of new ones.
     ``progress``: a tqdm bar (default: when stderr is a TTY). ``gram``: also accumulate X^T X
     (:data:`~mil_sparsity.calibration.stats.GRAM`) for the weights of linear ops and constant
     matmul operands (the rows of the activation against its contraction axis) and of conv ops
@@ -166,9 +175,21 @@ def collect_activation_stats(
             result.add(function_name, site.weight_name, sums, rows, matrix)
 
     count = 0
-    for sample in progress_bar(samples, desc="calibrate", enabled=progress):
-        evaluator.run(sample, capture)
-        count += 1
+    shared = evaluator.make_state()  # empty for a stateless model: its runs stay stateless
+    for index, item in enumerate(progress_bar(samples, desc="calibrate", enabled=progress)):
+        if isinstance(item, (list, tuple)):
+            sequence_state = evaluator.make_state()
+            for sample in item:
+                evaluator.run(sample, capture, state=sequence_state)
+                count += 1
+        elif isinstance(item, Mapping):
+            evaluator.run(item, capture, state=shared)
+            count += 1
+        else:
+            raise InvalidTypeError(
+                f"samples[{index}]: expected an input dict or a list of them (one sequence), "
+                f"got {type(item).__name__}"
+            )
     if count == 0:
         raise InvalidInputError("samples: need at least one calibration sample, got none")
     return result

@@ -17,7 +17,8 @@ evaluator's loader go through this module:
   within its file and holds exactly the dtype and element count its declared type says;
   each immediate tensor stores as many values as its declared shape has; every declared shape
   is static and non-negative. With ``memory_bound`` (the PyMIL and evaluator paths, which
-  hold whole tensors), no op output may declare more bytes than the machine's memory.
+  hold whole tensors), no function input (a state's buffer included) or op output may declare
+  more bytes than the machine's memory.
 
 Refusals are :class:`~mil_sparsity.errors.UnsafePackageError` (a ValueError) naming the
 entry, what the package wrote and where it leads, raised before anything is read from the
@@ -379,6 +380,8 @@ def check_storage(spec: Any, layout: PackageLayout, *, memory_bound: bool = Fals
 
 
 def _check_bound(value_type: Any, entry: str, root: str, limit: int) -> None:
+    if value_type.WhichOneof("type") == "stateType":  # a state's buffer: its wrapped tensor
+        value_type = value_type.stateType.wrappedType
     count = declared_elements(value_type, entry, root)
     if count is None:
         return

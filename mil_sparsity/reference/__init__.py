@@ -19,11 +19,23 @@ runtime: it runs on any platform, without the Core ML framework.
   between ops (an op's internal arithmetic stays float32).
 - ``capture(op, input_values, output_values)``, if given, is called once for every op
   evaluated (nested ops once per execution), with the PyMIL op, a dict input name -> value
-  (a tuple for variadic inputs) and a tuple of output values. Values are freed as soon as
-  their last reader has run, so memory holds what the graph still needs plus what the
-  callback keeps.
+  (a tuple for variadic inputs; a state as its :class:`~.state.StateSlot`) and a tuple of
+  output values. Values are freed as soon as their last reader has run, so memory holds what
+  the graph still needs plus what the callback keeps.
 - Before anything runs, a function with op types the evaluator lacks raises one
   NotImplementedError listing each type and how many times it occurs.
+- States (iOS18 ``ct.StateType``, e.g. an LLM's KV cache): as ``MLModel.make_state()`` and
+  ``predict(..., state=)``, ``state = evaluator.make_state()`` (a
+  :class:`ReferenceEvaluator`'s) holds one zero buffer per state input, in the state's dtype
+  (fp16 for a Core ML model, so what the model writes is rounded to fp16), and
+  ``evaluator.run(inputs, state=state)`` runs on it: ``read_state`` reads a copy,
+  ``coreml_update_state`` / ``write_state`` write, and the writes persist in ``state`` for
+  the next run (a decode step by step). States are not ``inputs``. A stateful function without
+  a state, a state of another evaluator (even of the same model) or a state name among the
+  inputs raise ValueError naming it; states never share buffers (``state.copy()`` snapshots,
+  ``read_state(name)`` / ``write_state(name, value)`` copy out and in). A stateless function
+  takes its empty ``make_state()`` too. The one-shot :func:`run` has no state to give: use a
+  ``ReferenceEvaluator``. If a run raises, the state keeps the writes made before the error.
 
 Engine features (all per run; nothing in the program or the evaluator changes):
 
@@ -59,6 +71,7 @@ from mil_sparsity import _coremltools_private as private
 from mil_sparsity.reference._registry import Kernel, KernelKey
 from mil_sparsity.reference.engine import Capture, Evaluator, check_supported, supported_op_types
 from mil_sparsity.reference.inputs import InputSpec, spec_from_feature, spec_from_placeholder
+from mil_sparsity.reference.state import EvaluatorState, StateSpec
 
 
 def _program_and_description(model: Any, function_name: str) -> tuple[Any, Any]:
@@ -89,6 +102,8 @@ def _input_specs(function: Any, description: Any) -> list[InputSpec]:
     features = {feature.name: feature for feature in description.input} if description is not None else {}
     specs = []
     for name, var in function.inputs.items():
+        if private.is_state_type(var.sym_type):  # given with state=, see .state
+            continue
         dtype = private.numpy_dtype_of(var.dtype)
         spec = spec_from_feature(features[name], dtype) if name in features else None
         specs.append(spec if spec is not None else spec_from_placeholder(name, var.shape, dtype))
@@ -98,7 +113,8 @@ def _input_specs(function: Any, description: Any) -> list[InputSpec]:
 class ReferenceEvaluator:
     """``model``'s function ``function_name`` loaded and planned once, run on many inputs.
 
-    ``evaluator(inputs, capture=None)`` (or ``.run``) behaves like :func:`run`.
+    ``evaluator(inputs, capture=None, state=None)`` (or ``.run``) behaves like :func:`run`;
+    a stateful function needs ``state=evaluator.make_state()`` (see the module doc).
     """
 
     def __init__(
@@ -135,6 +151,16 @@ class ReferenceEvaluator:
         """The PyMIL program evaluated (read it; modifying it invalidates the evaluator)."""
         return self._program
 
+    @property
+    def state_specs(self) -> tuple[StateSpec, ...]:
+        """The function's states (name, shape, dtype); empty for a stateless function."""
+        return self._evaluator.states.specs
+
+    def make_state(self) -> EvaluatorState:
+        """New state buffers, zero as Core ML's ``make_state()`` makes them (an empty state for
+        a stateless function)."""
+        return self._evaluator.make_state()
+
     def cut_before(self, const_names: Sequence[str]) -> tuple[str, ...]:
         """Names of the values that, given as ``start``, let a run skip every op before the
         first reader of ``const_names`` (what a probe of those weights needs cached)."""
@@ -148,9 +174,12 @@ class ReferenceEvaluator:
         overrides: Optional[Mapping[str, Any]] = None,
         outputs: Optional[Sequence[str]] = None,
         start: Optional[Mapping[str, Any]] = None,
+        state: Optional[EvaluatorState] = None,
     ) -> dict[str, np.ndarray]:
         """The function's outputs by name (or the ``outputs`` asked for); see the module doc."""
-        return self._evaluator.run(inputs, capture, overrides=overrides, outputs=outputs, start=start)
+        return self._evaluator.run(
+            inputs, capture, overrides=overrides, outputs=outputs, start=start, state=state
+        )
 
     __call__ = run
 
@@ -176,10 +205,12 @@ def run(
 
 __all__ = [
     "Capture",
+    "EvaluatorState",
     "InputSpec",
     "Kernel",
     "KernelKey",
     "ReferenceEvaluator",
+    "StateSpec",
     "check_supported",
     "run",
     "supported_op_types",

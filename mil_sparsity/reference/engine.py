@@ -5,8 +5,9 @@ included, the ops in order and, for each op, the values to free once it has run 
 reader of a value frees it; a value nobody reads is freed right after its op). Vars read inside
 a nested block but defined outside it count as read by the op that owns the block.
 
-Run: inputs are checked and converted (see :mod:`.inputs`); const ops give their value (fp16
-upcast to float32), or the run's override for them; constexpr ops their materialized value,
+Run: inputs are checked and converted (see :mod:`.inputs`), state inputs bound to the run's
+state (see :mod:`.state`); const ops give their value (fp16 upcast to float32), or the run's
+override for them; constexpr ops their materialized value,
 cond/while_loop evaluate their blocks, every other op calls the kernel resolved for it when
 the plan was made (:class:`~mil_sparsity.reference._registry.KernelTable`: the evaluator's own
 kernels first, then the built-in ones, by opset). Each output is brought to its compute dtype
@@ -33,6 +34,7 @@ from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 from mil_sparsity.reference import ops_constexpr, ops_control
 from mil_sparsity.reference._registry import Kernel, KernelKey, KernelTable
 from mil_sparsity.reference.inputs import InputSpec, compute_dtype, convert_inputs
+from mil_sparsity.reference.state import EvaluatorState, StateLayout
 from mil_sparsity.reference.planning import (
     BlockPlan,
     PartialPlan,
@@ -55,6 +57,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_quantize,
     ops_recurrent,
     ops_reduce,
+    ops_state,
     ops_tensor,
 )
 
@@ -69,7 +72,12 @@ def supported_op_types(table: Optional[KernelTable] = None) -> frozenset[str]:
 
 
 def _opset(op: Operation) -> Optional[int]:
-    version = op.opset_version
+    """The opset version that defined the op's class; None for ops outside the versioned
+    registry (coremltools' internal ops, such as ``coreml_update_state``)."""
+    try:
+        version = op.opset_version
+    except AttributeError:
+        return None
     return None if version is None else int(version)
 
 
@@ -149,6 +157,7 @@ class Evaluator:
         self._function = function
         self._output_names = tuple(str(var.name) for var in function.outputs)
         self._plan = plan_block(function, self._kernel_for)
+        self.states = StateLayout(function, function_name)  # state inputs: see .state
         self._partial_plans: dict[tuple[tuple[str, ...], frozenset[str]], PartialPlan] = {}
         self._values = {name: var for name, var in function.inputs.items()}
         self._values.update({str(v.name): v for op in function.operations for v in op.outputs})
@@ -157,6 +166,10 @@ class Evaluator:
             for op in walk(function)
             if (op.op_type == "const" or op.op_type in ops_constexpr.OP_TYPES) and len(op.outputs) == 1
         }
+
+    def make_state(self) -> EvaluatorState:
+        """New zero state buffers for :meth:`run` (an empty state for a stateless function)."""
+        return self.states.new_state()
 
     def cut_before(self, const_names: Sequence[str]) -> tuple[str, ...]:
         """The top-level values to pass as ``start`` to re-run only what follows the first op
@@ -265,6 +278,7 @@ class Evaluator:
         overrides: Optional[Values] = None,
         outputs: Optional[Sequence[str]] = None,
         start: Optional[Values] = None,
+        state: Optional[EvaluatorState] = None,
     ) -> dict[str, np.ndarray]:
         """The function's outputs (or ``outputs``, any top-level values by name) on ``inputs``.
 
@@ -274,15 +288,17 @@ class Evaluator:
         function inputs those ops read).
         """
         replaced = self._override_values(overrides)
+        slots = self.states.bind(state, inputs)  # state inputs come from `state`, never `inputs`
         if outputs is None and not start:
-            converted = convert_inputs(self.input_specs, inputs)
+            converted: dict[str, Any] = {**convert_inputs(self.input_specs, inputs), **slots}
             values = [converted[name] for name in self._function.inputs]
             results = self._run_block(self._plan, values, {}, capture, replaced)
             return {name: np.asarray(value) for name, value in zip(self._output_names, results)}
         targets = self._targets(outputs)
         given = self._start_values(start)
         partial = self._partial(targets, start or {})
-        converted = convert_inputs(self.input_specs, inputs, required=partial.needed_inputs)
+        required = [name for name in partial.needed_inputs if name not in slots]
+        converted = {**convert_inputs(self.input_specs, inputs, required=required), **slots}
         for name in partial.needed_inputs:
             given[id(self._function.inputs[name])] = converted[name]
         results = self._run_block(partial.plan, [given[i] for i in partial.plan.inputs], {}, capture, replaced)

@@ -10,8 +10,9 @@ the comparison off macOS. Loaded with ``-p ct_conformance`` (``tests/conformance
   reports a recent macOS, so the guarded comparisons run;
 - ``MLModel.predict`` evaluates the model's program (outputs cast to the description's
   dtypes, scalars as shape (1,), like Core ML); an error while computing becomes a
-  ``RuntimeError`` as the runtime raises; a model that is not an ML Program, a stateful one
-  or image inputs raise :class:`NotConformanceCase`.
+  ``RuntimeError`` as the runtime raises; a model that is not an ML Program or image inputs
+  raise :class:`NotConformanceCase`; ``MLModel.make_state`` gives the evaluator's state, which
+  ``predict(..., state=)`` runs on.
 
 Each case gets an outcome, recorded in the report's ``user_properties`` and, with
 ``--conformance-report=PATH``, one JSON line per case: ``pass``, ``fail`` (wrong values or
@@ -100,24 +101,40 @@ def _perturbed(value: np.ndarray) -> np.ndarray:
     return (value + 1.0 + 0.1 * np.abs(value)).astype(value.dtype)
 
 
-def _evaluate(mlmodel: Any, data: Any) -> dict[str, np.ndarray]:
+class _State:
+    """What the patched ``MLModel.make_state`` returns: the model's evaluator and a state of it
+    (a state belongs to the evaluator that made it)."""
+
+    def __init__(self, evaluator: Any) -> None:
+        self.evaluator = evaluator
+        self.state = evaluator.make_state()
+
+
+def _evaluator(mlmodel: Any) -> Any:
     from mil_sparsity.reference import ReferenceEvaluator
 
     spec = mlmodel.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
         raise NotConformanceCase("not mlprogram", f"a {spec.WhichOneof('Type')} model")
+    function_name = getattr(mlmodel, "function_name", None) or "main"
+    try:
+        return ReferenceEvaluator(mlmodel, function_name=function_name)
+    except NotImplementedError as error:
+        raise NotConformanceCase("unsupported", str(error)) from error
+
+
+def _evaluate(mlmodel: Any, data: Any, state: Optional[_State] = None) -> dict[str, np.ndarray]:
+    evaluator = _evaluator(mlmodel) if state is None else state.evaluator
     if not isinstance(data, dict):
         raise NotConformanceCase("unsupported", "batch prediction")
     for name, value in data.items():
         if not isinstance(value, (np.ndarray, np.generic, int, float, list, tuple)):
             raise NotConformanceCase("unsupported", f"input {name!r} of type {type(value).__name__}")
-    function_name = getattr(mlmodel, "function_name", None) or "main"
     try:
-        evaluator = ReferenceEvaluator(mlmodel, function_name=function_name)
-    except NotImplementedError as error:
-        raise NotConformanceCase("unsupported", str(error)) from error
-    try:
-        outputs = evaluator.run({name: np.asarray(value) for name, value in data.items()})
+        outputs = evaluator.run(
+            {name: np.asarray(value) for name, value in data.items()},
+            state=None if state is None else state.state,
+        )
     except NotImplementedError as error:  # a kernel lacks an option (crop_resize's sampling modes)
         raise NotConformanceCase("unsupported", str(error)) from error
     dtypes = _spec_dtypes(mlmodel)
@@ -132,13 +149,10 @@ def _evaluate(mlmodel: Any, data: Any) -> dict[str, np.ndarray]:
     return result
 
 
-def _predict(self: Any, data: Any, state: Any = None) -> dict[str, np.ndarray]:
-    if state is not None:
-        _CASE.kind, _CASE.detail = "unsupported", "stateful model"
-        raise NotConformanceCase("unsupported", "stateful model")
+def _predict(self: Any, data: Any, state: Optional[_State] = None) -> dict[str, np.ndarray]:
     _CASE.predictions += 1
     try:
-        return _evaluate(self, data)
+        return _evaluate(self, data, state)
     except NotConformanceCase as error:
         _CASE.kind, _CASE.detail = error.kind, str(error)
         raise
@@ -147,9 +161,12 @@ def _predict(self: Any, data: Any, state: Any = None) -> dict[str, np.ndarray]:
         raise RuntimeError(f"{RUNTIME_ERROR}: {type(error).__name__}: {error}") from error
 
 
-def _make_state(self: Any) -> Any:
-    _CASE.kind, _CASE.detail = "unsupported", "stateful model"
-    raise NotConformanceCase("unsupported", "stateful model (make_state)")
+def _make_state(self: Any) -> _State:
+    try:
+        return _State(_evaluator(self))
+    except NotConformanceCase as error:
+        _CASE.kind, _CASE.detail = error.kind, str(error)
+        raise
 
 
 def _patch() -> None:
