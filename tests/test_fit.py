@@ -196,3 +196,17 @@ def test_results_are_the_same_on_a_dask_cluster(model: Any, by_size: ms.FitResul
                 on_dask = ms.fit(model, SAMPLES, max_size_ratio=0.6, methods=["magnitude"], n_jobs=2)
     assert on_dask.probes == by_size.probes
     assert on_dask.selector == by_size.selector
+
+
+def test_max_probes_measures_at_most_that_many_and_predicts_the_rest(model: Any) -> None:
+    result = ms.fit(model, SAMPLES, max_size_ratio=0.6, methods=["magnitude"], max_probes=7)
+    measured = [row for row in result.probes if row.measured]
+    assert 1 <= len(measured) <= 7
+    assert any(not row.measured for row in result.probes)
+    assert len({(r.weight, r.setting) for r in result.probes}) == len(result.probes) == 15
+    assert result.size_ratio <= 0.6
+    assert any("max_probes=7" in note for note in result.report.notes)
+    unlimited = ms.fit(model, SAMPLES, max_size_ratio=0.6, methods=["magnitude"], max_probes=15)
+    assert all(row.measured for row in unlimited.probes)
+    with pytest.raises(ValueError, match="max_probes must be an int >= 1"):
+        ms.fit(model, SAMPLES, max_size_ratio=0.6, max_probes=0)

@@ -103,3 +103,40 @@ def test_bytes_left_under_the_budget_are_spent_back_where_they_help_most() -> No
         if sum(o.nbytes[j] for o, j in zip(options, levels)) <= 1200
     )
     assert spent.predicted_loss == pytest.approx(best)
+
+
+# ---- the prior ---------------------------------------------------------------------------------
+import numpy as np  # noqa: E402
+
+from mil_sparsity.fit.prior import outlier_ratio, proxy_losses, spread_pick  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=200))
+def test_proxy_losses_grow_with_sparsity_from_0_to_1(values: list[float]) -> None:
+    scores = np.array(values, dtype=np.float32)
+    levels = [0.0, 0.25, 0.5, 0.75, 1.0]
+    losses = proxy_losses(scores, levels)
+    assert np.all(np.diff(losses) >= -1e-12)
+    assert losses[0] == 0.0
+    assert losses[-1] == pytest.approx(1.0) or not np.any(scores)
+    assert np.all((losses >= 0) & (losses <= 1 + 1e-12))
+
+
+def test_proxy_loss_is_the_energy_share_of_the_lowest_scores() -> None:
+    scores = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    np.testing.assert_allclose(proxy_losses(scores, [0.5]), [(1 + 4) / 30])
+
+
+def test_outlier_ratio_counts_scores_far_above_the_mean() -> None:
+    scores = np.ones(100, np.float32)
+    assert outlier_ratio(scores) == 0.0
+    scores[:2] = 1000.0  # mean ~ 21: two scores are above 5x it
+    assert outlier_ratio(scores) == 0.02
+    assert outlier_ratio(np.zeros(5)) == 0.0
+
+
+def test_spread_pick_keeps_both_ends() -> None:
+    assert spread_pick(list("abcdefg"), 3) == ["a", "d", "g"]
+    assert spread_pick(list("ab"), 5) == ["a", "b"]
+    assert spread_pick(list("ab"), 0) == []

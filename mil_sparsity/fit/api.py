@@ -43,7 +43,19 @@ from mil_sparsity.fit.allocate import (
     last_meeting_quality,
     spend_leftover,
 )
-from mil_sparsity.fit.probes import Choice, ProbeJob, ProbeRow, choose, evaluate_with, forget_loaded, loaded, prunable, probe_weight
+from mil_sparsity.fit.budgeted import probe_within
+from mil_sparsity.fit.probes import (
+    Choice,
+    ProbeJob,
+    ProbeRow,
+    choose,
+    evaluate_with,
+    forget_loaded,
+    loaded,
+    options_of,
+    probe_weight,
+    prunable,
+)
 from mil_sparsity.fit.settings import Setting, check_methods, settings_for
 from mil_sparsity.kernels.packing import packed_nbytes
 from mil_sparsity.model.inventory import ProgramWeight
@@ -186,19 +198,6 @@ def _smallest_bytes(item: ProgramWeight, settings: Sequence[Setting]) -> int:
     return min(weight.nbytes, packed_nbytes(weight.size - round(sparsest * weight.size), weight.size, itemsize))
 
 
-def _options(names: Sequence[str], found: Mapping[str, ProgramWeight], rows: Sequence[ProbeRow]) -> tuple[list[Options], list[list[ProbeRow]]]:
-    by_weight: dict[str, list[ProbeRow]] = {found[name].weight.saved_name: [] for name in names}
-    for row in rows:
-        by_weight[row.weight].append(row)
-    options, levels = [], []
-    for name in names:
-        item = found[name].weight
-        chosen = sorted(by_weight[item.saved_name], key=lambda r: (-r.nbytes, r.sparsity))
-        levels.append(chosen)
-        options.append(Options((item.nbytes,) + tuple(r.nbytes for r in chosen), (0.0,) + tuple(1.0 - r.quality for r in chosen)))
-    return options, levels
-
-
 def _run_probes(job: ProbeJob, names: Sequence[str], n_jobs: int, progress: Optional[bool]) -> list[ProbeRow]:
     """:func:`probe_weight` for every name, through joblib (in this process when n_jobs=1)."""
     joblib = importlib.import_module("joblib")  # untyped third-party module: imported as Any
@@ -222,6 +221,7 @@ def fit(
     n_jobs: int = 1,
     progress: Optional[bool] = None,
     function_name: str = "main",
+    max_probes: Optional[int] = None,
 ) -> FitResult:
     """Prune ``model`` to a budget, each weight as far as its measured sensitivity allows.
 
@@ -235,17 +235,24 @@ def fit(
     that applies to it). ``compute_unit``: ``"all"``, ``"ane"`` or ``"cpu"``
     (:mod:`.settings`). ``n_jobs``: probes run through joblib (``joblib.parallel_config``
     picks the backend, dask or ray included; the model path must be readable by the workers).
+    ``max_probes``: at most this many probes (weight x setting); when the table is larger, an
+    outlier prior ranks the weights and predicts the rest (:mod:`.budgeted`). None: probe all.
     See the module doc for the algorithm.
     """
     field, budget = _check_budget(max_size_ratio, min_cosine)
     settings = settings_for(compute_unit)
     preference = check_methods(methods)
     jobs = _check_jobs(n_jobs)
+    if max_probes is not None and (isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 1):
+        raise InvalidInputError(f"max_probes must be an int >= 1 or None, got {max_probes!r}")
     if not isinstance(function_name, str):
         raise InvalidTypeError(f"function_name must be a str, got {type(function_name).__name__}")
     with tempfile.TemporaryDirectory(prefix="mil-sparsity-fit-") as workdir:
         try:
-            return _fit(model, samples, field, budget, calibration, preference, settings, jobs, progress, function_name, workdir)
+            return _fit(
+                model, samples, field, budget, calibration, preference, settings, jobs, progress,
+                function_name, workdir, max_probes,
+            )
         finally:
             forget_loaded()
 
@@ -262,6 +269,7 @@ def _fit(
     progress: Optional[bool],
     function_name: str,
     workdir: str,
+    max_probes: Optional[int],
 ) -> FitResult:
     from mil_sparsity.inspect_model import stored_weight_bytes
     from mil_sparsity.oneshot import prune_weights
@@ -283,8 +291,22 @@ def _fit(
                 f"setting, {max(s.sparsity for s in settings):.0%}; a mask costs 1 bit per element)"
             )
     job = ProbeJob(model_path, function_name, inputs, reference, settings, methods, stats)
-    rows = _run_probes(job, names, n_jobs, progress)
-    options, levels = _options(names, found, rows)
+    max_bytes = math.floor(budget * input_bytes) - fixed
+
+    def pick(path: Sequence[Allocation]) -> int:
+        """Where the budget falls on a path, by bytes or by predicted loss alone."""
+        if field == "max_size_ratio":
+            found_index = first_within_size(path, max_bytes)
+            return len(path) - 1 if found_index is None else found_index
+        return max((i for i, a in enumerate(path) if a.predicted_loss <= 1.0 - budget), default=0)
+
+    notes: list[str] = []
+    if max_probes is not None and len(names) * len(settings) > max_probes:
+        rows, note = probe_within(job, names, found, max_probes, lambda j, n: _run_probes(j, n, n_jobs, progress), pick)
+        notes.append(note)
+    else:
+        rows = _run_probes(job, names, n_jobs, progress)
+    options, levels = options_of(names, found, rows)
     path = greedy_path(options)
     memo: dict[tuple[str, int], Choice] = {}
 
@@ -304,9 +326,7 @@ def _fit(
             if level > 0
         }
 
-    notes: list[str] = []
     if field == "max_size_ratio":
-        max_bytes = math.floor(budget * input_bytes) - fixed
         index = first_within_size(path, max_bytes)
         if index is None:  # the exact probe bytes came out above the estimate
             raise InvalidInputError(

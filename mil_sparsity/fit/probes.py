@@ -24,6 +24,7 @@ import numpy as np
 
 from mil_sparsity.calibration.stats import ActivationStats
 from mil_sparsity.errors import InvalidInputError
+from mil_sparsity.fit.allocate import Options
 from mil_sparsity.fit.settings import Setting
 from mil_sparsity.kernels import SparseWeight
 from mil_sparsity.model.inventory import ProgramWeight, program_weights
@@ -51,6 +52,7 @@ class ProbeRow:
     nbytes: int
     dense_nbytes: int
     setting: Setting
+    measured: bool = True  # False: predicted by the prior (see :mod:`.prior`), not probed
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self, filter=lambda attribute, _: attribute.name != "setting")
@@ -135,6 +137,38 @@ def choose(item: ProgramWeight, setting: Setting, methods: Sequence[str], calibr
     return None
 
 
+def method_for(item: ProgramWeight, setting: Setting, methods: Sequence[str], calibration: Optional[ActivationStats]) -> Optional[str]:
+    """The method :func:`choose` would use, found by the selection alone (no handler runs)."""
+    for method in methods:
+        config = setting.config(method)
+        if config is None:
+            continue
+        try:
+            selected = select(item.weight, OpSelector(op_name_configs={item.weight.name: config}), _RULES, calibration)
+        except InvalidInputError:
+            continue
+        if isinstance(selected, Selected):
+            return method
+    return None
+
+
+def element_scores(item: ProgramWeight, calibration: Optional[ActivationStats]) -> np.ndarray:
+    """Wanda's per-element scores ``|W| * ||x||`` where the statistics have the weight's input
+    channels (laid out by the pass's own selection), ``|W|`` otherwise."""
+    from mil_sparsity.configs import MagnitudeConfig
+    from mil_sparsity.kernels import activation_scores
+
+    value = np.asarray(item.op.outputs[0].val)
+    config = MagnitudeConfig(target_sparsity=0.5, scoring="activation")
+    try:
+        selected = select(item.weight, OpSelector(op_name_configs={item.weight.name: config}), _RULES, calibration)
+    except InvalidInputError:
+        selected = None
+    if isinstance(selected, Selected) and selected.context is not None and selected.context.scale is not None:
+        return activation_scores(value, selected.context.scale, selected.context.scale_axis)
+    return np.abs(value.astype(np.float32))
+
+
 def prunable(item: ProgramWeight, settings: Sequence[Setting]) -> bool:
     """True if the pass would take this weight at some setting with magnitude pruning."""
     for setting in settings:
@@ -188,3 +222,16 @@ def probe_weight(job: ProbeJob, name: str) -> list[ProbeRow]:
             )
         )
     return rows
+
+
+def options_of(names: Sequence[str], found: Mapping[str, ProgramWeight], rows: Sequence[ProbeRow]) -> tuple[list[Options], list[list[ProbeRow]]]:
+    by_weight: dict[str, list[ProbeRow]] = {found[name].weight.saved_name: [] for name in names}
+    for row in rows:
+        by_weight[row.weight].append(row)
+    options, levels = [], []
+    for name in names:
+        item = found[name].weight
+        chosen = sorted(by_weight[item.saved_name], key=lambda r: (-r.nbytes, r.sparsity))
+        levels.append(chosen)
+        options.append(Options((item.nbytes,) + tuple(r.nbytes for r in chosen), (0.0,) + tuple(1.0 - r.quality for r in chosen)))
+    return options, levels
