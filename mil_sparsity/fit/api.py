@@ -354,8 +354,7 @@ def _fit(
             configs[item.saved_name] = None
             continue
         row = levels[i][level - 1]
-        made = choice(name, row)
-        configs[item.saved_name] = made.config
+        configs[item.saved_name] = row.setting.config(row.method)  # what choose() ran
         plan.append(PlannedWeight(item.saved_name, row.setting, row.method, row.sparsity, row.nbytes, item.nbytes, row.quality))
     selector = OpSelector(op_name_configs=configs)
     report = SparsityReport()
