@@ -11,11 +11,13 @@ On a 4-layer MLP (MIL builder, fp32, iOS18, saved as a package):
   calibration data than pruning with ordinary statistics;
 * ``prune_weights`` with sequential statistics: streaming bit-identical to PyMIL;
 * mixed configs (a magnitude-pruned weight before reconstructed ones is overridden too),
-  activation scoring (sequential Wanda), and the errors.
+  activation scoring (sequential Wanda), and the errors;
+* ``mil-sparsity calibrate --sequential CONFIG``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +264,22 @@ def test_a_stateful_model_is_refused() -> None:
 
     with pytest.raises(ValueError, match="states .* sequential=None"):
         ms.collect_activation_stats(prog, [{"x": np.ones((2, 4), np.float32)}], gram=True, sequential=ADMM, progress=False)
+
+
+def test_cli_calibrate_sequential(package: Path, tmp_path: Path) -> None:
+    from mil_sparsity.cli import main
+
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.stack([s["x"] for s in samples()]))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(ms.OpSelector(global_config=ADMM).to_dict()))
+    out = tmp_path / "stats.npz"
+    assert main(["calibrate", str(package), "-o", str(out), "--data", str(data), "--gram",
+                 "--sequential", str(config), "--json"]) == 0
+    expected = sequential(package, ADMM)
+    got = ms.ActivationStats.load(out)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got.entries[key].gram, expected.entries[key].gram)
+    pruned = tmp_path / "pruned.mlpackage"
+    assert main(["prune", str(package), "-o", str(pruned), "--config", str(config), "--calibration", str(out)]) == 0
