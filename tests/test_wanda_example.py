@@ -158,3 +158,18 @@ def test_reconstruction_is_closer_to_dense_than_magnitude(
     magnitude, reconstructed = by_scheme["magnitude"], by_scheme[scheme]
     assert 0.0 < magnitude.cosine < reconstructed.cosine < 1.0
     assert reconstructed.relative_l2 < magnitude.relative_l2
+
+
+def test_sequential_rows(setup: Setup) -> None:
+    """``--sequential``: a second row per scheme reading statistics; on layer 0's attention
+    weights, query/key/value read the dense input either way, the output projection does not."""
+    few = example.linear_weight_names(setup.dense)[:FEW]
+    rows = example.measure(setup.dense, setup.stats, setup.eval_samples[:1], ("2:4",), ("magnitude", "sparsegpt"),
+                           weights=few, sequential=setup.calibration_samples)
+    assert [(row.label, row.sequential) for row in rows] == [
+        ("magnitude", False), ("sparsegpt", False), ("sparsegpt, sequential", True)
+    ]
+    one_shot, sequential = rows[1], rows[2]
+    assert {record.name for record in sequential.report.packed} == set(few)
+    assert one_shot.cosine != sequential.cosine
+    assert "| 2:4 | sparsegpt, sequential |" in example.format_rows(rows)
