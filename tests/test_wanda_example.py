@@ -179,3 +179,18 @@ def test_fit_beats_uniform_magnitude_of_the_same_size_on_held_out_sentences(setu
     baseline = compare(setup.dense, uniform, setup.eval_samples).worst()["cosine"]
     assert fitted is not None and baseline is not None
     assert fitted > baseline + 0.05, (fitted, baseline)
+
+
+def test_sequential_rows(setup: Setup) -> None:
+    """``--sequential``: a second row per scheme reading statistics; on layer 0's attention
+    weights, query/key/value read the dense input either way, the output projection does not."""
+    few = example.linear_weight_names(setup.dense)[:FEW]
+    rows = example.measure(setup.dense, setup.stats, setup.eval_samples[:1], ("2:4",), ("magnitude", "sparsegpt"),
+                           weights=few, sequential=setup.calibration_samples)
+    assert [(row.label, row.sequential) for row in rows] == [
+        ("magnitude", False), ("sparsegpt", False), ("sparsegpt, sequential", True)
+    ]
+    one_shot, sequential = rows[1], rows[2]
+    assert {record.name for record in sequential.report.packed} == set(few)
+    assert one_shot.cosine != sequential.cosine
+    assert "| 2:4 | sparsegpt, sequential |" in example.format_rows(rows)

@@ -1,6 +1,7 @@
 """Calibration for activation-aware pruning: statistics of the activations that meet each
-weight, collected with the reference evaluator (:func:`collect_activation_stats`), saved and
-loaded as .npz (:class:`ActivationStats`)."""
+weight, collected with the reference evaluator (:func:`collect_activation_stats`; with
+``sequential=config``, each weight's from the model pruned before it:
+:mod:`mil_sparsity.calibration.sequential`), saved and loaded as .npz (:class:`ActivationStats`)."""
 
 from mil_sparsity.calibration.collect import (
     ProductSite,

@@ -67,7 +67,7 @@ def product_sites(op: Any, sources: Mapping[int, str]) -> tuple[ProductSite, ...
     return tuple(sites)
 
 
-class _Sites:
+class Sites:
     """The product sites of each op the evaluator runs, found once per op; the weights' names
     come from the inventory of the function being run (``sources``)."""
 
@@ -126,6 +126,24 @@ def conv_gram_of(args: Mapping[str, Any]) -> np.ndarray:
     return conv_gram(x, tuple(weight.shape[2:]), strides, dilations, pads, groups)
 
 
+def site_statistics(
+    site: ProductSite, args: Mapping[str, Any], gram: bool
+) -> tuple[np.ndarray, int, Optional[np.ndarray]]:
+    """What one execution of a product op adds to the statistics of the weight at ``site``,
+    from the op's evaluated arguments: the activation's per-channel sum of squares, its rows
+    and, with ``gram`` for the ops in :data:`_GRAM_OPS`, its X^T X (a conv's: of its im2col
+    patches, :func:`conv_gram_of`); the arguments of :meth:`ActivationStats.add`."""
+    activation = args[site.role.activation_param]
+    sums, rows = channel_sum_squares(activation, site.role.activation_axis)
+    matrix = None
+    if gram and site.role.op_type in _GRAM_OPS:
+        if site.role.op_type == "conv":
+            matrix = conv_gram_of(args)
+        else:
+            matrix = channel_gram(activation, site.role.activation_axis)
+    return sums, rows, matrix
+
+
 #: one calibration sample (an input dict), or one sequence of them sharing a fresh state
 SampleOrSequence = Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
 
@@ -138,6 +156,7 @@ def collect_activation_stats(
     stats: Optional[ActivationStats] = None,
     progress: Optional[bool] = None,
     gram: bool = False,
+    sequential: Any = None,
 ) -> ActivationStats:
     """Run ``model`` on every sample and return the statistics of each product weight.
 
@@ -153,26 +172,36 @@ def collect_activation_stats(
     matmul operands (the rows of the activation against its contraction axis) and of conv ops
     (:func:`conv_gram`: their im2col patches, ``[groups, K, K]``); conv_transpose weights get
     the channel statistics only. Only what is asked is computed.
+
+    ``sequential``: the config that will prune the model (anything
+    :func:`mil_sparsity.prune_weights` takes, with SparseGPT / ADMM or activation-scored
+    configs): each weight that config reads statistics for gets them from the model in which
+    the weights its input depends on already hold the values that config stores
+    (:mod:`mil_sparsity.calibration.sequential`); give the result to ``prune_weights`` with
+    the same config. Not with ``stats`` or a stateful model; ``samples`` is read into a list.
     """
     if not isinstance(gram, bool):
         raise InvalidTypeError(f"gram must be a bool, got {type(gram).__name__} {gram!r}")
+    if sequential is not None:
+        if stats is not None:
+            raise InvalidInputError(
+                "stats: sequential statistics depend on the pruned values computed from them, so "
+                "they cannot be added to other statistics; collect them in one call"
+            )
+        from mil_sparsity.calibration.sequential import sequential_stats  # lazy: it imports the plan
+
+        return sequential_stats(
+            model, samples, sequential, function_name=function_name, gram=gram, progress=progress
+        )
     from mil_sparsity.reference import ReferenceEvaluator
 
     evaluator = ReferenceEvaluator(model, function_name=function_name)
     result = ActivationStats() if stats is None else stats
-    sites_of = _Sites(source_names(function_name, evaluator.program.functions[function_name]))
+    sites_of = Sites(source_names(function_name, evaluator.program.functions[function_name]))
 
     def capture(op: Any, args: Mapping[str, Any], outputs: tuple[Any, ...]) -> None:
         for site in sites_of(op):
-            activation = args[site.role.activation_param]
-            sums, rows = channel_sum_squares(activation, site.role.activation_axis)
-            matrix = None
-            if gram and site.role.op_type in _GRAM_OPS:
-                if site.role.op_type == "conv":
-                    matrix = conv_gram_of(args)
-                else:
-                    matrix = channel_gram(activation, site.role.activation_axis)
-            result.add(function_name, site.weight_name, sums, rows, matrix)
+            result.add(function_name, site.weight_name, *site_statistics(site, args, gram))
 
     count = 0
     shared = evaluator.make_state()  # empty for a stateless model: its runs stay stateless

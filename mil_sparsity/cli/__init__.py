@@ -14,7 +14,8 @@ Subcommands (each has ``--help``), one module each::
                         [--dim D] [--weight-threshold N] [--plot FILE.png] [--json]
                         [SAMPLES] [--backend reference|coreml]            sweep.py
     mil-sparsity compare A B SAMPLES [--backend reference|coreml] [--json]   compare.py
-    mil-sparsity calibrate MODEL -o STATS.npz SAMPLES [--force] [--json]  calibrate.py
+    mil-sparsity calibrate MODEL -o STATS.npz SAMPLES [--gram] [--sequential CONFIG]
+                        [--force] [--json]                                calibrate.py
     mil-sparsity fit    MODEL -o OUT SAMPLES (--max-size R | --min-cosine C) [--plan FILE.json]
                         [--calibration STATS.npz] [--methods M,..] [--compute-unit all|ane|cpu]
                         [--jobs N] [--plot FILE.png] [--force] [--json]   fit.py

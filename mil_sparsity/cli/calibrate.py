@@ -6,6 +6,11 @@ samples (``--data`` or ``--random-inputs``) and records, for every weight read b
 conv, conv_transpose or matmul op, the per-input-channel sum of squares of the activation it
 multiplies and the rows seen; :meth:`ActivationStats.save` writes them, atomically. This module
 checks the options and prints the summary.
+
+``--sequential CONFIG`` (the config file ``prune --config`` reads) collects the statistics
+sequentially (``collect_activation_stats(..., sequential=config)``): each weight that config
+reads statistics for gets them from the model with the weights before it already pruned as the
+config prunes them; prune with the same ``--config`` file and ``--calibration OUT``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mil_sparsity.cli._inputs import (
     read_samples,
     samples_line,
 )
+from mil_sparsity.cli.prune import read_config_file
 from mil_sparsity.inspect_model import format_rows
 from mil_sparsity.samples import Sample
 
@@ -61,6 +67,14 @@ def register(commands: Commands) -> None:
         "per conv weight and group (for --method sparsegpt/admm; "
         "channels^2 x 8 bytes each: 128 MB for a 4096-wide linear)",
     )
+    parser.add_argument(
+        "--sequential",
+        metavar="CONFIG",
+        help="the config file (JSON or YAML, as `prune --config` reads) the model will be "
+        "pruned with: each weight it reads statistics for (method sparsegpt/admm, scoring "
+        "activation) gets them from the model whose earlier weights are already pruned as it "
+        "prunes them; prune with the same --config and --calibration OUT",
+    )
     add_json(parser, "a summary")
     parser.set_defaults(run=run)
 
@@ -79,13 +93,14 @@ def _check_output(output: str, force: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     check_sample_options(args, "calibrate")
     _check_output(args.output, args.force)
+    sequential = None if args.sequential is None else read_config_file(args.sequential)
     mlmodel = load_mlmodel(args.model)
     function = function_of(mlmodel, args.model, args, "calibrate")
     samples = read_samples(args, mlmodel, args.model, function)
     bar = progress(samples, total=len(samples), desc="calibrate", quiet=args.json)
     try:
         stats = collect_activation_stats(
-            mlmodel, bar, function_name=function, progress=False, gram=args.gram
+            mlmodel, bar, function_name=function, progress=False, gram=args.gram, sequential=sequential
         )
     except (NotImplementedError, ValueError, TypeError) as error:
         raise CLIError(f"{args.model}: {one_line(error)}") from None
@@ -110,6 +125,7 @@ def _print(
                 "model": args.model,
                 "output": args.output,
                 "function": function,
+                "sequential": args.sequential,
                 "inputs": describe_samples(args, samples),
                 "weights": [
                     {"function": key[0], "name": key[1], "channels": entry.channels,
@@ -127,7 +143,9 @@ def _print(
     lines += [
         "",
         f"{len(entries)} weight(s) of function {function} calibrated on "
-        f"{samples_line(args, samples)}; rms: the mean over channels of sqrt(mean x^2)",
+        f"{samples_line(args, samples)}"
+        + ("" if args.sequential is None else f", sequentially for {args.sequential}")
+        + "; rms: the mean over channels of sqrt(mean x^2)",
         f"wrote {args.output}",
     ]
     emit("\n".join(lines).lstrip("\n"))

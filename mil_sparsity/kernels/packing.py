@@ -57,6 +57,13 @@ class SparseWeight:
     def dense_nbytes(self) -> int:
         return dense_nbytes(self.mask.size, self.nonzero_data.dtype.itemsize)
 
+    def dense(self) -> NDArray[Any]:
+        """The dense value this sparse form stands for (what ``constexpr_sparse_to_dense``
+        materializes), in the stored values' dtype."""
+        value = np.zeros(self.mask.shape, dtype=self.nonzero_data.dtype)
+        value[self.mask] = self.nonzero_data
+        return value
+
 
 def dense_nbytes(size: int, itemsize: int) -> int:
     return size * itemsize
