@@ -9,6 +9,7 @@ import coremltools as ct
 import numpy as np
 import pytest
 from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import types
 
 from mil_sparsity import _coremltools_private as private
 from mil_sparsity import reference
@@ -253,3 +254,28 @@ def test_cut_before_a_weight_gives_what_a_probe_of_it_needs() -> None:
     np.testing.assert_array_equal(output_of(fast), output_of(evaluator.run({"x": X}, overrides={"w1": probe})))
     with pytest.raises(ValueError, match="h0"):
         evaluator.cut_before(["h0"])
+
+
+def test_cut_before_a_weight_inside_a_nested_block_stops_before_its_owner() -> None:
+    inner = RNG.standard_normal((4, 4)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 4)), mb.TensorSpec(shape=(1,), dtype=types.bool)], opset_version=IOS17)
+    def prog(x: Any, flag: Any) -> Any:
+        h = mb.relu(x=x, name="h")
+
+        def then() -> Any:
+            return mb.linear(x=h, weight=mb.const(val=inner, name="inner_w"), name="t")
+
+        def other() -> Any:
+            return mb.identity(x=h, name="e")
+
+        return mb.cond(pred=mb.squeeze(x=flag), _true_fn=then, _false_fn=other, name="out")
+
+    evaluator = reference.ReferenceEvaluator(prog)
+    cut = evaluator.cut_before(["inner_w"])
+    assert "h" in cut
+    inputs = {"x": X[:2, :4], "flag": np.array([True])}
+    cached = evaluator.run(inputs, outputs=list(cut))
+    probe = np.eye(4, dtype=np.float32)
+    fast = evaluator.run(inputs, start=cached, overrides={"inner_w": probe})
+    np.testing.assert_allclose(output_of(fast), np.maximum(X[:2, :4], 0), rtol=1e-6)

@@ -215,17 +215,30 @@ def plan_partial(
 
 def live_before(function: Function, names: Iterable[str], skip: frozenset[str]) -> list[Var]:
     """The values to bind (``start``) to re-run ``function`` from the first top-level op that
-    reads any value named in ``names``: those defined by earlier top-level ops, not of an op
+    reads any value named in ``names`` (for a value inside a nested block: the top-level op that
+    owns the block): those defined by earlier top-level ops, not of an op
     type in ``skip`` (consts: cheap to recompute, and an override must still reach them), and
     read at or after that op or returned by the function. Function inputs are not included.
     """
     wanted = set(names)
     ops = list(function.operations)
+    position = {id(op): index for index, op in enumerate(ops)}
+    # a value defined inside a nested block is first needed by the top-level op owning that block
+    defining = [op for op in walk(function) if any(str(v.name) in wanted for v in op.outputs)]
+    owners = [position[id(_top_level(op, position))] for op in defining if id(op) not in position]
     wanted_ids = {id(v) for op in ops for v in op.outputs if str(v.name) in wanted}
-    first = next((i for i, op in enumerate(ops) if _reads(op) & wanted_ids), len(ops))
+    readers = (i for i, op in enumerate(ops) if _reads(op) & wanted_ids)
+    first = min(owners + [next(readers, len(ops))])
     later: set[int] = {id(v) for v in function.outputs}
     for op in ops[first:]:
         later.update(_reads(op))
     return [
         v for op in ops[:first] if op.op_type not in skip for v in op.outputs if id(v) in later
     ]
+
+
+def _top_level(op: Operation, position: Mapping[int, int]) -> Operation:
+    """The top-level op of the function that holds ``op`` (itself, or the owner of its block)."""
+    while id(op) not in position:
+        op = op.enclosing_block.outer_op
+    return op
