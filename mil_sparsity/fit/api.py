@@ -321,7 +321,7 @@ def _fit(
 
     def overrides(allocation: Allocation) -> dict[str, np.ndarray]:
         return {
-            name: choice(name, levels[i][level - 1]).dense(np.dtype(found[name].weight.dtype))
+            name: choice(name, levels[i][level - 1]).dense()
             for i, (name, level) in enumerate(zip(names, allocation.levels))
             if level > 0
         }

@@ -82,10 +82,8 @@ class Choice:
     outcome: SparseWeight
     config: Any
 
-    def dense(self, dtype: Any) -> np.ndarray:
-        value = np.zeros(self.outcome.shape, dtype=dtype)
-        value[self.outcome.mask] = self.outcome.nonzero_data
-        return value
+    def dense(self) -> np.ndarray:
+        return self.outcome.dense()
 
 
 _LOADED: dict[tuple[str, str], tuple[ReferenceEvaluator, dict[str, ProgramWeight]]] = {}
@@ -202,13 +200,12 @@ def probe_weight(job: ProbeJob, name: str) -> list[ProbeRow]:
     item = found[name]
     cut = evaluator.cut_before([name])
     starts = [evaluator.run(sample, outputs=list(cut)) if cut else {} for sample in job.samples]
-    dtype = np.dtype(item.weight.dtype)
     rows = []
     for setting in job.settings:
         choice = choose(item, setting, job.methods, job.calibration)
         if choice is None:
             continue
-        quality = evaluate_with(job, {name: choice.dense(dtype)}, starts)
+        quality = evaluate_with(job, {name: choice.dense()}, starts)
         rows.append(
             ProbeRow(
                 weight=item.weight.saved_name,
