@@ -10,7 +10,8 @@ float32 const's own array; fp16 upcast to float32 once per evaluator), or the ru
 for them; constexpr ops their materialized value, cond/while_loop evaluate their blocks, every
 other op calls the kernel resolved for it when the plan was made
 (:class:`~mil_sparsity.reference._registry.KernelTable`: the evaluator's own kernels first,
-then the built-in ones, by opset). Each output is brought to its compute dtype
+then the built-in ones, by opset; without a capture callback, a step's in-place variant where
+the plan allows one, see :mod:`.planning`). Each output is brought to its compute dtype
 (float32 for every float type; integer and bool types as declared) and, with
 ``round_fp16_intermediates``, fp16-typed outputs are rounded to fp16 and back.
 
@@ -309,8 +310,9 @@ class Evaluator:
                 name: tuple(env[id(v)] for v in var) if isinstance(var, (list, tuple)) else env[id(var)]
                 for name, var in op.inputs.items()
             }
-            if step.kernel is not None:
-                result = step.kernel(args)
+            kernel = step.kernel if capture is not None or step.inplace is None else step.inplace
+            if kernel is not None:
+                result = kernel(args)
                 results = result if isinstance(result, tuple) else (result,)
             else:
                 results = self._run_engine_op(plan, step, args, env, capture, replaced)

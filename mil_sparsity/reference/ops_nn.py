@@ -13,10 +13,12 @@ from mil_sparsity.reference._registry import (
     axes_of,
     flag,
     floating,
+    inplace,
     integer,
     kernel,
     optional_array,
     text,
+    writable_out,
 )
 
 
@@ -33,14 +35,14 @@ def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y:
     return np.asarray(np.matmul(x, y))
 
 
-@kernel("matmul")
+@kernel("matmul", fresh=True)
 def _matmul(args: Args) -> np.ndarray:
     return matmul(
         array(args, "x"), array(args, "y"), flag(args, "transpose_x"), flag(args, "transpose_y")
     )
 
 
-@kernel("linear")
+@kernel("linear", fresh=True)
 def _linear(args: Args) -> np.ndarray:
     """x @ weight.T + bias, weight [out, in]."""
     x, weight = array(args, "x"), array(args, "weight")
@@ -57,23 +59,32 @@ def _einsum(args: Args) -> np.ndarray:
     return np.asarray(np.einsum(text(args, "equation"), *values, optimize=True))
 
 
-def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """exp(x - max) / sum, along ``axis``, computed in place on one new array."""
-    result = x - np.max(x, axis=axis, keepdims=True)
+def softmax(x: np.ndarray, axis: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """exp(x - max) / sum, along ``axis``, computed in place on one new array (or on ``out``,
+    which may be ``x`` itself)."""
+    peak = np.max(x, axis=axis, keepdims=True)
+    result = np.subtract(x, peak, out=out)
     np.exp(result, out=result)
     result /= np.sum(result, axis=axis, keepdims=True)
     return np.asarray(result)
 
 
-@kernel("softmax")
+@kernel("softmax", fresh=True)
 def _softmax(args: Args) -> np.ndarray:
+    return _softmax_inplace(args, frozenset())
+
+
+@inplace(_softmax, "x")
+def _softmax_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
     x = array(args, "x")
-    return softmax(x, integer(args, "axis", -1) % x.ndim)
+    out = writable_out(args, writable, ("x",), x.shape, x.dtype) if x.dtype.kind == "f" else None
+    return softmax(x, integer(args, "axis", -1) % x.ndim, out)
 
 
-def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
-    """(x - mean) / sqrt(biased variance + epsilon) over ``axes``."""
-    centered = x - np.mean(x, axis=axes, keepdims=True)
+def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """(x - mean) / sqrt(biased variance + epsilon) over ``axes``, into a new array or ``out``
+    (which may be ``x`` itself)."""
+    centered = np.subtract(x, np.mean(x, axis=axes, keepdims=True), out=out)
     variance = np.mean(np.square(centered), axis=axes, keepdims=True)
     variance += np.float32(epsilon)
     centered *= 1.0 / np.sqrt(variance)
@@ -90,15 +101,21 @@ def _broadcast_to_axes(value: np.ndarray, axes: tuple[int, ...], rank: int) -> n
     return value
 
 
-@kernel("layer_norm")
+@kernel("layer_norm", fresh=True)
 def _layer_norm(args: Args) -> np.ndarray:
     """Normalize over ``axes`` (all when absent), then * gamma + beta (each optional, shaped
     like x on those axes)."""
+    return _layer_norm_inplace(args, frozenset())
+
+
+@inplace(_layer_norm, "x")
+def _layer_norm_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
     x = array(args, "x")
     axes = axes_of(args, "axes", x.ndim)
     if axes is None:
         axes = tuple(range(x.ndim))
-    result = _normalize(x, axes, floating(args, "epsilon", 1e-5))
+    out = writable_out(args, writable, ("x",), x.shape, x.dtype) if x.dtype.kind == "f" else None
+    result = _normalize(x, axes, floating(args, "epsilon", 1e-5), out)
     gamma, beta = optional_array(args, "gamma"), optional_array(args, "beta")
     if gamma is not None:
         result *= _broadcast_to_axes(gamma, axes, x.ndim)
