@@ -3,6 +3,7 @@ batch, instance, l2 and local-response norms, scaled dot-product attention."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -22,9 +23,31 @@ from mil_sparsity.reference._registry import (
 )
 
 
+#: the largest m*n*k that OpenBLAS computes on one thread (its GEMM_MULTITHREAD_THRESHOLD of 4
+#: times 65536); a larger product is split across its threads
+SINGLE_THREAD_PRODUCT = 1 << 18
+
+
+def _row_parts(m: int, n: int, k: int, products: int) -> int:
+    """How many row blocks to cut each of a batch of ``products`` small m x k @ k x n products
+    into so that each block is a one-thread BLAS call (1: leave them whole)."""
+    if products < 2 or not SINGLE_THREAD_PRODUCT < m * n * k <= 16 * SINGLE_THREAD_PRODUCT:
+        return 1
+    for parts in range(2, m // 16 + 1):
+        if m % parts == 0 and (m // parts) * n * k <= SINGLE_THREAD_PRODUCT:
+            return parts
+    return 1
+
+
 def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y: bool = False) -> np.ndarray:
     """numpy matmul (BLAS for float32; rank-1 operands as numpy treats them), with the last
-    two axes of an operand swapped when its transpose flag is set (a view, no copy)."""
+    two axes of an operand swapped when its transpose flag is set (a view, no copy).
+
+    Layout per shape: a batch of matrices against one matrix is one GEMM over all leading rows;
+    a batch of small products (attention's scores and context) runs as one-thread BLAS calls,
+    each product cut into row blocks: numpy calls BLAS once per product, and a small product
+    split across threads spends more on handing the work over than on arithmetic, the more so
+    on a busy machine."""
     if transpose_x and x.ndim >= 2:
         x = np.swapaxes(x, -1, -2)
     if transpose_y and y.ndim >= 2:
@@ -32,6 +55,14 @@ def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y:
     if x.ndim > 2 and y.ndim == 2 and x.flags.c_contiguous:
         # one GEMM over all leading rows instead of a loop of small ones
         return np.asarray(np.matmul(x.reshape(-1, x.shape[-1]), y).reshape(x.shape[:-1] + (y.shape[-1],)))
+    if x.ndim >= 2 and y.ndim >= 2 and max(x.ndim, y.ndim) > 2 and x.dtype.kind == "f":
+        (m, k), n = x.shape[-2:], y.shape[-1]
+        products = math.prod(np.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
+        parts = _row_parts(m, n, k, products)
+        if parts > 1:
+            blocks = x.reshape(x.shape[:-2] + (parts, m // parts, k))
+            result = np.matmul(blocks, y[..., None, :, :])
+            return np.asarray(result.reshape(result.shape[:-3] + (m, n)))
     return np.asarray(np.matmul(x, y))
 
 
