@@ -14,7 +14,9 @@ the same seed), then one run; reported is the peak RSS over the RSS before the r
 /proc/self/status, reset through /proc/self/clear_refs), and for the evaluator also the peak of
 live numpy allocations over the start (tracemalloc), next to the weights' size and the largest
 single activation. ``--profile`` adds seconds per op type, timed between consecutive
-``capture`` callbacks.
+``capture`` callbacks (a run with a callback runs no step in place, so it is a little slower
+than the timed runs). The machine's load average is printed with the result: other processes
+slow both sides, torch's thread hand-overs more than ours.
 
 Usage: python benchmarks/bench_reference.py [--layers 12] [--repeats 5] [--profile] [--json]
        [--package PATH]  (reuse a conversion saved there by an earlier run with the same sizes)
@@ -151,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from mil_sparsity.reference import ReferenceEvaluator
 
     zoo = build_zoo(args)
+    load_before = os.getloadavg()
     start = time.perf_counter()
     if args.package and os.path.exists(args.package):
         mlmodel = ct.models.MLModel(args.package, skip_model_load=True)
@@ -179,6 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.repeats):
         ours_s.append(seconds(ours))
         torch_s.append(seconds(theirs))
+    load_after = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         package = args.package or os.path.join(workdir, "bert.mlpackage")
         if not os.path.exists(package):
@@ -186,8 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ours_memory = child(args, "evaluator", package)
         torch_memory = child(args, "torch", package)
 
-    program = mlmodel._mil_program
-    function = program.functions["main"]
+    function = evaluator.program.functions["main"]  # a loaded package has no _mil_program
     weight_bytes = sum(
         np.asarray(op.outputs[0].val).nbytes for op in _zoo.iter_ops(function) if op.op_type == "const"
     )
@@ -210,6 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "evaluator_seconds": round(statistics.median(ours_s), 4),
         "torch_seconds": round(statistics.median(torch_s), 4),
         "ratio": round(statistics.median(ours_s) / statistics.median(torch_s), 2),
+        "load_average_before_and_after": [round(v, 2) for v in load_before + load_after],
         "evaluator_runs": [round(s, 4) for s in ours_s],
         "torch_runs": [round(s, 4) for s in torch_s],
         "max_deviation_relative_to_output_scale": deviation,
@@ -254,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  reference evaluator  {result['evaluator_seconds']:.3f} s  (median of {args.repeats})")
     print(f"  torch eager CPU      {result['torch_seconds']:.3f} s")
-    print(f"  ratio                {result['ratio']:.2f}x")
+    print(f"  ratio                {result['ratio']:.2f}x  (load average 1/5/15 min before, after: "
+          f"{result['load_average_before_and_after']})")
     print(
         f"  peak RSS over start of a run: evaluator {result['evaluator_peak_rss_over_start_mb']} MB "
         f"(live numpy arrays {result['evaluator_peak_numpy_over_start_mb']} MB), torch "

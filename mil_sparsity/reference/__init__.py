@@ -14,14 +14,23 @@ runtime: it runs on any platform, without the Core ML framework.
   shape outside the spec raise ValueError naming the input, the shape given and the shapes
   allowed.
 - Arithmetic: float32. fp16 weights and activations are upcast to float32 exactly (results
-  are float32 arrays even for fp16-typed outputs). ``round_fp16_intermediates=True`` rounds
+  are float32 arrays even for fp16-typed outputs; an evaluator upcasts each fp16 weight once
+  and keeps it, float32 weights are used as they are). ``round_fp16_intermediates=True`` rounds
   every fp16-typed value to fp16 after each op, so results show the effect of fp16 storage
   between ops (an op's internal arithmetic stays float32).
 - ``capture(op, input_values, output_values)``, if given, is called once for every op
   evaluated (nested ops once per execution), with the PyMIL op, a dict input name -> value
+<<<<<<< HEAD
   (a tuple for variadic inputs; a state as its :class:`~.state.StateSlot`) and a tuple of
   output values. Values are freed as soon as their last reader has run, so memory holds what
   the graph still needs plus what the callback keeps.
+=======
+  (a tuple for variadic inputs) and a tuple of output values. Values are freed as soon as
+  their last reader has run, so memory holds what the graph still needs plus what the
+  callback keeps. Without a callback, add/sub/mul, gelu, softmax and layer_norm may write
+  their result into an intermediate input that dies at them (never into inputs, ``start``
+  values, consts or overrides).
+>>>>>>> wt-speed
 - Before anything runs, a function with op types the evaluator lacks raises one
   NotImplementedError listing each type and how many times it occurs.
 - States (iOS18 ``ct.StateType``, e.g. an LLM's KV cache): as ``MLModel.make_state()`` and

@@ -5,11 +5,20 @@ ndarray, a tuple of ndarrays for variadic inputs such as ``concat.values``, or a
 scalar or string for parameters) and returns one ndarray or a tuple of them, one per output.
 Kernels are pure numpy: no MIL objects, vectorised over the whole tensor. Floating point runs
 in float32 (the evaluator upcasts fp16 before a kernel sees it), integers keep their dtype.
+
+In place (only for a few hot kernels, and only where the plan proves it safe): a kernel
+registered with ``fresh=True`` promises that its output is always a new array, never a view of
+an input or a const; such a value is owned by its var alone. A kernel may also have an in-place
+variant (:func:`inplace`), called as ``variant(args, writable)``: ``writable`` names the inputs
+whose arrays it may overwrite (and return as its output). The plan grants a name only when its
+value was made by a fresh kernel, dies at this op, is read once by it and was read by no op
+that could have made a view of it (see :mod:`~mil_sparsity.reference.planning`); runs with a
+``capture`` callback never use the variants (the callback is handed the inputs after the op ran).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import attrs
 import numpy as np
@@ -19,6 +28,7 @@ from mil_sparsity.errors import InvalidInputError, InvalidTypeError
 Args = Mapping[str, Any]
 Outputs = Union[np.ndarray, tuple[np.ndarray, ...]]
 Kernel = Callable[[Args], Outputs]
+InplaceKernel = Callable[[Args, frozenset[str]], Outputs]
 
 OP_TABLE: dict[str, Kernel] = {}
 #: op type -> {first opset version (an int, ``ct.target.iOS17`` say) -> kernel}: semantics that
@@ -30,12 +40,20 @@ OPSET_TABLE: dict[str, dict[int, Kernel]] = {}
 #: opset and later) -> kernel
 KernelKey = Union[str, tuple[str, int]]
 
+#: kernels whose (single) output is always a new array, owned by nobody else
+FRESH_OUTPUTS: set[Kernel] = set()
+#: kernel -> (the input names it can overwrite, its in-place variant)
+INPLACE: dict[Kernel, tuple[frozenset[str], InplaceKernel]] = {}
 
-def kernel(*op_types: str, since: Optional[int] = None) -> Callable[[Kernel], Kernel]:
+
+def kernel(*op_types: str, since: Optional[int] = None, fresh: bool = False) -> Callable[[Kernel], Kernel]:
     """Register the decorated function as the kernel of every op type in ``op_types``; with
-    ``since``, only for ops of that opset version and later."""
+    ``since``, only for ops of that opset version and later. ``fresh``: its output is always a
+    new array (never a view of an input or a const)."""
 
     def register(function: Kernel) -> Kernel:
+        if fresh:
+            FRESH_OUTPUTS.add(function)
         for op_type in op_types:
             if since is None:
                 if op_type in OP_TABLE:
@@ -49,6 +67,39 @@ def kernel(*op_types: str, since: Optional[int] = None) -> Callable[[Kernel], Ke
         return function
 
     return register
+
+
+_Variant = TypeVar("_Variant", bound=InplaceKernel)
+
+
+def inplace(of: Kernel, *names: str) -> Callable[[_Variant], _Variant]:
+    """Register the decorated function as the in-place variant of the fresh kernel ``of``: it
+    computes what ``of`` computes, and may write into the inputs ``names`` that it is told are
+    writable. It must produce the same values as ``of`` and a fresh output."""
+
+    def register(function: _Variant) -> _Variant:
+        if of not in FRESH_OUTPUTS:
+            raise InvalidInputError(f"{of.__name__}: only a fresh kernel can have an in-place variant")
+        INPLACE[of] = (frozenset(names), function)
+        return function
+
+    return register
+
+
+def writable_out(
+    args: Args, writable: frozenset[str], names: Sequence[str], shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> Optional[np.ndarray]:
+    """The first input among ``names`` that may be overwritten and can hold a result of
+    ``shape`` and ``dtype`` (a writable, C-contiguous ndarray), or None."""
+    for name in names:
+        if name in writable:
+            value = args.get(name)
+            if (
+                type(value) is np.ndarray and value.shape == shape and value.dtype == dtype
+                and value.flags.c_contiguous and value.flags.writeable
+            ):
+                return value
+    return None
 
 
 def _by_opset(table: Mapping[int, Kernel], opset: Optional[int]) -> Optional[Kernel]:

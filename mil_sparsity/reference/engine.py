@@ -6,11 +6,13 @@ reader of a value frees it; a value nobody reads is freed right after its op). V
 a nested block but defined outside it count as read by the op that owns the block.
 
 Run: inputs are checked and converted (see :mod:`.inputs`), state inputs bound to the run's
-state (see :mod:`.state`); const ops give their value (fp16 upcast to float32), or the run's
-override for them; constexpr ops their materialized value,
-cond/while_loop evaluate their blocks, every other op calls the kernel resolved for it when
-the plan was made (:class:`~mil_sparsity.reference._registry.KernelTable`: the evaluator's own
-kernels first, then the built-in ones, by opset). Each output is brought to its compute dtype
+state (see :mod:`.state`); const ops give their value (a float32 const's own array; fp16
+upcast to float32 once per evaluator), or the run's override for them; constexpr ops their
+materialized value, cond/while_loop evaluate their blocks, every other op calls the kernel
+resolved for it when the plan was made
+(:class:`~mil_sparsity.reference._registry.KernelTable`: the evaluator's own kernels first,
+then the built-in ones, by opset; without a capture callback, a step's in-place variant where
+the plan allows one, see :mod:`.planning`). Each output is brought to its compute dtype
 (float32 for every float type; integer and bool types as declared) and, with
 ``round_fp16_intermediates``, fp16-typed outputs are rounded to fp16 and back.
 
@@ -104,8 +106,10 @@ def _as_compute_value(value: Any, dtype: Optional[np.dtype[Any]]) -> Any:
     return array if array.dtype == dtype else array.astype(dtype)
 
 
-def _const_value(op: Operation) -> Any:
-    value = op.outputs[0].val
+def _const_value(value: Any) -> Any:
+    """A const's value in the compute dtype: a float32 array is the const's own array (no copy),
+    fp16 is upcast (the evaluator keeps the upcast copy, made once, while the const holds the
+    same value)."""
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind == "f":
         return np.asarray(value, dtype=np.float32)
     return value
@@ -159,6 +163,8 @@ class Evaluator:
         self._plan = plan_block(function, self._kernel_for)
         self.states = StateLayout(function, function_name)  # state inputs: see .state
         self._partial_plans: dict[tuple[tuple[str, ...], frozenset[str]], PartialPlan] = {}
+        # const op id -> (the const's value, that value in the compute dtype), made once
+        self._consts: dict[int, tuple[Any, Any]] = {}
         self._values = {name: var for name, var in function.inputs.items()}
         self._values.update({str(v.name): v for op in function.operations for v in op.outputs})
         self._weights = {
@@ -320,8 +326,9 @@ class Evaluator:
                 name: tuple(env[id(v)] for v in var) if isinstance(var, (list, tuple)) else env[id(var)]
                 for name, var in op.inputs.items()
             }
-            if step.kernel is not None:
-                result = step.kernel(args)
+            kernel = step.kernel if capture is not None or step.inplace is None else step.inplace
+            if kernel is not None:
+                result = kernel(args)
                 results = result if isinstance(result, tuple) else (result,)
             else:
                 results = self._run_engine_op(plan, step, args, env, capture, replaced)
@@ -355,7 +362,11 @@ class Evaluator:
             return (replaced[step.outputs[0][0]],)
         op_type = op.op_type
         if op_type == "const":
-            return (_const_value(op),)
+            source = op.outputs[0].val
+            cached = self._consts.get(id(op))
+            if cached is None or cached[0] is not source:
+                cached = self._consts[id(op)] = (source, _const_value(source))
+            return (cached[1],)
         if op_type in ops_constexpr.OP_TYPES:
             return ops_constexpr.materialize(op, args)
         blocks = plan.nested[id(op)]

@@ -8,39 +8,101 @@ from typing import Any, Callable
 import numpy as np
 
 from mil_sparsity.format.sparse_format import DTYPES
-from mil_sparsity.reference._registry import Args, Kernel, array, floating, kernel, text
+from mil_sparsity.reference._registry import (
+    Args,
+    InplaceKernel,
+    Kernel,
+    array,
+    floating,
+    inplace,
+    kernel,
+    text,
+    writable_out,
+)
 
 # -- erf -----------------------------------------------------------------------------------
-# numpy has no erf. Abramowitz & Stegun 7.1.26: erf(|x|) = 1 - t*P(t)*exp(-x^2) with
-# t = 1 / (1 + p|x|), max absolute error 1.5e-7, below float32 resolution near 1.
+# numpy has no erf. Abramowitz & Stegun 7.1.26: erfc(|z|) = t*P(t)*exp(-z^2) with
+# t = 1 / (1 + p|z|), max absolute error 1.5e-7, below float32 resolution near 1.
 _ERF_P = np.float32(0.3275911)
-_ERF_A = tuple(np.float32(a) for a in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592))
+#: P's coefficients, highest power first (a5 .. a1)
+_ERF_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+_SQRT_HALF = 1.0 / np.sqrt(2.0)
+_COEFFICIENTS = {
+    half: tuple(np.float32(c * (0.5 if half else 1.0)) for c in _ERF_A) for half in (False, True)
+}
+_FINITE = np.float32(1e18)  # its square is finite too
+#: elements per block of the fused chains below: a block's scratch arrays stay in a core's
+#: cache, so the chain's many passes do not each stream the whole tensor through memory
+BLOCK = 1 << 17
 
 
-def _erf_into(scaled: np.ndarray, sign_source: np.ndarray) -> np.ndarray:
-    """erf(scaled) with the sign of ``sign_source``; overwrites ``scaled`` (used as scratch)
-    and allocates two arrays, the result and t (page faults of fresh arrays dominate here)."""
-    magnitude = np.abs(scaled, out=scaled)
-    t = np.multiply(magnitude, _ERF_P)
-    t += 1.0
+def _erfc_abs(a: np.ndarray, scale: float, half: bool, t: np.ndarray, e: np.ndarray, out: np.ndarray) -> None:
+    """``out`` = erfc(scale * a) for a >= 0 (halved with ``half``); ``t``, ``e`` scratch."""
+    coefficients = _COEFFICIENTS[half]
+    np.multiply(a, np.float32(_ERF_P * scale), out=t)
+    t += np.float32(1.0)
     np.reciprocal(t, out=t)
-    np.square(magnitude, out=magnitude)
-    np.negative(magnitude, out=magnitude)
-    gaussian = np.exp(magnitude, out=magnitude)
-    poly = np.multiply(t, _ERF_A[0])
-    for coefficient in _ERF_A[1:]:
-        poly += coefficient
-        poly *= t
-    del t
-    poly *= gaussian
-    np.subtract(1.0, poly, out=poly)
-    return np.asarray(np.copysign(poly, sign_source, out=poly))
+    np.square(a, out=e)
+    e *= np.float32(-scale * scale)
+    np.exp(e, out=e)
+    np.multiply(t, coefficients[0], out=out)
+    for coefficient in coefficients[1:]:
+        out += coefficient
+        out *= t
+    out *= e
+
+
+def _blockwise(
+    x: np.ndarray, out: np.ndarray, chain: Callable[[np.ndarray, np.ndarray, list[np.ndarray]], None], scratch: int
+) -> np.ndarray:
+    """``chain(x_block, out_block, scratch_blocks)`` over flat blocks of the C-contiguous ``x``
+    and ``out`` (which may be ``x`` itself: a chain reads its block before writing it)."""
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    size = flat_x.size
+    step = max(min(BLOCK, size), 1)
+    buffers = [np.empty(step, np.float32) for _ in range(scratch)]
+    for begin in range(0, size, step):
+        end = min(begin + step, size)
+        chain(flat_x[begin:end], flat_out[begin:end], [b[: end - begin] for b in buffers])
+    return out
+
+
+def _erf_chain(x: np.ndarray, out: np.ndarray, scratch: list[np.ndarray]) -> None:
+    a, t, e = scratch
+    np.abs(x, out=a)
+    _erfc_abs(a, 1.0, False, t, e, out)
+    np.subtract(np.float32(1.0), out, out=out)
+    np.copysign(out, x, out=out)
+
+
+def _gelu_chain(x: np.ndarray, out: np.ndarray, scratch: list[np.ndarray]) -> None:
+    """gelu(x) = x Phi(x) = max(x, 0) - |x| erfc(|x| / sqrt 2) / 2 (no cancellation for x < 0)."""
+    a, t, e, q = scratch
+    np.abs(x, out=a)
+    np.minimum(a, _FINITE, out=a)  # |x| = inf would make |x| erfc = inf * 0
+    _erfc_abs(a, _SQRT_HALF, True, t, e, q)
+    a *= q
+    np.maximum(x, np.float32(0.0), out=out)
+    out -= a
+
+
+def _unary_blockwise(
+    x: np.ndarray, chain: Callable[[np.ndarray, np.ndarray, list[np.ndarray]], None], scratch: int,
+    in_place: bool = False,
+) -> np.ndarray:
+    """A float32 chain over ``x``: into ``x`` itself when ``in_place`` (x is a writable,
+    C-contiguous float32 array), else into a new array."""
+    if in_place:
+        return _blockwise(x, x, chain, scratch)
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)  # a new array: computed in place
+        return _blockwise(x, x, chain, scratch)
+    return _blockwise(x, np.empty_like(x), chain, scratch)
 
 
 def erf(x: np.ndarray) -> np.ndarray:
     """Error function, float32, vectorised (absolute error < 5e-7 against float64 erf)."""
-    x = np.asarray(x, dtype=np.float32)
-    return _erf_into(x.copy(), x)
+    return _unary_blockwise(np.asarray(x), _erf_chain, 3)
 
 
 # -- unary ---------------------------------------------------------------------------------
@@ -78,7 +140,7 @@ for _name, _function in _UNARY.items():
     kernel(_name)(_unary(_function))
 
 
-@kernel("erf")
+@kernel("erf", fresh=True)
 def _erf(args: Args) -> np.ndarray:
     return erf(array(args, "x"))
 
@@ -153,12 +215,28 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
 }
 
 
+#: binary ops that may write into an input that dies at the op
+_BINARY_IN_PLACE = frozenset({"add", "sub", "mul"})
+
+
 def _binary(function: Callable[[np.ndarray, np.ndarray], Any]) -> Kernel:
     return lambda args: np.asarray(function(array(args, "x"), array(args, "y")))
 
 
+def _binary_inplace(function: Callable[..., Any]) -> InplaceKernel:
+    def run(args: Args, writable: frozenset[str]) -> np.ndarray:
+        x, y = array(args, "x"), array(args, "y")
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        out = writable_out(args, writable, ("x", "y"), shape, np.result_type(x, y))
+        return np.asarray(function(x, y) if out is None else function(x, y, out=out))
+
+    return run
+
+
 for _name, _binary_function in _BINARY.items():
-    kernel(_name)(_binary(_binary_function))
+    _binary_kernel = kernel(_name, fresh=True)(_binary(_binary_function))
+    if _name in _BINARY_IN_PLACE:
+        inplace(_binary_kernel, "x", "y")(_binary_inplace(_binary_function))
 
 
 @kernel("real_div")
@@ -195,27 +273,38 @@ def _relu6(args: Args) -> np.ndarray:
     return np.asarray(np.clip(array(args, "x"), 0.0, 6.0))
 
 
-@kernel("gelu")
-def _gelu(args: Args) -> np.ndarray:
-    """EXACT: x/2 (1 + erf(x / sqrt 2)); TANH_APPROXIMATION: x/2 (1 + tanh(sqrt(2/pi)(x +
-    0.044715 x^3))); SIGMOID_APPROXIMATION: x sigmoid(1.702 x)."""
-    x = array(args, "x")
-    mode = text(args, "mode", "EXACT")
-    if mode == "TANH_APPROXIMATION":
-        inner = x * x
-        inner *= np.float32(0.044715)
-        inner += 1.0
-        inner *= x
-        inner *= np.float32(np.sqrt(2.0 / np.pi))
-        np.tanh(inner, out=inner)
-    elif mode == "SIGMOID_APPROXIMATION":
+def _gelu_approximate(x: np.ndarray, mode: str) -> np.ndarray:
+    """TANH_APPROXIMATION: x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))); SIGMOID_APPROXIMATION:
+    x sigmoid(1.702 x)."""
+    if mode == "SIGMOID_APPROXIMATION":
         return np.asarray(x * _sigmoid(np.float32(1.702) * x))
-    else:
-        inner = _erf_into(x * np.float32(1.0 / np.sqrt(2.0)), x)
+    inner = x * x
+    inner *= np.float32(0.044715)
+    inner += 1.0
+    inner *= x
+    inner *= np.float32(np.sqrt(2.0 / np.pi))
+    np.tanh(inner, out=inner)
     inner += 1.0
     inner *= 0.5
     inner *= x
     return np.asarray(inner)
+
+
+@kernel("gelu", fresh=True)
+def _gelu(args: Args) -> np.ndarray:
+    """EXACT: x/2 (1 + erf(x / sqrt 2)); TANH_APPROXIMATION: x/2 (1 + tanh(sqrt(2/pi)(x +
+    0.044715 x^3))); SIGMOID_APPROXIMATION: x sigmoid(1.702 x)."""
+    return _gelu_inplace(args, frozenset())
+
+
+@inplace(_gelu, "x")
+def _gelu_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
+    x = array(args, "x")
+    mode = text(args, "mode", "EXACT")
+    if mode != "EXACT":
+        return _gelu_approximate(x, mode)
+    in_place = writable_out(args, writable, ("x",), x.shape, np.dtype(np.float32)) is not None
+    return _unary_blockwise(x, _gelu_chain, 4, in_place)
 
 
 def _channel_param(args: Args, name: str, rank: int) -> np.ndarray:

@@ -3,6 +3,7 @@ batch, instance, l2 and local-response norms, scaled dot-product attention."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -13,16 +14,40 @@ from mil_sparsity.reference._registry import (
     axes_of,
     flag,
     floating,
+    inplace,
     integer,
     kernel,
     optional_array,
     text,
+    writable_out,
 )
+
+
+#: the largest m*n*k that OpenBLAS computes on one thread (its GEMM_MULTITHREAD_THRESHOLD of 4
+#: times 65536); a larger product is split across its threads
+SINGLE_THREAD_PRODUCT = 1 << 18
+
+
+def _row_parts(m: int, n: int, k: int, products: int) -> int:
+    """How many row blocks to cut each of a batch of ``products`` small m x k @ k x n products
+    into so that each block is a one-thread BLAS call (1: leave them whole)."""
+    if products < 2 or not SINGLE_THREAD_PRODUCT < m * n * k <= 16 * SINGLE_THREAD_PRODUCT:
+        return 1
+    for parts in range(2, m // 16 + 1):
+        if m % parts == 0 and (m // parts) * n * k <= SINGLE_THREAD_PRODUCT:
+            return parts
+    return 1
 
 
 def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y: bool = False) -> np.ndarray:
     """numpy matmul (BLAS for float32; rank-1 operands as numpy treats them), with the last
-    two axes of an operand swapped when its transpose flag is set (a view, no copy)."""
+    two axes of an operand swapped when its transpose flag is set (a view, no copy).
+
+    Layout per shape: a batch of matrices against one matrix is one GEMM over all leading rows;
+    a batch of small products (attention's scores and context) runs as one-thread BLAS calls,
+    each product cut into row blocks: numpy calls BLAS once per product, and a small product
+    split across threads spends more on handing the work over than on arithmetic, the more so
+    on a busy machine."""
     if transpose_x and x.ndim >= 2:
         x = np.swapaxes(x, -1, -2)
     if transpose_y and y.ndim >= 2:
@@ -30,17 +55,25 @@ def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y:
     if x.ndim > 2 and y.ndim == 2 and x.flags.c_contiguous:
         # one GEMM over all leading rows instead of a loop of small ones
         return np.asarray(np.matmul(x.reshape(-1, x.shape[-1]), y).reshape(x.shape[:-1] + (y.shape[-1],)))
+    if x.ndim >= 2 and y.ndim >= 2 and max(x.ndim, y.ndim) > 2 and x.dtype.kind == "f":
+        (m, k), n = x.shape[-2:], y.shape[-1]
+        products = math.prod(np.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
+        parts = _row_parts(m, n, k, products)
+        if parts > 1:
+            blocks = x.reshape(x.shape[:-2] + (parts, m // parts, k))
+            result = np.matmul(blocks, y[..., None, :, :])
+            return np.asarray(result.reshape(result.shape[:-3] + (m, n)))
     return np.asarray(np.matmul(x, y))
 
 
-@kernel("matmul")
+@kernel("matmul", fresh=True)
 def _matmul(args: Args) -> np.ndarray:
     return matmul(
         array(args, "x"), array(args, "y"), flag(args, "transpose_x"), flag(args, "transpose_y")
     )
 
 
-@kernel("linear")
+@kernel("linear", fresh=True)
 def _linear(args: Args) -> np.ndarray:
     """x @ weight.T + bias, weight [out, in]."""
     x, weight = array(args, "x"), array(args, "weight")
@@ -57,23 +90,32 @@ def _einsum(args: Args) -> np.ndarray:
     return np.asarray(np.einsum(text(args, "equation"), *values, optimize=True))
 
 
-def softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """exp(x - max) / sum, along ``axis``, computed in place on one new array."""
-    result = x - np.max(x, axis=axis, keepdims=True)
+def softmax(x: np.ndarray, axis: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """exp(x - max) / sum, along ``axis``, computed in place on one new array (or on ``out``,
+    which may be ``x`` itself)."""
+    peak = np.max(x, axis=axis, keepdims=True)
+    result = np.subtract(x, peak, out=out)
     np.exp(result, out=result)
     result /= np.sum(result, axis=axis, keepdims=True)
     return np.asarray(result)
 
 
-@kernel("softmax")
+@kernel("softmax", fresh=True)
 def _softmax(args: Args) -> np.ndarray:
+    return _softmax_inplace(args, frozenset())
+
+
+@inplace(_softmax, "x")
+def _softmax_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
     x = array(args, "x")
-    return softmax(x, integer(args, "axis", -1) % x.ndim)
+    out = writable_out(args, writable, ("x",), x.shape, x.dtype) if x.dtype.kind == "f" else None
+    return softmax(x, integer(args, "axis", -1) % x.ndim, out)
 
 
-def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float) -> np.ndarray:
-    """(x - mean) / sqrt(biased variance + epsilon) over ``axes``."""
-    centered = x - np.mean(x, axis=axes, keepdims=True)
+def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """(x - mean) / sqrt(biased variance + epsilon) over ``axes``, into a new array or ``out``
+    (which may be ``x`` itself)."""
+    centered = np.subtract(x, np.mean(x, axis=axes, keepdims=True), out=out)
     variance = np.mean(np.square(centered), axis=axes, keepdims=True)
     variance += np.float32(epsilon)
     centered *= 1.0 / np.sqrt(variance)
@@ -90,15 +132,21 @@ def _broadcast_to_axes(value: np.ndarray, axes: tuple[int, ...], rank: int) -> n
     return value
 
 
-@kernel("layer_norm")
+@kernel("layer_norm", fresh=True)
 def _layer_norm(args: Args) -> np.ndarray:
     """Normalize over ``axes`` (all when absent), then * gamma + beta (each optional, shaped
     like x on those axes)."""
+    return _layer_norm_inplace(args, frozenset())
+
+
+@inplace(_layer_norm, "x")
+def _layer_norm_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
     x = array(args, "x")
     axes = axes_of(args, "axes", x.ndim)
     if axes is None:
         axes = tuple(range(x.ndim))
-    result = _normalize(x, axes, floating(args, "epsilon", 1e-5))
+    out = writable_out(args, writable, ("x",), x.shape, x.dtype) if x.dtype.kind == "f" else None
+    result = _normalize(x, axes, floating(args, "epsilon", 1e-5), out)
     gamma, beta = optional_array(args, "gamma"), optional_array(args, "beta")
     if gamma is not None:
         result *= _broadcast_to_axes(gamma, axes, x.ndim)

@@ -10,10 +10,17 @@ values need, walking back from them and stopping at values the caller gives (fun
 or intermediates): ``outputs=["h3"]`` runs the ops up to ``h3``; ``start={"h3": ...}`` never
 runs what ``h3`` depends on. Kernels are resolved per op here, once, so running a plan does no
 table lookups.
+
+In place: a step whose kernel has an in-place variant (:func:`~._registry.inplace`) gets it,
+bound to the inputs it may overwrite: values made in this block by a fresh kernel (a new array
+that no other value shares), that die at this step, that it reads once, and that no op read
+whose kernel could have returned a view of them (a reshape, a user's kernel, a block op).
+Function inputs, ``start`` values, consts and overrides are never written.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import attrs
@@ -23,9 +30,9 @@ from coremltools.converters.mil.mil.operation import Operation
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity import _coremltools_private as private
+from mil_sparsity.reference._registry import FRESH_OUTPUTS, INPLACE, Kernel
 from mil_sparsity.reference.inputs import compute_dtype
 
-Kernel = Callable[[Mapping[str, Any]], Any]
 #: op -> the kernel that computes it (None: const, constexpr and block ops, run by the engine)
 KernelFor = Callable[[Operation], Optional[Kernel]]
 
@@ -63,13 +70,50 @@ def _compute_dtype(var: Var) -> Optional[np.dtype[Any]]:
 
 @attrs.frozen
 class Step:
-    """One op to run: its kernel, its outputs (var id, compute dtype, is fp16) and the values
-    that die after it."""
+    """One op to run: its kernel, its outputs (var id, compute dtype, is fp16), the values that
+    die after it and, if some of its inputs may be overwritten, its kernel's in-place variant
+    bound to them (used by runs without a capture callback)."""
 
     op: Operation
     kernel: Optional[Kernel]
     outputs: tuple[tuple[int, Optional[np.dtype[Any]], bool], ...]
     free_after: tuple[int, ...]
+    inplace: Optional[Kernel] = None
+
+
+def _bind(variant: Callable[[Mapping[str, Any], frozenset[str]], Any], writable: frozenset[str]) -> Kernel:
+    return lambda args: variant(args, writable)
+
+
+def _inplace_kernels(
+    ops: Sequence[Operation], kernels: Sequence[Optional[Kernel]], reads: Sequence[set[int]],
+    inputs: Sequence[int], free_after: Sequence[Sequence[int]],
+) -> list[Optional[Kernel]]:
+    """Per op, its kernel's in-place variant bound to the inputs it may overwrite, or None."""
+    fresh: set[int] = set()
+    viewed: set[int] = set(inputs)  # values whose memory something else may share
+    for op, kernel, used in zip(ops, kernels, reads):
+        if kernel is not None and kernel in FRESH_OUTPUTS and len(op.outputs) == 1:
+            fresh.add(id(op.outputs[0]))
+        else:  # its outputs may be (views of) what it reads
+            viewed.update(used)
+    result: list[Optional[Kernel]] = []
+    for index, (op, kernel) in enumerate(zip(ops, kernels)):
+        entry = INPLACE.get(kernel) if kernel is not None else None
+        if entry is None:
+            result.append(None)
+            continue
+        names, variant = entry
+        dying = set(free_after[index])
+        counts = Counter(id(v) for v in flat_inputs(op))
+        writable = frozenset(
+            name
+            for name in names
+            if isinstance(var := op.inputs.get(name), Var)
+            and id(var) in fresh and id(var) in dying and id(var) not in viewed and counts[id(var)] == 1
+        )
+        result.append(_bind(variant, writable) if writable else None)
+    return result
 
 
 @attrs.frozen
@@ -131,14 +175,17 @@ def _plan(
         for var in op.outputs:
             if id(var) not in last_reader and id(var) not in kept:
                 free_after[index].append(id(var))
+    kernels = [kernel_for(op) for op in ops]
+    inplace = _inplace_kernels(ops, kernels, reads, inputs, free_after)
     steps = tuple(
         Step(
             op=op,
-            kernel=kernel_for(op),
+            kernel=kernels[index],
             outputs=tuple(
                 (id(v), _compute_dtype(v), storage_dtype(v) == np.float16) for v in op.outputs
             ),
             free_after=tuple(free_after[index]),
+            inplace=inplace[index],
         )
         for index, op in enumerate(ops)
     )
