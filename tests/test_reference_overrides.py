@@ -279,3 +279,17 @@ def test_cut_before_a_weight_inside_a_nested_block_stops_before_its_owner() -> N
     probe = np.eye(4, dtype=np.float32)
     fast = evaluator.run(inputs, start=cached, overrides={"inner_w": probe})
     np.testing.assert_allclose(output_of(fast), np.maximum(X[:2, :4], 0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("target, expected", [(IOS16, [0.0, 0.0, 5.0]), (IOS17, [0.0, 0.0, 0.0])])
+def test_built_in_scatter_kernels_are_keyed_by_opset(target: Any, expected: list[float]) -> None:
+    """iOS15/16 scatter counts a negative index from the end; iOS17's takes [0, D) only (an
+    index outside is dropped without validate_indices)."""
+    assert "scatter" in OPSET_TABLE
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(3,))], opset_version=target)
+    def prog(x: Any) -> Any:
+        return mb.scatter(data=x, indices=np.array([-1], np.int32), updates=np.array([5.0], np.float32), mode="update")
+
+    got = output_of(reference.run(prog, {"x": np.zeros(3, np.float32)}))
+    np.testing.assert_array_equal(got, np.array(expected, np.float32))

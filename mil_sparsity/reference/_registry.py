@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import attrs
+import coremltools as ct
 import numpy as np
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
@@ -31,6 +32,8 @@ Kernel = Callable[[Args], Outputs]
 InplaceKernel = Callable[[Args, frozenset[str]], Outputs]
 
 OP_TABLE: dict[str, Kernel] = {}
+#: the opset version iOS17 (``ct.target.iOS17``): from it on, scatter ops validate indices
+IOS17 = int(ct.target.iOS17)
 #: op type -> {first opset version (an int, ``ct.target.iOS17`` say) -> kernel}: semantics that
 #: changed between iOS versions; an op of opset v takes the entry with the largest key <= v,
 #: and OP_TABLE's kernel when it has none.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from mil_sparsity.errors import InvalidInputError
-from mil_sparsity.reference._registry import Args, array, flag, integer, kernel, text
+from mil_sparsity.reference._registry import IOS17, Args, array, flag, integer, kernel, text
 
 
 def open_grid(shape: tuple[int, ...], trailing: int = 0) -> tuple[np.ndarray, ...]:
@@ -92,11 +93,12 @@ def _scatter_into(data: np.ndarray, index: tuple[Any, ...], updates: np.ndarray,
     return result
 
 
-def _checked(args: Args, op_type: str, indices: np.ndarray, valid: np.ndarray, allowed: str) -> np.ndarray:
-    """iOS17+ scatter ops (they have ``validate_indices``) take indices in [0, D) only. With
-    ``validate_indices`` an index outside raises, as the runtime does; without, its update is
-    dropped (the runtime's behaviour is undefined there). Returns the mask of valid indices."""
-    if "validate_indices" not in args:  # iOS15/16 scatter: negative indices count from the end
+def _checked(args: Args, op_type: str, indices: np.ndarray, valid: np.ndarray, allowed: str, ios17: bool) -> np.ndarray:
+    """iOS17+ scatter ops take indices in [0, D) only: with ``validate_indices`` an index outside
+    raises, as the runtime does; without, its update is dropped (the runtime's behaviour is
+    undefined there). iOS15/16 scatter ops count negative indices from the end (every index is
+    kept). Returns the mask of the indices to keep."""
+    if not ios17:
         return np.ones_like(valid)
     if flag(args, "validate_indices") and not valid.all():
         raise InvalidInputError(
@@ -106,15 +108,14 @@ def _checked(args: Args, op_type: str, indices: np.ndarray, valid: np.ndarray, a
     return valid
 
 
-@kernel("scatter")
-def _scatter(args: Args) -> np.ndarray:
+def _scatter(args: Args, ios17: bool) -> np.ndarray:
     """data[..., indices[i], ...] (on ``axis``) combined with updates[..., i, ...]."""
     data = array(args, "data")
     axis = integer(args, "axis", 0) % data.ndim
     indices = array(args, "indices").reshape(-1)
     updates = array(args, "updates")
     size = data.shape[axis]
-    keep = _checked(args, "scatter", indices, (indices >= 0) & (indices < size), f"0..{size - 1}")
+    keep = _checked(args, "scatter", indices, (indices >= 0) & (indices < size), f"0..{size - 1}", ios17)
     if not keep.all():
         indices, updates = indices[keep], np.compress(keep, updates, axis=axis)
     index = (slice(None),) * axis + (indices,)
@@ -122,14 +123,13 @@ def _scatter(args: Args) -> np.ndarray:
     return _scatter_into(data, index, updates, text(args, "mode", "add"))
 
 
-@kernel("scatter_along_axis")
-def _scatter_along_axis(args: Args) -> np.ndarray:
+def _scatter_along_axis(args: Args, ios17: bool) -> np.ndarray:
     data = array(args, "data")
     axis = integer(args, "axis", 0) % data.ndim
     indices = array(args, "indices")
     updates = array(args, "updates")
     size = data.shape[axis]
-    keep = _checked(args, "scatter_along_axis", indices, (indices >= 0) & (indices < size), f"0..{size - 1}")
+    keep = _checked(args, "scatter_along_axis", indices, (indices >= 0) & (indices < size), f"0..{size - 1}", ios17)
     grid = list(open_grid(indices.shape))
     grid[axis] = indices
     if keep.all():
@@ -138,15 +138,24 @@ def _scatter_along_axis(args: Args) -> np.ndarray:
     return _scatter_into(data, tuple(g[keep] for g in full), updates[keep], text(args, "mode", "add"))
 
 
-@kernel("scatter_nd")
-def _scatter_nd(args: Args) -> np.ndarray:
+def _scatter_nd(args: Args, ios17: bool) -> np.ndarray:
     data = array(args, "data")
     indices = array(args, "indices")
     updates = array(args, "updates")
     sizes = np.asarray(data.shape[: indices.shape[-1]])
     valid = np.asarray(((indices >= 0) & (indices < sizes)).all(axis=-1))
-    keep = _checked(args, "scatter_nd", indices, valid, " x ".join(f"0..{d - 1}" for d in sizes))
+    keep = _checked(args, "scatter_nd", indices, valid, " x ".join(f"0..{d - 1}" for d in sizes), ios17)
     if not keep.all():
         indices, updates = indices[keep], updates[keep]
     index = tuple(np.moveaxis(indices, -1, 0))
     return _scatter_into(data, index, updates, text(args, "mode", "add"))
+
+
+# the iOS15/16 and the iOS17+ semantics of each scatter op, keyed by opset (see _registry)
+for _op_type, _implementation in (
+    ("scatter", _scatter),
+    ("scatter_along_axis", _scatter_along_axis),
+    ("scatter_nd", _scatter_nd),
+):
+    kernel(_op_type)(functools.partial(_implementation, ios17=False))
+    kernel(_op_type, since=IOS17)(functools.partial(_implementation, ios17=True))
