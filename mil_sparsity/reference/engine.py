@@ -26,7 +26,7 @@ from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity.errors import InvalidInputError
 from mil_sparsity import _coremltools_private as private
-from mil_sparsity.reference import ops_constexpr, ops_control
+from mil_sparsity.reference import ops_constexpr, ops_control, runtime_rules
 from mil_sparsity.reference._registry import OP_TABLE
 from mil_sparsity.reference.inputs import InputSpec, compute_dtype
 
@@ -207,6 +207,7 @@ class Evaluator:
             )
         function = program.functions[function_name]
         check_supported(function, function_name)
+        runtime_rules.check_program(function, input_specs)  # what the Core ML runtime refuses to load
         self.function_name = function_name
         self.round_fp16_intermediates = bool(round_fp16_intermediates)
         self.input_specs = tuple(input_specs)
