@@ -2,7 +2,7 @@
 tests/conformance (scripts/conformance.py): values computed where the runtime raises (iOS17
 scatter indices; a stack of inputs whose shapes differ at the default input shapes, refused
 when the evaluator is built), and results that differed (reshape's 0, flatten2d's negative
-axis, iOS17 resize)."""
+axis, iOS17 resize, the order of a reverse recurrence's states)."""
 
 from __future__ import annotations
 
@@ -189,3 +189,34 @@ def test_stack_rule_binds_bare_symbols_to_one_and_leaves_computed_sizes_open() -
 
     (got,) = reference.run(computed, {"x": np.array([1, 0, 2, 0], np.float32)}).values()
     np.testing.assert_array_equal(got, [[[0], [2]], [[0], [2]]])
+
+
+@pytest.mark.parametrize("op_type", ["rnn", "gru", "lstm"])
+def test_reverse_recurrence_lists_states_in_computation_order(op_type: str) -> None:
+    """direction='reverse' with output_sequence: the first output is the state after the last
+    input step (coremltools' op tests: torch's RNN on the time-flipped input); the final
+    state is the last output."""
+    rng = np.random.default_rng(0)
+    steps, batch, size, hidden = 4, 2, 3, 5
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[op_type]
+    x = rng.standard_normal((steps, batch, size)).astype(np.float32)
+    h0 = rng.standard_normal((batch, hidden)).astype(np.float32)
+    w_ih = rng.standard_normal((gates * hidden, size)).astype(np.float32) * 0.5
+    w_hh = rng.standard_normal((gates * hidden, hidden)).astype(np.float32) * 0.5
+
+    def run(direction: str, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        @mb.program(input_specs=[mb.TensorSpec(shape=value.shape)], opset_version=IOS17)
+        def prog(x: Any) -> Any:
+            extra = {"initial_c": np.zeros_like(h0)} if op_type == "lstm" else {}
+            outputs = getattr(mb, op_type)(
+                x=x, initial_h=h0, weight_ih=w_ih, weight_hh=w_hh, direction=direction, output_sequence=True, **extra
+            )
+            return outputs[0], outputs[1]
+
+        sequence, final = reference.run(prog, {"x": value}).values()
+        return sequence, final
+
+    forward_on_flipped = run("forward", x[::-1].copy())
+    reverse = run("reverse", x)
+    np.testing.assert_allclose(reverse[0], forward_on_flipped[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(reverse[1], reverse[0][-1], rtol=1e-6, atol=1e-6)
