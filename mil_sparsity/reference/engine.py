@@ -39,6 +39,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_list,
     ops_nn,
     ops_quantize,
+    ops_random,
     ops_recurrent,
     ops_reduce,
     ops_tensor,
