@@ -158,24 +158,29 @@ def test_float_inputs_follow_the_input_type() -> None:
 
 
 def test_every_unsupported_op_type_is_listed_before_anything_runs() -> None:
-    @mb.program(input_specs=[mb.TensorSpec(shape=(2,), dtype=types.fp32), mb.TensorSpec(shape=(1,), dtype=types.int32)], opset_version=IOS17)
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 4), dtype=types.fp32), mb.TensorSpec(shape=(1,), dtype=types.int32)], opset_version=IOS17)
     def prog(x: Any, flag: Any) -> Any:
-        a = mb.random_uniform(shape=np.array([2], np.int32))
-        b = mb.random_uniform(shape=np.array([2], np.int32))
+        scores = mb.reduce_sum(x=x, axes=[-1], keep_dims=True)
+        a = mb.non_maximum_suppression(boxes=x, scores=scores, iou_threshold=0.5, max_boxes=2)[1]
+        b = mb.non_maximum_suppression(boxes=x, scores=scores, iou_threshold=0.2, max_boxes=2)[1]
         pred = mb.greater(x=mb.squeeze(x=flag), y=np.int32(0))
+        image = mb.expand_dims(x=x, axes=[0])
         c = mb.cond(
             pred=pred,
-            _true_fn=lambda: mb.random_normal(shape=np.array([2], np.int32)),
-            _false_fn=lambda: mb.add(x=x, y=1.0),
+            _true_fn=lambda: mb.conv_quantized(
+                x=image, weight=np.ones((1, 1, 1, 1), np.uint8), quantization_type="linear", nbits=8,
+                quant_scale=np.float32(1.0), quant_bias=np.float32(0.0),
+            ),
+            _false_fn=lambda: mb.add(x=image, y=1.0),
         )
-        return mb.add(x=mb.add(x=a, y=b), y=c)
+        return mb.add(x=a, y=b), c
 
     calls: list[str] = []
     with pytest.raises(NotImplementedError) as error:
-        reference.run(prog, {"x": np.ones(2), "flag": np.ones(1, np.int32)}, capture=lambda op, i, o: calls.append(op.op_type))
+        reference.run(prog, {"x": np.ones((1, 4, 4)), "flag": np.ones(1, np.int32)}, capture=lambda op, i, o: calls.append(op.op_type))
     message = str(error.value)
     assert "2 op type(s)" in message
-    assert "random_normal (x1)" in message and "random_uniform (x2)" in message
+    assert "conv_quantized (x1)" in message and "non_maximum_suppression (x2)" in message
     assert calls == []
 
 

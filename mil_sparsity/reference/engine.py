@@ -33,7 +33,7 @@ from coremltools.converters.mil.mil.program import Program
 from coremltools.converters.mil.mil.var import Var
 
 from mil_sparsity.errors import InvalidInputError, InvalidTypeError
-from mil_sparsity.reference import ops_constexpr, ops_control
+from mil_sparsity.reference import ops_constexpr, ops_control, runtime_rules
 from mil_sparsity.reference._registry import Kernel, KernelKey, KernelTable
 from mil_sparsity.reference.inputs import InputSpec, compute_dtype, convert_inputs
 from mil_sparsity.reference.state import EvaluatorState, StateLayout
@@ -57,6 +57,7 @@ from mil_sparsity.reference import (  # noqa: F401,E402
     ops_list,
     ops_nn,
     ops_quantize,
+    ops_random,
     ops_recurrent,
     ops_reduce,
     ops_state,
@@ -155,6 +156,7 @@ class Evaluator:
         function = program.functions[function_name]
         self._table = KernelTable.with_extra(ops)
         check_supported(function, function_name, self._table)
+        runtime_rules.check_program(function, input_specs)  # what the Core ML runtime refuses to load
         self.function_name = function_name
         self.round_fp16_intermediates = bool(round_fp16_intermediates)
         self.input_specs = tuple(input_specs)

@@ -3,7 +3,10 @@ peepholes, forward / reverse / bidirectional) and rnn.
 
 The input projection of every time step is one matmul over the whole sequence; the loop runs
 over time steps only (each step is one [batch, H] x [H, 4H] matmul), never over elements.
-Outputs are aligned with the input's time order in every direction.
+Output sequences: ``forward`` and ``bidirectional`` (both halves) are aligned with the input's
+time order; ``reverse`` lists the hidden states in the order they are computed (the first is
+the state after the input's last step), as coremltools' op tests expect of the runtime (the
+torch frontend never emits ``reverse``: it reverses the input around a forward layer).
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ def _lstm(args: Args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = np.concatenate([forward[2], backward[2]], axis=-1)
     else:
         states, h, c = forward
+        if direction == "reverse":
+            states = states[::-1]
     if not flag(args, "output_sequence"):
         states = h[None]
     return states, h, c
@@ -118,6 +123,8 @@ def _rnn(args: Args) -> tuple[np.ndarray, np.ndarray]:
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         h = activation(projected[t] + h @ weight_hh.T)
         states[t] = h
+    if reverse:  # in computation order
+        states = states[::-1]
     if not flag(args, "output_sequence"):
         states = h[None]
     return states, h
@@ -148,6 +155,8 @@ def _gru(args: Args) -> tuple[np.ndarray, np.ndarray]:
         new = activation(step[:, hidden : 2 * hidden] + reset * recurrent_part[:, hidden : 2 * hidden])
         h = (1.0 - update) * new + update * h
         states[t] = h
+    if reverse:  # in computation order
+        states = states[::-1]
     if not flag(args, "output_sequence"):
         states = h[None]
     return states, h

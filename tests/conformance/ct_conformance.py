@@ -19,7 +19,12 @@ Each case gets an outcome, recorded in the report's ``user_properties`` and, wit
 shapes), ``crash`` (the evaluator raised where the test expected values), ``unsupported``
 (an op type or feature the evaluator lacks), ``not mlprogram``, ``conversion failed`` (the
 test failed before anything was predicted: coremltools' converter or the test itself),
-``no prediction`` (passed without predicting), ``skipped`` and ``xfail``.
+``no prediction`` (passed without predicting), ``skipped`` and ``xfail``. A case whose program
+draws random values (``random_*`` ops) and passes is ``random``: its values cannot be compared
+draw for draw, and coremltools' tests assert only what every draw satisfies (shapes, degenerate
+laws such as prob 0 or 1, stddev 0 or low == high, values in [0, 1), category frequencies
+within 0.01 of the law over 50,000 draws); the laws themselves are tested statistically in
+tests/test_reference_random.py. Such a case that fails is a ``fail`` like any other.
 
 Options: ``--conformance-sample=N`` keeps at most N cases per test function, chosen by a
 stable hash of the case id (0: every case), and with ``--conformance-functions=F`` only the
@@ -42,6 +47,7 @@ os.environ.setdefault("PYMIL_TEST_TARGETS", "mlprogram")  # neural network cases
 
 OUTCOMES = (
     "pass",
+    "random",
     "fail",
     "crash",
     "unsupported",
@@ -69,6 +75,7 @@ class _Case:
         self.predictions = 0
         self.kind: Optional[str] = None  # "unsupported", "not mlprogram" or "crash"
         self.detail = ""
+        self.random_ops: set[str] = set()  # random op types in the programs it predicted with
 
 
 _CASE = _Case()
@@ -101,6 +108,21 @@ def _perturbed(value: np.ndarray) -> np.ndarray:
     return (value + 1.0 + 0.1 * np.abs(value)).astype(value.dtype)
 
 
+def _random_ops(mlmodel: Any, function_name: str) -> set[str]:
+    """The ``random_*`` op types of the model's function (nested blocks included)."""
+    program = getattr(mlmodel, "_mil_program", None)
+    if program is None or function_name not in program.functions:
+        return set()
+    found: set[str] = set()
+    blocks = [program.functions[function_name]]
+    while blocks:
+        for op in blocks.pop().operations:
+            if op.op_type.startswith("random_"):
+                found.add(op.op_type)
+            blocks.extend(op.blocks)
+    return found
+
+
 class _State:
     """What the patched ``MLModel.make_state`` returns: the model's evaluator and a state of it
     (a state belongs to the evaluator that made it)."""
@@ -130,6 +152,8 @@ def _evaluate(mlmodel: Any, data: Any, state: Optional[_State] = None) -> dict[s
     for name, value in data.items():
         if not isinstance(value, (np.ndarray, np.generic, int, float, list, tuple)):
             raise NotConformanceCase("unsupported", f"input {name!r} of type {type(value).__name__}")
+    function_name = getattr(mlmodel, "function_name", None) or "main"
+    _CASE.random_ops |= _random_ops(mlmodel, function_name)
     try:
         outputs = evaluator.run(
             {name: np.asarray(value) for name, value in data.items()},
@@ -243,7 +267,9 @@ def _outcome(report: Any) -> str:
     if report.skipped:
         return "xfail" if hasattr(report, "wasxfail") else "skipped"
     if report.passed:
-        return "pass" if _CASE.predictions else "no prediction"
+        if not _CASE.predictions:
+            return "no prediction"
+        return "random" if _CASE.random_ops else "pass"
     if _CASE.kind is not None:
         return _CASE.kind
     return "fail" if _CASE.predictions else "conversion failed"
@@ -257,6 +283,8 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Any:
     if report.when == "call" or (report.when == "setup" and not report.passed):
         kind = _outcome(report)
         detail = _CASE.detail if kind in ("crash", "unsupported", "not mlprogram") else ""
+        if kind == "random":
+            detail = ", ".join(sorted(_CASE.random_ops))
         if kind in ("fail", "conversion failed") and report.longrepr is not None:
             detail = str(getattr(report.longrepr, "reprcrash", None) and report.longrepr.reprcrash.message)
         outcomes[case_id(item)] = (kind, detail[:500])
