@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mil_sparsity as ms
+
 from _cli_support import Main, Packages, error_line, leftovers, packages, run_main  # noqa: F401
 from mil_sparsity.inspect_model import stored_weight_bytes
 from mil_sparsity.model.io import load_model, load_program
@@ -82,3 +84,21 @@ def test_fit_needs_exactly_one_budget(run_main: Main, packages: Packages, tmp_pa
     code, _, err = run_main("fit", packages.ios18, "-o", tmp_path / "f.mlpackage", "--random-inputs", "2",
                             "--max-size", "0.5", "--min-cosine", "0.9")
     assert code == 2 and "not allowed with" in error_line(err)
+
+
+def test_fit_palettize_nbits_stores_pruned_weights_jointly(run_main: Main, packages: Packages, tmp_path: Path) -> None:
+    out = tmp_path / "joint.mlpackage"
+    code, text, err = run_main(
+        "fit", packages.ios18, "-o", out, "--random-inputs", "2", "--max-size", "0.4",
+        "--methods", "magnitude", "--palettize-nbits", "4",
+    )
+    assert code == 0, err
+    assert "palettize_nbits=4" in text and "palettized to 4 bits" in text
+    chains = [w.chain for w in ms.weights(str(out)) if w.chain]
+    assert chains and all("constexpr_lut_to_sparse" in chain for chain in chains)
+    ratio = stored_weight_bytes(load_program(load_model(str(out)))) / stored_weight_bytes(
+        load_program(load_model(str(packages.ios18))))
+    assert ratio <= 0.4
+    code, _, err = run_main("fit", packages.ios18, "-o", tmp_path / "f.mlpackage", "--random-inputs", "2",
+                            "--max-size", "0.4", "--palettize-nbits", "5")
+    assert code == 2 and "--palettize-nbits" in error_line(err) and "5" in error_line(err)

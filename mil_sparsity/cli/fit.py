@@ -31,6 +31,7 @@ from mil_sparsity.cli._common import (
 from mil_sparsity.cli._inputs import add_sample_options, check_sample_options, function_of, read_samples
 from mil_sparsity.cli._plot import PLOT_INSTALL_HINT, check_plot_path, matplotlib_figure, save_figure
 from mil_sparsity.fit import COMPUTE_UNITS, METHODS
+from mil_sparsity.kernels.palettize import PALETTE_NBITS
 
 
 def register(commands: Commands) -> None:
@@ -56,6 +57,9 @@ def register(commands: Commands) -> None:
                         help=f"methods in order of preference, from {','.join(METHODS)} (default: all)")
     parser.add_argument("--compute-unit", choices=COMPUTE_UNITS, default="all",
                         help="all: size only; ane / cpu: only patterns that unit can skip")
+    parser.add_argument("--palettize-nbits", type=int, metavar="N", choices=PALETTE_NBITS,
+                        help="also palettize every pruned weight's kept values to 2**N entries "
+                        "(joint sparse + palettized storage, iOS18+; --plan covers the pruning only)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="probe processes (joblib; -1: every core)")
     parser.add_argument("--plan", metavar="FILE.json", help="write the chosen selector (prune --config takes it)")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -94,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, samples, max_size_ratio=args.max_size, min_cosine=args.min_cosine,
             calibration=args.calibration, methods=args.methods, compute_unit=args.compute_unit,
             n_jobs=args.jobs, progress=False if args.json else None, function_name=function,
+            palettize_nbits=args.palettize_nbits,
         )
     except (NotImplementedError, ValueError, TypeError) as error:
         message = one_line(error)

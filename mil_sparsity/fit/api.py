@@ -16,6 +16,9 @@
 4. The chosen per-weight configs become one :class:`OpSelector`, and
    :func:`~mil_sparsity.prune_weights` builds the model from it: the result is exactly what
    ``prune_weights(model, result.selector, calibration=result.calibration)`` gives.
+5. Only with ``palettize_nbits=N`` (iOS18+): every pruned weight is also palettized, its kept
+   values to a 2**N-entry table (:mod:`.joint`); probes measure and count that form, and the
+   result is ``cto.palettize_weights(<step 4>, result.palettization, joint_compression=True)``.
 
 Sizes are stored weight bytes (every weight of the function, as the model stores it: a sparse
 weight's nonzero values plus one mask bit per element), over the input's.
@@ -57,7 +60,9 @@ from mil_sparsity.fit.probes import (
     prunable,
 )
 from mil_sparsity.fit.settings import Setting, check_methods, settings_for
+from mil_sparsity.fit.joint import check_palettize, palettize_pruned
 from mil_sparsity.kernels.packing import packed_nbytes
+from mil_sparsity.kernels.palettize import joint_nbytes
 from mil_sparsity.model.inventory import ProgramWeight
 from mil_sparsity.progress import progress_bar
 from mil_sparsity.quality import QualityReport, summarise
@@ -105,6 +110,7 @@ class FitResult:
     probes: tuple[ProbeRow, ...]
     plan: tuple[PlannedWeight, ...]
     budget: str
+    palettization: Any = None  # coremltools OptimizationConfig of step 5, None when not asked
 
     def format_plan(self) -> str:
         """One line per weight (what was chosen, its bytes and probe quality), then totals."""
@@ -190,12 +196,14 @@ def _calibration(calibration: Any, methods: Sequence[str], model_path: str, samp
     return collect_activation_stats(model_path, samples, function_name=function_name, gram=gram, progress=progress)
 
 
-def _smallest_bytes(item: ProgramWeight, settings: Sequence[Setting]) -> int:
+def _smallest_bytes(item: ProgramWeight, settings: Sequence[Setting], palettize_nbits: Optional[int]) -> int:
     """About the fewest bytes any setting stores this weight in (exact counts come from probes)."""
     weight = item.weight
     itemsize = np.dtype(weight.dtype).itemsize
-    sparsest = max(setting.sparsity for setting in settings)
-    return min(weight.nbytes, packed_nbytes(weight.size - round(sparsest * weight.size), weight.size, itemsize))
+    kept = weight.size - round(max(setting.sparsity for setting in settings) * weight.size)
+    if palettize_nbits is not None:
+        return min(weight.nbytes, joint_nbytes(kept, weight.size, palettize_nbits, itemsize))
+    return min(weight.nbytes, packed_nbytes(kept, weight.size, itemsize))
 
 
 def _run_probes(job: ProbeJob, names: Sequence[str], n_jobs: int, progress: Optional[bool]) -> list[ProbeRow]:
@@ -222,6 +230,7 @@ def fit(
     progress: Optional[bool] = None,
     function_name: str = "main",
     max_probes: Optional[int] = None,
+    palettize_nbits: Optional[int] = None,
 ) -> FitResult:
     """Prune ``model`` to a budget, each weight as far as its measured sensitivity allows.
 
@@ -237,6 +246,8 @@ def fit(
     picks the backend, dask or ray included; the model path must be readable by the workers).
     ``max_probes``: at most this many probes (weight x setting); when the table is larger, an
     outlier prior ranks the weights and predicts the rest (:mod:`.budgeted`). None: probe all.
+    ``palettize_nbits``: None (default: sparse storage only), or 1, 2, 3, 4, 6 or 8 for joint
+    sparse + palettized storage of every pruned weight (iOS18+ models; :mod:`.joint`).
     See the module doc for the algorithm.
     """
     field, budget = _check_budget(max_size_ratio, min_cosine)
@@ -251,7 +262,7 @@ def fit(
         try:
             return _fit(
                 model, samples, field, budget, calibration, preference, settings, jobs, progress,
-                function_name, workdir, max_probes,
+                function_name, workdir, max_probes, palettize_nbits,
             )
         finally:
             forget_loaded()
@@ -270,12 +281,14 @@ def _fit(
     function_name: str,
     workdir: str,
     max_probes: Optional[int],
+    palettize_nbits: Optional[int],
 ) -> FitResult:
     from mil_sparsity.inspect_model import stored_weight_bytes
     from mil_sparsity.oneshot import prune_weights
 
     model_path = _model_path(model, workdir)
     evaluator, found = loaded(model_path, function_name)
+    nbits = check_palettize(palettize_nbits, evaluator.program.functions[function_name].opset_version, function_name)
     inputs = _samples(samples, model_path, function_name)
     reference = tuple(evaluator.run(sample) for sample in inputs)  # bad samples fail here
     stats = _calibration(calibration, methods, model_path, inputs, function_name, progress)
@@ -283,14 +296,15 @@ def _fit(
     input_bytes = stored_weight_bytes(evaluator.program)
     fixed = input_bytes - sum(found[name].weight.nbytes for name in names)
     if field == "max_size_ratio":
-        smallest = fixed + sum(_smallest_bytes(found[name], settings) for name in names)
+        smallest = fixed + sum(_smallest_bytes(found[name], settings, nbits) for name in names)
         if budget * input_bytes < smallest:
             raise InvalidInputError(
                 f"max_size_ratio={budget} is below what pruning can reach: about "
                 f"{smallest / input_bytes:.4f} ({len(names)} prunable weights at the sparsest "
-                f"setting, {max(s.sparsity for s in settings):.0%}; a mask costs 1 bit per element)"
+                f"setting, {max(s.sparsity for s in settings):.0%}; a mask costs 1 bit per element"
+                f"{'' if nbits is None else f', a kept value {nbits} bits'})"
             )
-    job = ProbeJob(model_path, function_name, inputs, reference, settings, methods, stats)
+    job = ProbeJob(model_path, function_name, inputs, reference, settings, methods, stats, nbits)
     max_bytes = math.floor(budget * input_bytes) - fixed
 
     def pick(path: Sequence[Allocation]) -> int:
@@ -321,7 +335,7 @@ def _fit(
 
     def overrides(allocation: Allocation) -> dict[str, np.ndarray]:
         return {
-            name: choice(name, levels[i][level - 1]).dense()
+            name: choice(name, levels[i][level - 1]).dense(nbits)
             for i, (name, level) in enumerate(zip(names, allocation.levels))
             if level > 0
         }
@@ -365,6 +379,11 @@ def _fit(
         from mil_sparsity.model.io import load_model
 
         result_model = load_model(model_path)
+    palettization = None
+    pruned = [item.weight for item in plan if item.setting is not None]
+    if nbits is not None and pruned:
+        result_model, palettization = palettize_pruned(result_model, pruned, nbits, function_name)
+        notes.append(f"fit: the kept values of {len(pruned)} pruned weights palettized to {nbits} bits (joint storage)")
     report.notes.extend(notes)
     final = loaded_quality(result_model, inputs, reference, function_name)
     from mil_sparsity.model.io import load_program
@@ -379,7 +398,8 @@ def _fit(
         report=report,
         probes=tuple(rows),
         plan=tuple(plan),
-        budget=f"{field}={budget}",
+        budget=f"{field}={budget}" + ("" if nbits is None else f", palettize_nbits={nbits}"),
+        palettization=palettization,
     )
 
 

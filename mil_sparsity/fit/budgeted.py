@@ -39,12 +39,12 @@ class _Prior:
     sparsity: tuple[float, ...]
 
 
-def _prior(item: ProgramWeight, settings: Sequence[Setting], stats: Optional[ActivationStats]) -> _Prior:
+def _prior(item: ProgramWeight, settings: Sequence[Setting], stats: Optional[ActivationStats], palettize_nbits: Optional[int]) -> _Prior:
     scores = element_scores(item, stats)
     sizes, sparsities = [], []
     for setting in settings:
         made = choose(item, setting, ("magnitude",), None)
-        sizes.append(None if made is None else int(made.outcome.packed_nbytes))
+        sizes.append(None if made is None else made.nbytes(palettize_nbits))
         sparsities.append(setting.sparsity if made is None else float(made.outcome.sparsity))
     return _Prior(outlier_ratio(scores), proxy_losses(scores, sparsities), tuple(sizes), tuple(sparsities))
 
@@ -69,7 +69,7 @@ def probe_within(
     """The probe table (measured and predicted rows) and a note on how it was made."""
     settings = job.settings
     index_of = settings.index
-    priors = {name: _prior(found[name], settings, job.calibration) for name in names}
+    priors = {name: _prior(found[name], settings, job.calibration, job.palettize_nbits) for name in names}
     saved = {found[name].weight.saved_name: name for name in names}
     order = sorted(names, key=lambda name: (priors[name].ratio, name))
     middle = len(settings) // 2

@@ -27,6 +27,7 @@ from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.fit.allocate import Options
 from mil_sparsity.fit.settings import Setting
 from mil_sparsity.kernels import SparseWeight
+from mil_sparsity.kernels.palettize import joint_nbytes, palettized_kept_values
 from mil_sparsity.model.inventory import ProgramWeight, program_weights
 from mil_sparsity.plan import catalog
 from mil_sparsity.plan.pipeline import rules_of
@@ -71,6 +72,7 @@ class ProbeJob:
     settings: tuple[Setting, ...]
     methods: tuple[str, ...]
     calibration: Optional[ActivationStats] = None
+    palettize_nbits: Optional[int] = None  # joint sparse + palettized storage (see :mod:`.joint`)
 
 
 @attrs.frozen
@@ -82,8 +84,20 @@ class Choice:
     outcome: SparseWeight
     config: Any
 
-    def dense(self) -> np.ndarray:
-        return self.outcome.dense()
+    def dense(self, palettize_nbits: Optional[int] = None) -> np.ndarray:
+        """The value the model will hold: the pruned value, with its kept values palettized
+        to ``palettize_nbits`` when given."""
+        value = self.outcome.dense()
+        if palettize_nbits is None:
+            return value
+        return palettized_kept_values(value, palettize_nbits, self.outcome.mask)
+
+    def nbytes(self, palettize_nbits: Optional[int] = None) -> int:
+        """Stored bytes of that value (sparse, or joint sparse + palettized)."""
+        if palettize_nbits is None:
+            return int(self.outcome.packed_nbytes)
+        kept, size = int(self.outcome.nonzero_data.size), int(self.outcome.mask.size)
+        return joint_nbytes(kept, size, palettize_nbits, self.outcome.nonzero_data.dtype.itemsize)
 
 
 _LOADED: dict[tuple[str, str], tuple[ReferenceEvaluator, dict[str, ProgramWeight]]] = {}
@@ -205,7 +219,7 @@ def probe_weight(job: ProbeJob, name: str) -> list[ProbeRow]:
         choice = choose(item, setting, job.methods, job.calibration)
         if choice is None:
             continue
-        quality = evaluate_with(job, {name: choice.dense()}, starts)
+        quality = evaluate_with(job, {name: choice.dense(job.palettize_nbits)}, starts)
         rows.append(
             ProbeRow(
                 weight=item.weight.saved_name,
@@ -213,7 +227,7 @@ def probe_weight(job: ProbeJob, name: str) -> list[ProbeRow]:
                 sparsity=float(choice.outcome.sparsity),
                 method=choice.method,
                 quality=quality,
-                nbytes=int(choice.outcome.packed_nbytes),
+                nbytes=choice.nbytes(job.palettize_nbits),
                 dense_nbytes=int(item.weight.nbytes),
                 setting=setting,
             )
