@@ -86,6 +86,40 @@ def uniform_rows(dense: Any, stats: Any, reference: MemoizedEvaluator, samples: 
     return rows
 
 
+JOINT_SPARSITIES = (0.5, 0.7)
+JOINT_METHODS = ("magnitude", "admm")
+
+
+def joint_rows(dense: Any, stats: Any, reference: MemoizedEvaluator, samples: Sequence[Any], dense_bytes: int, nbits: int) -> list[tuple[str, float, float]]:
+    """The peers of ``fit(..., palettize_nbits=nbits)``: coremltools' k-means palettization alone
+    (at ``nbits`` and below), and a uniform pruning followed by coremltools' joint palettization
+    (``palettize_weights(..., joint_compression=True)``, k-means on the dense weight)."""
+    import coremltools.optimize.coreml as cto
+
+    def palettize(model: Any, bits: int, joint: bool) -> Any:
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=bits, mode="kmeans"))
+        return cto.palettize_weights(model, config, joint_compression=joint)
+
+    rows = []
+    candidates: list[tuple[str, Any]] = []
+    for bits in sorted({nbits, max(nbits - 1, 1), max(nbits - 2, 1)}):
+        candidates.append((f"coremltools palettize {bits}-bit", lambda bits=bits: palettize(dense, bits, False)))
+    for sparsity in JOINT_SPARSITIES:
+        for name in JOINT_METHODS:
+            config = ms.MagnitudeConfig(target_sparsity=sparsity, **UNIFORM_METHODS[name])
+            calibration = stats if name != "magnitude" else None
+            candidates.append((
+                f"{name} {sparsity:.0%} + coremltools joint {nbits}-bit",
+                lambda config=config, calibration=calibration: palettize(ms.prune_weights(dense, config, calibration=calibration), nbits, True),
+            ))
+    for label, build in candidates:
+        model = build()
+        row = (label, size_ratio(model, dense_bytes), held_out(reference, model, samples))
+        print(f"  {row[0]}: size {row[1]:.3f}, held-out cosine {row[2]:.4f}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def parse_budget(text: str) -> dict[str, float]:
     kind, _, value = text.partition("=")
     if kind not in ("size", "cos"):
@@ -103,6 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[parse_budget(b) for b in ("size=0.5", "size=0.35", "cos=0.95")])
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--no-uniform", action="store_true", help="skip the uniform baselines")
+    parser.add_argument("--palettize-nbits", type=int, default=None,
+                        help="fit with joint sparse + palettized storage; the baselines then include "
+                        "coremltools' palettization alone and uniform pruning + its joint palettization")
     args = parser.parse_args(argv)
     import transformers
 
@@ -121,13 +158,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stats = ms.collect_activation_stats(dense, calibration_samples, gram=True)
     reference = MemoizedEvaluator(dense)
     uniform = [] if args.no_uniform else uniform_rows(dense, stats, reference, eval_samples, dense_bytes)
+    if args.palettize_nbits is not None and not args.no_uniform:
+        uniform += joint_rows(dense, stats, reference, eval_samples, dense_bytes, args.palettize_nbits)
     lines = [
         "| budget | fit size | fit held-out cosine | best uniform at <= that size | its size | its held-out cosine |",
         "| --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for budget in args.budgets:
         started = time.perf_counter()
-        result = ms.fit(dense, fit_samples, calibration=stats, n_jobs=args.jobs, **budget)
+        result = ms.fit(dense, fit_samples, calibration=stats, n_jobs=args.jobs, palettize_nbits=args.palettize_nbits, **budget)
         seconds = time.perf_counter() - started
         cosine = held_out(reference, result.model, eval_samples)
         print(result.format_plan())
@@ -136,6 +175,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         best = max(within, key=lambda row: row[2]) if within else None
         (field, value), = budget.items()
         label = f"{'size <=' if field == 'max_size_ratio' else 'cosine >='} {value}"
+        if args.palettize_nbits is not None:
+            label += f", {args.palettize_nbits}-bit kept values"
         lines.append(
             f"| {label} | {result.size_ratio:.3f} | {cosine:.4f} | "
             + (f"{best[0]} | {best[1]:.3f} | {best[2]:.4f} |" if best else "none that small | | |")
