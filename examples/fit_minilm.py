@@ -112,12 +112,25 @@ def joint_rows(dense: Any, stats: Any, reference: MemoizedEvaluator, samples: Se
                 f"{name} {sparsity:.0%} + coremltools joint {nbits}-bit",
                 lambda config=config, calibration=calibration: palettize(ms.prune_weights(dense, config, calibration=calibration), nbits, True),
             ))
+            candidates.append((
+                f"{name} {sparsity:.0%} + kept-value {nbits}-bit (fit's tables)",
+                lambda config=config, calibration=calibration: kept_value_palettized(ms.prune_weights(dense, config, calibration=calibration), nbits),
+            ))
     for label, build in candidates:
         model = build()
         row = (label, size_ratio(model, dense_bytes), held_out(reference, model, samples))
         print(f"  {row[0]}: size {row[1]:.3f}, held-out cosine {row[2]:.4f}", flush=True)
         rows.append(row)
     return rows
+
+
+def kept_value_palettized(model: Any, nbits: int) -> Any:
+    """Every sparse weight of ``model`` with its kept values palettized as fit does."""
+    from mil_sparsity.fit.joint import palettize_pruned
+    from mil_sparsity.format.sparse_format import OP_TYPE, dense_name
+
+    names = [dense_name(w.name, OP_TYPE) for w in ms.weights(model) if w.storage == "sparse"]
+    return palettize_pruned(model, names, nbits, "main")[0]
 
 
 def parse_budget(text: str) -> dict[str, float]:
