@@ -21,6 +21,17 @@ Measured (2026-12-04, this machine under load; each fit about 30 minutes):
 | size <= 0.35 | 0.335 | 0.8435 | magnitude 70% | 0.332 | 0.3632 |
 | cosine >= 0.95 | 0.581 | 0.9729 | none that small (ADMM 50%: 0.779, 0.9506) | | |
 
+With ``--palettize-nbits 4`` (joint sparse + palettized storage; measured 2026-12-04 with one
+other job on the second core, the fit 159 s), against coremltools' palettization alone and
+uniform pruning + coremltools' joint palettization:
+
+| budget | fit size | fit held-out cosine | best peer at <= that size | its size | its held-out cosine |
+| --- | ---: | ---: | --- | ---: | ---: |
+| size <= 0.1, 4-bit kept values | 0.100 | 0.9123 | coremltools palettize 3-bit | 0.095 | 0.8140 |
+
+(ADMM 70% + coremltools joint 4-bit: 0.100, 0.7880; magnitude 50% + coremltools joint 4-bit:
+0.095, 0.6957; coremltools palettize 4-bit: 0.126, 0.9490.)
+
 Run: ``python examples/fit_minilm.py [--budgets size=0.5 size=0.35 cos=0.95] [--jobs 1]``;
 needs the ``examples`` extra. Takes tens of minutes on a CPU.
 """
