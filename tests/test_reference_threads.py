@@ -55,26 +55,3 @@ def test_a_bad_thread_count_names_the_variable(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(ValueError) as raised:
         threads.thread_count()
     assert "MIL_SPARSITY_THREADS" in str(raised.value) and repr(text) in str(raised.value)
-
-
-@pytest.mark.parametrize("count", ["2", "5"])
-@pytest.mark.parametrize("axis", [-1, 1, 2])
-def test_softmax_and_layer_norm_by_slices_are_the_same_bits(monkeypatch: pytest.MonkeyPatch, count: str, axis: int) -> None:
-    x = RNG.standard_normal((7, 12, 64, 96)).astype(np.float32)  # above the split size
-    monkeypatch.setenv("MIL_SPARSITY_THREADS", "1")
-    softmax_one = ops_nn.softmax(x, axis)
-    axes = tuple(sorted({axis % 4, 3}))
-    norm_one = ops_nn._normalize(x, axes, 1e-5)
-    monkeypatch.setenv("MIL_SPARSITY_THREADS", count)
-    np.testing.assert_array_equal(ops_nn.softmax(x, axis), softmax_one)
-    np.testing.assert_array_equal(ops_nn._normalize(x, axes, 1e-5), norm_one)
-    in_place = x.copy()
-    np.testing.assert_array_equal(ops_nn.softmax(in_place, axis, out=in_place), softmax_one)
-    np.testing.assert_allclose(softmax_one.sum(axis=axis), 1.0, rtol=1e-5)
-
-
-def test_a_reduction_over_the_first_axis_is_not_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = RNG.standard_normal((9, 40000)).astype(np.float32)
-    monkeypatch.setenv("MIL_SPARSITY_THREADS", "4")
-    np.testing.assert_allclose(ops_nn.softmax(x, 0).sum(axis=0), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(ops_nn.softmax(x, -2).sum(axis=0), 1.0, rtol=1e-5)

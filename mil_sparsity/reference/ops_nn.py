@@ -4,7 +4,7 @@ batch, instance, l2 and local-response norms, scaled dot-product attention."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -109,37 +109,9 @@ def _einsum(args: Args) -> np.ndarray:
     return np.asarray(np.einsum(text(args, "equation"), *values, optimize=True))
 
 
-#: elements below which a row-wise kernel is not worth splitting among threads
-_SPLIT_SIZE = 1 << 18
-
-
-def _by_leading_slices(
-    x: np.ndarray, reduced: tuple[int, ...], out: Optional[np.ndarray],
-    kernel: Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray],
-) -> Optional[np.ndarray]:
-    """``kernel(x, out)`` run on slices of ``x``'s first axis shared among threads, when it
-    reduces only over other axes (``reduced``) and ``x`` is a large float array; each slice's
-    rows are computed as in one call. None: not split (the caller runs it whole)."""
-    if x.dtype.kind != "f" or x.ndim < 2 or 0 in {axis % x.ndim for axis in reduced} or x.shape[0] < 2 or x.size < _SPLIT_SIZE:
-        return None
-    target = np.empty(x.shape, x.dtype) if out is None else out
-
-    def run(share: range) -> None:
-        part = slice(share.start, share.stop)
-        kernel(x[part], target[part])
-
-    run_shares(run, x.shape[0])
-    return target
-
-
 def softmax(x: np.ndarray, axis: int, out: Optional[np.ndarray] = None) -> np.ndarray:
     """exp(x - max) / sum, along ``axis``, computed in place on one new array (or on ``out``,
-    which may be ``x`` itself); large arrays by slices of the first axis on several threads."""
-    split = _by_leading_slices(x, (axis,), out, lambda part, into: _softmax_whole(part, axis, into))
-    return split if split is not None else _softmax_whole(x, axis, out)
-
-
-def _softmax_whole(x: np.ndarray, axis: int, out: Optional[np.ndarray]) -> np.ndarray:
+    which may be ``x`` itself)."""
     peak = np.max(x, axis=axis, keepdims=True)
     result = np.subtract(x, peak, out=out)
     np.exp(result, out=result)
@@ -161,12 +133,7 @@ def _softmax_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
 
 def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float, out: Optional[np.ndarray] = None) -> np.ndarray:
     """(x - mean) / sqrt(biased variance + epsilon) over ``axes``, into a new array or ``out``
-    (which may be ``x`` itself); large arrays by slices of the first axis on several threads."""
-    split = _by_leading_slices(x, axes, out, lambda part, into: _normalize_whole(part, axes, epsilon, into))
-    return split if split is not None else _normalize_whole(x, axes, epsilon, out)
-
-
-def _normalize_whole(x: np.ndarray, axes: tuple[int, ...], epsilon: float, out: Optional[np.ndarray]) -> np.ndarray:
+    (which may be ``x`` itself)."""
     centered = np.subtract(x, np.mean(x, axis=axes, keepdims=True), out=out)
     variance = np.mean(np.square(centered), axis=axes, keepdims=True)
     variance += np.float32(epsilon)
