@@ -8,7 +8,6 @@ from typing import Optional
 
 import numpy as np
 
-from mil_sparsity.reference.threads import run_shares
 from mil_sparsity.reference._registry import (
     Args,
     array,
@@ -62,27 +61,9 @@ def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y:
         parts = _row_parts(m, n, k, products)
         if parts > 1:
             blocks = x.reshape(x.shape[:-2] + (parts, m // parts, k))
-            result = _batched(blocks, y[..., None, :, :])
+            result = np.matmul(blocks, y[..., None, :, :])
             return np.asarray(result.reshape(result.shape[:-3] + (m, n)))
     return np.asarray(np.matmul(x, y))
-
-
-def _batched(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``np.matmul(x, y)`` for a batch of one-thread products, the batch's leading axis shared
-    among threads (:mod:`.threads`): each product is the same BLAS call either way."""
-    shape = np.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + (x.shape[-2], y.shape[-1])
-    out = np.empty(shape, np.result_type(x, y))
-    x_full = np.broadcast_to(x, shape[:-2] + x.shape[-2:])
-    y_full = np.broadcast_to(y, shape[:-2] + y.shape[-2:])
-
-    def run(share: range) -> None:
-        part = slice(share.start, share.stop)
-        np.matmul(x_full[part], y_full[part], out=out[part])
-
-    if out.ndim < 3:
-        return np.asarray(np.matmul(x, y))
-    run_shares(run, shape[0], minimum_per_thread=1)
-    return out
 
 
 @kernel("matmul", fresh=True)
