@@ -16,6 +16,8 @@ Tolerances (documented here, used below):
 
 from __future__ import annotations
 
+import math
+
 import itertools
 from typing import Any, Callable, Sequence
 
@@ -612,3 +614,15 @@ def test_quantize(shape: tuple[int, ...], seed: int, per_axis: bool, dtype: str,
     shaped_scale = scale if axis is None else scale.reshape([-1 if i == axis % len(shape) else 1 for i in range(len(shape))])
     inside = (quantized > np.iinfo(quantized.dtype).min) & (quantized < np.iinfo(quantized.dtype).max)
     assert np.all(np.abs(restored - x)[inside] <= (np.broadcast_to(shaped_scale, x.shape)[inside] * 0.5001))
+
+
+@pytest.mark.parametrize("layout", ["float16", "reversed view", "transposed view"])
+def test_erf_keeps_its_sign_on_inputs_it_copies_first(layout: str) -> None:
+    """A float16 or non-contiguous input is first copied to float32 and computed in place; the
+    sign must be read before the copy is overwritten (it once came back as erf(|x|))."""
+    from mil_sparsity.reference.ops_elementwise import erf
+
+    base = np.linspace(-3, 3, 601, dtype=np.float32).reshape(601, 1) * np.ones((1, 3), np.float32)
+    x = {"float16": base.astype(np.float16), "reversed view": base[::-1], "transposed view": base.T}[layout]
+    expected = np.vectorize(math.erf)(x.astype(np.float64))
+    np.testing.assert_allclose(erf(x), expected, rtol=0, atol=1e-6)

@@ -36,15 +36,36 @@ _FINITE = np.float32(1e18)  # its square is finite too
 BLOCK = 1 << 17
 
 
+_LOG2_E = 1.0 / np.log(2.0)
+#: read-only float32 blocks of one value, by (value, size): numpy's maximum and minimum run
+#: several times faster against an array than against a scalar
+_FILLED: dict[tuple[float, int], np.ndarray] = {}
+
+
+def _filled(value: float, size: int) -> np.ndarray:
+    key = (value, size)
+    block = _FILLED.get(key)
+    if block is None:
+        if len(_FILLED) > 64:
+            _FILLED.clear()
+        block = np.full(size, value, np.float32)
+        block.flags.writeable = False
+        _FILLED[key] = block
+    return block
+
+
 def _erfc_abs(a: np.ndarray, scale: float, half: bool, t: np.ndarray, e: np.ndarray, out: np.ndarray) -> None:
-    """``out`` = erfc(scale * a) for a >= 0 (halved with ``half``); ``t``, ``e`` scratch."""
+    """``out`` = erfc(scale * a) for a >= 0 (halved with ``half``); ``t``, ``e`` scratch.
+    exp(-(scale a)^2) is computed as exp2(-(scale a)^2 log2 e): numpy's float32 exp2 is about
+    twice as fast as its exp, and the rounding of the folded constant moves the result by
+    less than 2e-6 of itself."""
     coefficients = _COEFFICIENTS[half]
     np.multiply(a, np.float32(_ERF_P * scale), out=t)
     t += np.float32(1.0)
-    np.reciprocal(t, out=t)
+    np.divide(np.float32(1.0), t, out=t)
     np.square(a, out=e)
-    e *= np.float32(-scale * scale)
-    np.exp(e, out=e)
+    e *= np.float32(-scale * scale * _LOG2_E)
+    np.exp2(e, out=e)
     np.multiply(t, coefficients[0], out=out)
     for coefficient in coefficients[1:]:
         out += coefficient
@@ -70,19 +91,19 @@ def _blockwise(
 def _erf_chain(x: np.ndarray, out: np.ndarray, scratch: list[np.ndarray]) -> None:
     a, t, e = scratch
     np.abs(x, out=a)
-    _erfc_abs(a, 1.0, False, t, e, out)
-    np.subtract(np.float32(1.0), out, out=out)
-    np.copysign(out, x, out=out)
+    _erfc_abs(a, 1.0, False, t, e, a)
+    np.subtract(np.float32(1.0), a, out=a)
+    np.copysign(a, x, out=out)  # x is read here, so out may be x itself
 
 
 def _gelu_chain(x: np.ndarray, out: np.ndarray, scratch: list[np.ndarray]) -> None:
     """gelu(x) = x Phi(x) = max(x, 0) - |x| erfc(|x| / sqrt 2) / 2 (no cancellation for x < 0)."""
     a, t, e, q = scratch
     np.abs(x, out=a)
-    np.minimum(a, _FINITE, out=a)  # |x| = inf would make |x| erfc = inf * 0
+    np.minimum(a, _filled(float(_FINITE), a.size), out=a)  # |x| = inf would make |x| erfc = inf * 0
     _erfc_abs(a, _SQRT_HALF, True, t, e, q)
     a *= q
-    np.maximum(x, np.float32(0.0), out=out)
+    np.maximum(x, _filled(0.0, x.size), out=out)
     out -= a
 
 
@@ -101,7 +122,7 @@ def _unary_blockwise(
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """Error function, float32, vectorised (absolute error < 5e-7 against float64 erf)."""
+    """Error function, float32, vectorised (absolute error < 6e-7 against float64 erf)."""
     return _unary_blockwise(np.asarray(x), _erf_chain, 3)
 
 
