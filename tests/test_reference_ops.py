@@ -16,9 +16,8 @@ Tolerances (documented here, used below):
 
 from __future__ import annotations
 
-import math
-
 import itertools
+import math
 from typing import Any, Callable, Sequence
 
 import coremltools as ct
