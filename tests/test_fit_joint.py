@@ -120,3 +120,9 @@ def test_joint_storage_needs_ios18() -> None:
     with pytest.raises(ValueError) as raised:
         ms.fit(ios17, [{"x": np.ones((2, 8), np.float32)}], max_size_ratio=0.5, palettize_nbits=4, progress=False)
     assert "palettize_nbits=4" in str(raised.value) and "iOS18" in str(raised.value) and "iOS17" in str(raised.value)
+
+
+def test_palettized_probes_are_the_same_in_worker_processes(model: Any, joint: ms.FitResult) -> None:
+    again = ms.fit(model, SAMPLES, max_size_ratio=0.3, methods=["magnitude"], palettize_nbits=4, n_jobs=2, progress=False)
+    assert [row.to_dict() for row in again.probes] == [row.to_dict() for row in joint.probes]
+    assert [item.to_dict() for item in again.plan] == [item.to_dict() for item in joint.plan]
