@@ -61,8 +61,7 @@ from mil_sparsity.fit.probes import (
 )
 from mil_sparsity.fit.settings import Setting, check_methods, settings_for
 from mil_sparsity.fit.joint import check_palettize, palettize_pruned
-from mil_sparsity.kernels.packing import packed_nbytes
-from mil_sparsity.kernels.palettize import joint_nbytes
+from mil_sparsity.kernels.palettize import pruned_nbytes
 from mil_sparsity.model.inventory import ProgramWeight
 from mil_sparsity.progress import progress_bar
 from mil_sparsity.quality import QualityReport, summarise
@@ -201,9 +200,7 @@ def _smallest_bytes(item: ProgramWeight, settings: Sequence[Setting], palettize_
     weight = item.weight
     itemsize = np.dtype(weight.dtype).itemsize
     kept = weight.size - round(max(setting.sparsity for setting in settings) * weight.size)
-    if palettize_nbits is not None:
-        return min(weight.nbytes, joint_nbytes(kept, weight.size, palettize_nbits, itemsize))
-    return min(weight.nbytes, packed_nbytes(kept, weight.size, itemsize))
+    return min(weight.nbytes, pruned_nbytes(kept, weight.size, itemsize, palettize_nbits))
 
 
 def _run_probes(job: ProbeJob, names: Sequence[str], n_jobs: int, progress: Optional[bool]) -> list[ProbeRow]:

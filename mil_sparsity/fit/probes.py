@@ -27,7 +27,7 @@ from mil_sparsity.errors import InvalidInputError
 from mil_sparsity.fit.allocate import Options
 from mil_sparsity.fit.settings import Setting
 from mil_sparsity.kernels import SparseWeight
-from mil_sparsity.kernels.palettize import joint_nbytes, palettized_kept_values
+from mil_sparsity.kernels.palettize import palettized_kept_values, pruned_nbytes
 from mil_sparsity.model.inventory import ProgramWeight, program_weights
 from mil_sparsity.plan import catalog
 from mil_sparsity.plan.pipeline import rules_of
@@ -94,10 +94,8 @@ class Choice:
 
     def nbytes(self, palettize_nbits: Optional[int] = None) -> int:
         """Stored bytes of that value (sparse, or joint sparse + palettized)."""
-        if palettize_nbits is None:
-            return int(self.outcome.packed_nbytes)
-        kept, size = int(self.outcome.nonzero_data.size), int(self.outcome.mask.size)
-        return joint_nbytes(kept, size, palettize_nbits, self.outcome.nonzero_data.dtype.itemsize)
+        data = self.outcome.nonzero_data
+        return pruned_nbytes(int(data.size), int(self.outcome.mask.size), data.dtype.itemsize, palettize_nbits)
 
 
 _LOADED: dict[tuple[str, str], tuple[ReferenceEvaluator, dict[str, ProgramWeight]]] = {}

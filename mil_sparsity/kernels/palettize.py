@@ -24,13 +24,13 @@ table. This is coremltools' ``constexpr_lut_to_sparse`` + ``constexpr_sparse_to_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mil_sparsity.errors import InvalidInputError
-from mil_sparsity.kernels.packing import nonzero_mask
+from mil_sparsity.kernels.packing import nonzero_mask, packed_nbytes
 
 #: the index widths Core ML's ``constexpr_lut_to_sparse`` stores (as coremltools' palettizer)
 PALETTE_NBITS = (1, 2, 3, 4, 6, 8)
@@ -133,3 +133,11 @@ def palettized_kept_values(weight: NDArray[Any], nbits: int, mask: NDArray[np.bo
 def joint_nbytes(nonzero_count: int, size: int, nbits: int, lut_itemsize: int) -> int:
     """Bytes of the joint form: ``nbits`` per kept value, a 1-bit mask per element, the table."""
     return (nonzero_count * nbits + 7) // 8 + (size + 7) // 8 + (1 << nbits) * lut_itemsize
+
+
+def pruned_nbytes(kept: int, size: int, itemsize: int, palettize_nbits: Optional[int]) -> int:
+    """Bytes of a pruned weight as stored: the sparse form (:func:`packed_nbytes`), or the joint
+    sparse + palettized form (:func:`joint_nbytes`) when ``palettize_nbits`` is given."""
+    if palettize_nbits is None:
+        return packed_nbytes(kept, size, itemsize)
+    return joint_nbytes(kept, size, palettize_nbits, itemsize)
