@@ -20,17 +20,11 @@ runtime: it runs on any platform, without the Core ML framework.
   between ops (an op's internal arithmetic stays float32).
 - ``capture(op, input_values, output_values)``, if given, is called once for every op
   evaluated (nested ops once per execution), with the PyMIL op, a dict input name -> value
-<<<<<<< HEAD
   (a tuple for variadic inputs; a state as its :class:`~.state.StateSlot`) and a tuple of
   output values. Values are freed as soon as their last reader has run, so memory holds what
-  the graph still needs plus what the callback keeps.
-=======
-  (a tuple for variadic inputs) and a tuple of output values. Values are freed as soon as
-  their last reader has run, so memory holds what the graph still needs plus what the
-  callback keeps. Without a callback, add/sub/mul, gelu, softmax and layer_norm may write
-  their result into an intermediate input that dies at them (never into inputs, ``start``
-  values, consts or overrides).
->>>>>>> wt-speed
+  the graph still needs plus what the callback keeps. Without a callback, add/sub/mul, gelu,
+  softmax and layer_norm may write their result into an intermediate input that dies at them
+  (never into inputs, ``start`` values, consts, overrides or states).
 - Before anything runs, a function with op types the evaluator lacks raises one
   NotImplementedError listing each type and how many times it occurs.
 - States (iOS18 ``ct.StateType``, e.g. an LLM's KV cache): as ``MLModel.make_state()`` and
