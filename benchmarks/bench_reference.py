@@ -5,7 +5,11 @@ intermediate 3072, batch 8, sequence 128; tests/_zoo.py's wrapper with a padding
 converts it with ``compute_precision=FLOAT32`` and times, in one process, alternating:
 ``ReferenceEvaluator(mlmodel)(inputs)`` (planned once, like a user running many inputs) and the
 torch module under ``torch.inference_mode()``. One warm-up run each, then the median of
-``--repeats`` runs each. Prints both medians and their ratio (evaluator / torch) and the
+``--repeats`` runs each, each timed run after ``--settle`` seconds of sleep: a BLAS or OpenMP
+library keeps its idle worker threads spinning for a while after its last call (OpenBLAS about
+2**28 cycles), and without the pause one side's spinning workers take a core from the other
+side's next run (before this pause, our OpenBLAS workers added about 0.1 s to every torch
+run). Prints both medians and their ratio (evaluator / torch) and the
 evaluator's largest deviation from torch.
 
 Memory, each side in a fresh child process (a warmed-up allocator reuses freed heap, which hides
@@ -60,7 +64,8 @@ def peak_rss_over_start(call: Callable[[], Any]) -> int:
     return (status_kib("VmHWM") - start) * 1024
 
 
-def seconds(call: Callable[[], Any]) -> float:
+def seconds(call: Callable[[], Any], settle: float = 0.0) -> float:
+    time.sleep(settle)  # the other side's idle threads park
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
@@ -180,8 +185,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     ours_s, torch_s = [], []
     for _ in range(args.repeats):
-        ours_s.append(seconds(ours))
-        torch_s.append(seconds(theirs))
+        ours_s.append(seconds(ours, args.settle))
+        torch_s.append(seconds(theirs, args.settle))
     load_after = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         package = args.package or os.path.join(workdir, "bert.mlpackage")
@@ -213,6 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "evaluator_seconds": round(statistics.median(ours_s), 4),
         "torch_seconds": round(statistics.median(torch_s), 4),
         "ratio": round(statistics.median(ours_s) / statistics.median(torch_s), 2),
+        "evaluator_threads": evaluator._evaluator.threads,
+        "settle_seconds": args.settle,
         "load_average_before_and_after": [round(v, 2) for v in load_before + load_after],
         "evaluator_runs": [round(s, 4) for s in ours_s],
         "torch_runs": [round(s, 4) for s in torch_s],
@@ -238,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--settle", type=float, default=0.3, help="seconds of sleep before each timed run")
     parser.add_argument("--profile", action="store_true", help="seconds per op type")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--package", help="where to keep the converted model between runs")
@@ -254,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"BERT {model['layers']} layers, hidden {model['hidden']}, {model['heads']} heads, "
         f"intermediate {model['intermediate']}, batch {model['batch']}, sequence {model['sequence']} "
-        f"(float32; {result['machine']['cpus']} CPUs, torch threads {result['machine']['torch_threads']})"
+        f"(float32; {result['machine']['cpus']} CPUs, torch threads {result['machine']['torch_threads']}, "
+        f"evaluator threads {result['evaluator_threads']}; {result['settle_seconds']} s pause before each timed run)"
     )
     print(f"  reference evaluator  {result['evaluator_seconds']:.3f} s  (median of {args.repeats})")
     print(f"  torch eager CPU      {result['torch_seconds']:.3f} s")

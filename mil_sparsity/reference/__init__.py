@@ -39,6 +39,15 @@ runtime: it runs on any platform, without the Core ML framework.
   ``read_state(name)`` / ``write_state(name, value)`` copy out and in). A stateless function
   takes its empty ``make_state()`` too. The one-shot :func:`run` has no state to give: use a
   ``ReferenceEvaluator``. If a run raises, the state keeps the writes made before the error.
+- ``threads`` (an int in 1..64; default: the BLAS's thread count, so ``OPENBLAS_NUM_THREADS``
+  governs both): how many ways a run's large matrix products, fused elementwise chains (gelu,
+  erf), softmax and norms split their work among threads. With more than one, numpy's
+  OpenBLAS is pinned to one thread for the run and the products are cut into one-thread
+  shares instead (its idle workers would otherwise spin on the cores the other kernels need);
+  the count is process-wide, so other threads' products also run on one BLAS thread meanwhile,
+  and it is put back when the run ends. Where the BLAS cannot be pinned (no OpenBLAS found),
+  products stay whole. Every share is computed as it would be alone: elementwise kernels,
+  softmax and norms give the same bits for every thread count.
 
 Engine features (all per run; nothing in the program or the evaluator changes):
 
@@ -127,6 +136,7 @@ class ReferenceEvaluator:
         function_name: str = "main",
         round_fp16_intermediates: bool = False,
         ops: Optional[Mapping[KernelKey, Kernel]] = None,
+        threads: Optional[int] = None,
     ) -> None:
         if not isinstance(function_name, str):
             raise InvalidTypeError(f"function_name must be a str, got {type(function_name).__name__}")
@@ -143,6 +153,7 @@ class ReferenceEvaluator:
             function_name=function_name,
             round_fp16_intermediates=round_fp16_intermediates,
             ops=ops,
+            threads=threads,
         )
 
     @property
@@ -198,10 +209,12 @@ def run(
     outputs: Optional[Sequence[str]] = None,
     start: Optional[Mapping[str, Any]] = None,
     ops: Optional[Mapping[KernelKey, Kernel]] = None,
+    threads: Optional[int] = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate ``model``'s function ``function_name`` on ``inputs``; every output by name."""
     evaluator = ReferenceEvaluator(
-        model, function_name=function_name, round_fp16_intermediates=round_fp16_intermediates, ops=ops
+        model, function_name=function_name, round_fp16_intermediates=round_fp16_intermediates, ops=ops,
+        threads=threads,
     )
     return evaluator.run(inputs, capture, overrides=overrides, outputs=outputs, start=start)
 

@@ -37,6 +37,7 @@ from mil_sparsity.reference import ops_constexpr, ops_control, runtime_rules
 from mil_sparsity.reference._registry import Kernel, KernelKey, KernelTable
 from mil_sparsity.reference.inputs import InputSpec, compute_dtype, convert_inputs
 from mil_sparsity.reference.state import EvaluatorState, StateLayout
+from mil_sparsity.reference.threads import check_threads, default_threads, running
 from mil_sparsity.reference.planning import (
     BlockPlan,
     PartialPlan,
@@ -137,6 +138,8 @@ class Evaluator:
     already fp16) to the nearest fp16 and back after each op, so results show fp16 effects;
     arithmetic inside an op stays float32. ``ops``: this evaluator's extra kernels (see
     :class:`~mil_sparsity.reference._registry.KernelTable` for keys and precedence).
+    ``threads``: how many ways a run's large products, elementwise chains, softmax and norms
+    split their work (default: the BLAS's own thread count; see :mod:`.threads`).
     """
 
     def __init__(
@@ -147,7 +150,10 @@ class Evaluator:
         function_name: str = "main",
         round_fp16_intermediates: bool = False,
         ops: Optional[Mapping[KernelKey, Kernel]] = None,
+        threads: Optional[int] = None,
     ) -> None:
+        #: how many ways a run's kernels split their work (see :mod:`.threads`)
+        self.threads = check_threads(threads) or default_threads()
         if function_name not in program.functions:
             raise InvalidInputError(
                 f"function_name: {function_name!r} is not in the program; it has "
@@ -295,6 +301,18 @@ class Evaluator:
         the ops that the requested values need beyond them (``inputs`` then needs only the
         function inputs those ops read).
         """
+        with running(self.threads):
+            return self._run(inputs, capture, overrides, outputs, start, state)
+
+    def _run(
+        self,
+        inputs: Values,
+        capture: Optional[Capture],
+        overrides: Optional[Values],
+        outputs: Optional[Sequence[str]],
+        start: Optional[Values],
+        state: Optional[EvaluatorState],
+    ) -> dict[str, np.ndarray]:
         replaced = self._override_values(overrides)
         slots = self.states.bind(state, inputs)  # state inputs come from `state`, never `inputs`
         if outputs is None and not start:

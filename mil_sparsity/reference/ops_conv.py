@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from mil_sparsity.reference.ops_nn import matmul
 from mil_sparsity.reference._registry import (
     Args,
     array,
@@ -87,7 +88,7 @@ def convolve(
         a or b for a, b in pads
     ):
         flat = x.reshape(n, channels, -1)  # 1x1 conv: a plain matmul over positions
-        out = np.matmul(weight.reshape(out_channels, channels), flat)
+        out = matmul(weight.reshape(out_channels, channels), flat)
         return np.asarray(out.reshape((n, out_channels) + x.shape[2:]))
     view = windows(x, kernel_shape, strides, dilations, pads)
     out_shape = view.shape[2 : 2 + spatial]
@@ -97,7 +98,7 @@ def convolve(
     order = (1, 0) + tuple(range(3, 3 + spatial)) + (2,) + tuple(range(3 + spatial, 3 + 2 * spatial))
     columns = np.ascontiguousarray(np.transpose(grouped, order)).reshape(groups, -1, per_group * int(np.prod(kernel_shape)))
     kernels = weight.reshape(groups, out_channels // groups, -1)
-    out = np.matmul(columns, np.swapaxes(kernels, 1, 2))  # [G, N*P, O/G]
+    out = matmul(columns, np.swapaxes(kernels, 1, 2))  # [G, N*P, O/G]
     out = out.reshape((groups, n) + tuple(out_shape) + (out_channels // groups,))
     order = (1, 0, 2 + spatial) + tuple(range(2, 2 + spatial))
     return np.transpose(out, order).reshape((n, out_channels) + tuple(out_shape))

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mil_sparsity.format.sparse_format import DTYPES
+from mil_sparsity.reference.threads import run_shares
 from mil_sparsity.reference._registry import (
     Args,
     InplaceKernel,
@@ -77,14 +78,20 @@ def _blockwise(
     x: np.ndarray, out: np.ndarray, chain: Callable[[np.ndarray, np.ndarray, list[np.ndarray]], None], scratch: int
 ) -> np.ndarray:
     """``chain(x_block, out_block, scratch_blocks)`` over flat blocks of the C-contiguous ``x``
-    and ``out`` (which may be ``x`` itself: a chain reads its block before writing it)."""
+    and ``out`` (which may be ``x`` itself: a chain reads its block before writing it); in a
+    threaded run the blocks are shared among threads (:mod:`.threads`), each with its own
+    scratch."""
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     size = flat_x.size
     step = max(min(BLOCK, size), 1)
-    buffers = [np.empty(step, np.float32) for _ in range(scratch)]
-    for begin in range(0, size, step):
-        end = min(begin + step, size)
-        chain(flat_x[begin:end], flat_out[begin:end], [b[: end - begin] for b in buffers])
+
+    def blocks(share: range) -> None:
+        buffers = [np.empty(step, np.float32) for _ in range(scratch)]
+        for block in share:
+            begin, end = block * step, min(block * step + step, size)
+            chain(flat_x[begin:end], flat_out[begin:end], [b[: end - begin] for b in buffers])
+
+    run_shares(blocks, -(-size // step), minimum_per_thread=2)
     return out
 
 

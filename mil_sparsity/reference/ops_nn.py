@@ -4,10 +4,11 @@ batch, instance, l2 and local-response norms, scaled dot-product attention."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+from mil_sparsity.reference.threads import active_threads, run_shares, split_products
 from mil_sparsity.reference._registry import (
     Args,
     array,
@@ -39,31 +40,88 @@ def _row_parts(m: int, n: int, k: int, products: int) -> int:
     return 1
 
 
-def matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y: bool = False) -> np.ndarray:
+def matmul(
+    x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y: bool = False,
+    bias: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """numpy matmul (BLAS for float32; rank-1 operands as numpy treats them), with the last
-    two axes of an operand swapped when its transpose flag is set (a view, no copy).
+    two axes of an operand swapped when its transpose flag is set (a view, no copy), plus
+    ``bias`` (broadcast against the last axis) when given.
 
-    Layout per shape: a batch of matrices against one matrix is one GEMM over all leading rows;
-    a batch of small products (attention's scores and context) runs as one-thread BLAS calls,
-    each product cut into row blocks: numpy calls BLAS once per product, and a small product
-    split across threads spends more on handing the work over than on arithmetic, the more so
-    on a busy machine."""
+    Layout per shape: a batch of matrices against one matrix is one GEMM over all leading rows.
+    During a threaded run (:mod:`.threads`) a large product is cut into one share per thread,
+    each a one-thread BLAS call writing its part of one output: along the batch when there are
+    at least as many products as threads, else along the rows, else along the columns. Out of
+    one, a batch of small products (attention's scores and context) runs as one-thread BLAS
+    calls, each product cut into row blocks: numpy calls BLAS once per product, and a small
+    product split across the BLAS's threads spends more on handing the work over than on
+    arithmetic."""
     if transpose_x and x.ndim >= 2:
         x = np.swapaxes(x, -1, -2)
     if transpose_y and y.ndim >= 2:
         y = np.swapaxes(y, -1, -2)
     if x.ndim > 2 and y.ndim == 2 and x.flags.c_contiguous:
         # one GEMM over all leading rows instead of a loop of small ones
-        return np.asarray(np.matmul(x.reshape(-1, x.shape[-1]), y).reshape(x.shape[:-1] + (y.shape[-1],)))
+        flat = matmul(x.reshape(-1, x.shape[-1]), y, bias=bias)
+        return flat.reshape(x.shape[:-1] + (y.shape[-1],))
+    if x.ndim >= 2 and y.ndim >= 2 and x.dtype.kind == "f" and y.dtype.kind == "f":
+        split = _split_product(x, y, bias)
+        if split is not None:
+            return split
     if x.ndim >= 2 and y.ndim >= 2 and max(x.ndim, y.ndim) > 2 and x.dtype.kind == "f":
         (m, k), n = x.shape[-2:], y.shape[-1]
         products = math.prod(np.broadcast_shapes(x.shape[:-2], y.shape[:-2]))
         parts = _row_parts(m, n, k, products)
         if parts > 1:
             blocks = x.reshape(x.shape[:-2] + (parts, m // parts, k))
-            result = np.matmul(blocks, y[..., None, :, :])
-            return np.asarray(result.reshape(result.shape[:-3] + (m, n)))
-    return np.asarray(np.matmul(x, y))
+            result = np.matmul(blocks, y[..., None, :, :]).reshape(x.shape[:-2] + (m, n))
+            return _plus(result, bias)
+    return _plus(np.asarray(np.matmul(x, y)), bias)
+
+
+def _plus(result: np.ndarray, bias: Optional[np.ndarray]) -> np.ndarray:
+    if bias is not None:
+        result += bias
+    return result
+
+
+#: multiply-adds below which a product is not worth splitting among threads (about 40 us)
+SPLIT_PRODUCT = 1 << 21
+#: fewest rows (or columns) a thread's share of a product is cut to
+_SHARE_MINIMUM = 16
+
+
+def _split_product(x: np.ndarray, y: np.ndarray, bias: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """x @ (+ bias) by shares among threads (see :func:`matmul`); None when it runs whole."""
+    threads = active_threads()
+    (m, k), n = x.shape[-2:], y.shape[-1]
+    batch = np.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    if threads < 2 or not split_products() or math.prod(batch) * m * n * k < SPLIT_PRODUCT:
+        return None
+    out = np.empty(batch + (m, n), np.result_type(x, y))
+    x_full = np.broadcast_to(x, batch + (m, k))
+    y_full = np.broadcast_to(y, batch + (k, n))
+    if batch and batch[0] >= threads:
+        def batch_part(share: range) -> None:
+            cut = slice(share.start, share.stop)
+            np.matmul(x_full[cut], y_full[cut], out=out[cut])
+            _plus(out[cut], bias)
+        run_shares(batch_part, batch[0])
+    elif m >= threads * _SHARE_MINIMUM:
+        def row_part(share: range) -> None:
+            rows = slice(share.start, share.stop)
+            np.matmul(x_full[..., rows, :], y_full, out=out[..., rows, :])
+            _plus(out[..., rows, :], bias)
+        run_shares(row_part, m, _SHARE_MINIMUM)
+    elif n >= threads * _SHARE_MINIMUM:
+        def column_part(share: range) -> None:
+            columns = slice(share.start, share.stop)
+            np.matmul(x_full, y_full[..., columns], out=out[..., columns])
+            _plus(out[..., columns], None if bias is None else np.broadcast_to(bias, (n,))[columns])
+        run_shares(column_part, n, _SHARE_MINIMUM)
+    else:
+        return None
+    return out
 
 
 @kernel("matmul", fresh=True)
@@ -77,11 +135,7 @@ def _matmul(args: Args) -> np.ndarray:
 def _linear(args: Args) -> np.ndarray:
     """x @ weight.T + bias, weight [out, in]."""
     x, weight = array(args, "x"), array(args, "weight")
-    result = matmul(np.ascontiguousarray(x), weight.T)
-    bias = optional_array(args, "bias")
-    if bias is not None:
-        result += bias
-    return result
+    return matmul(np.ascontiguousarray(x), weight.T, bias=optional_array(args, "bias"))
 
 
 @kernel("einsum")
@@ -90,9 +144,40 @@ def _einsum(args: Args) -> np.ndarray:
     return np.asarray(np.einsum(text(args, "equation"), *values, optimize=True))
 
 
+#: elements below which a row-wise kernel is not worth splitting among threads
+_SPLIT_SIZE = 1 << 17
+
+
+def _by_leading_slices(
+    x: np.ndarray, reduced: tuple[int, ...], out: Optional[np.ndarray],
+    whole: Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray],
+) -> Optional[np.ndarray]:
+    """``whole(x, out)`` run on slices of ``x``'s first axis shared among threads (during a
+    threaded run, for a large float ``x`` reduced only over other axes ``reduced``): each
+    slice's rows are computed as in one call. None: not split (the caller runs it whole)."""
+    if (
+        active_threads() < 2 or x.dtype.kind != "f" or x.ndim < 2 or x.shape[0] < 2
+        or 0 in {axis % x.ndim for axis in reduced} or x.size < _SPLIT_SIZE
+    ):
+        return None
+    target = np.empty(x.shape, x.dtype) if out is None else out
+
+    def slice_part(share: range) -> None:
+        part = slice(share.start, share.stop)
+        whole(x[part], target[part])
+
+    run_shares(slice_part, x.shape[0])
+    return target
+
+
 def softmax(x: np.ndarray, axis: int, out: Optional[np.ndarray] = None) -> np.ndarray:
     """exp(x - max) / sum, along ``axis``, computed in place on one new array (or on ``out``,
-    which may be ``x`` itself)."""
+    which may be ``x`` itself); large arrays by slices of the first axis in a threaded run."""
+    split = _by_leading_slices(x, (axis,), out, lambda part, into: _softmax_whole(part, axis, into))
+    return split if split is not None else _softmax_whole(x, axis, out)
+
+
+def _softmax_whole(x: np.ndarray, axis: int, out: Optional[np.ndarray]) -> np.ndarray:
     peak = np.max(x, axis=axis, keepdims=True)
     result = np.subtract(x, peak, out=out)
     np.exp(result, out=result)
@@ -112,13 +197,29 @@ def _softmax_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
     return softmax(x, integer(args, "axis", -1) % x.ndim, out)
 
 
-def _normalize(x: np.ndarray, axes: tuple[int, ...], epsilon: float, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """(x - mean) / sqrt(biased variance + epsilon) over ``axes``, into a new array or ``out``
-    (which may be ``x`` itself)."""
+def _normalize(
+    x: np.ndarray, axes: tuple[int, ...], epsilon: float, out: Optional[np.ndarray] = None,
+    gamma: Optional[np.ndarray] = None, beta: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """(x - mean) / sqrt(biased variance + epsilon) over ``axes`` (then * gamma + beta, each
+    optional and broadcastable against x), into a new array or ``out`` (which may be ``x``
+    itself); large arrays by slices of the first axis in a threaded run."""
+    split = _by_leading_slices(x, axes, out, lambda part, into: _normalize_whole(part, axes, epsilon, into, gamma, beta))
+    return split if split is not None else _normalize_whole(x, axes, epsilon, out, gamma, beta)
+
+
+def _normalize_whole(
+    x: np.ndarray, axes: tuple[int, ...], epsilon: float, out: Optional[np.ndarray],
+    gamma: Optional[np.ndarray], beta: Optional[np.ndarray],
+) -> np.ndarray:
     centered = np.subtract(x, np.mean(x, axis=axes, keepdims=True), out=out)
     variance = np.mean(np.square(centered), axis=axes, keepdims=True)
     variance += np.float32(epsilon)
     centered *= 1.0 / np.sqrt(variance)
+    if gamma is not None:
+        centered *= gamma
+    if beta is not None:
+        centered += beta
     return np.asarray(centered)
 
 
@@ -146,13 +247,12 @@ def _layer_norm_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
     if axes is None:
         axes = tuple(range(x.ndim))
     out = writable_out(args, writable, ("x",), x.shape, x.dtype) if x.dtype.kind == "f" else None
-    result = _normalize(x, axes, floating(args, "epsilon", 1e-5), out)
     gamma, beta = optional_array(args, "gamma"), optional_array(args, "beta")
-    if gamma is not None:
-        result *= _broadcast_to_axes(gamma, axes, x.ndim)
-    if beta is not None:
-        result += _broadcast_to_axes(beta, axes, x.ndim)
-    return result
+    return _normalize(
+        x, axes, floating(args, "epsilon", 1e-5), out,
+        None if gamma is None else _broadcast_to_axes(gamma, axes, x.ndim),
+        None if beta is None else _broadcast_to_axes(beta, axes, x.ndim),
+    )
 
 
 def _per_channel(value: Optional[np.ndarray], rank: int) -> Optional[np.ndarray]:
@@ -227,7 +327,7 @@ def _local_response_norm(args: Args) -> np.ndarray:
 def _scaled_dot_product_attention(args: Args) -> np.ndarray:
     """softmax(Q K^T / sqrt(d) + mask) V; a bool mask keeps True positions (others -inf)."""
     query, key, value = array(args, "query"), array(args, "key"), array(args, "value")
-    scores = np.matmul(query, np.swapaxes(key, -1, -2))
+    scores = matmul(query, key, transpose_y=True)
     scores *= np.float32(1.0 / np.sqrt(query.shape[-1]))
     mask = optional_array(args, "attn_mask")
     if mask is not None:
@@ -235,4 +335,4 @@ def _scaled_dot_product_attention(args: Args) -> np.ndarray:
             scores = np.where(mask, scores, np.float32(-np.inf))
         else:
             scores += mask
-    return np.asarray(np.matmul(softmax(scores, scores.ndim - 1), value))
+    return matmul(softmax(scores, scores.ndim - 1), value)

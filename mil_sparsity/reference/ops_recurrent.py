@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from mil_sparsity.reference._registry import Args, array, flag, floating, kernel, optional_array, text
+from mil_sparsity.reference.ops_nn import matmul
 
 
 def _hard_sigmoid(x: np.ndarray) -> np.ndarray:
@@ -52,7 +53,7 @@ def _lstm_direction(
     recurrent, cell, output = activations
     steps, batch, _ = x.shape
     hidden = weight_hh.shape[1]
-    projected = np.matmul(x.reshape(steps * batch, -1), weight_ih.T).reshape(steps, batch, -1)
+    projected = matmul(x.reshape(steps * batch, -1), weight_ih.T).reshape(steps, batch, -1)
     if bias is not None:
         projected += bias
     weight_hh_t = weight_hh.T
@@ -113,7 +114,7 @@ def _rnn(args: Args) -> tuple[np.ndarray, np.ndarray]:
     weight_ih, weight_hh = array(args, "weight_ih"), array(args, "weight_hh")
     activation = ACTIVATIONS[text(args, "activation", "tanh")]
     steps, batch, _ = x.shape
-    projected = np.matmul(x.reshape(steps * batch, -1), weight_ih.T).reshape(steps, batch, -1)
+    projected = matmul(x.reshape(steps * batch, -1), weight_ih.T).reshape(steps, batch, -1)
     bias = optional_array(args, "bias")
     if bias is not None:
         projected += bias
@@ -140,7 +141,7 @@ def _gru(args: Args) -> tuple[np.ndarray, np.ndarray]:
     activation = ACTIVATIONS[text(args, "activation", "tanh")]
     steps, batch, _ = x.shape
     hidden = weight_hh.shape[1]
-    projected = np.matmul(x.reshape(steps * batch, -1), weight_ih.T).reshape(steps, batch, -1)
+    projected = matmul(x.reshape(steps * batch, -1), weight_ih.T).reshape(steps, batch, -1)
     bias = optional_array(args, "bias")
     if bias is not None:
         projected += bias
