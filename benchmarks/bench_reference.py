@@ -22,7 +22,7 @@ single activation. ``--profile`` adds seconds per op type, timed between consecu
 than the timed runs). The machine's load average is printed with the result: other processes
 slow both sides, torch's thread hand-overs more than ours.
 
-Usage: python benchmarks/bench_reference.py [--layers 12] [--repeats 5] [--profile] [--json]
+Usage: python benchmarks/bench_reference.py [--layers 12] [--repeats 5] [--settle 0.3] [--profile] [--json]
        [--package PATH]  (reuse a conversion saved there by an earlier run with the same sizes)
 """
 
