@@ -6,10 +6,11 @@ converts it with ``compute_precision=FLOAT32`` and times, in one process, altern
 ``ReferenceEvaluator(mlmodel)(inputs)`` (planned once, like a user running many inputs) and the
 torch module under ``torch.inference_mode()``. One warm-up run each, then the median of
 ``--repeats`` runs each, each timed run after ``--settle`` seconds of sleep: a BLAS or OpenMP
-library keeps its idle worker threads spinning for a while after its last call (OpenBLAS about
-2**28 cycles), and without the pause one side's spinning workers take a core from the other
-side's next run (before this pause, our OpenBLAS workers added about 0.1 s to every torch
-run). Prints both medians and their ratio (evaluator / torch) and the
+library may keep its idle worker threads spinning for a while after its last call (OpenBLAS
+up to 2**28 cycles), and the pause keeps one side's spinning workers out of the other side's
+next run (measured on the idle machine it made no difference either way: torch 1.076 s without
+it, 1.071 s with it, both next to a one-thread evaluator whose OpenBLAS threads its products).
+Prints both medians and their ratio (evaluator / torch) and the
 evaluator's largest deviation from torch.
 
 Memory, each side in a fresh child process (a warmed-up allocator reuses freed heap, which hides
@@ -22,7 +23,8 @@ single activation. ``--profile`` adds seconds per op type, timed between consecu
 than the timed runs). The machine's load average is printed with the result: other processes
 slow both sides, torch's thread hand-overs more than ours.
 
-Usage: python benchmarks/bench_reference.py [--layers 12] [--repeats 5] [--settle 0.3] [--profile] [--json]
+Usage: python benchmarks/bench_reference.py [--layers 12] [--repeats 5] [--settle 0.3] [--threads N]
+       [--profile] [--json]
        [--package PATH]  (reuse a conversion saved there by an earlier run with the same sizes)
 """
 
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.package:
             mlmodel.save(args.package)
     convert_s = time.perf_counter() - start
-    evaluator = ReferenceEvaluator(mlmodel)
+    evaluator = ReferenceEvaluator(mlmodel, threads=args.threads)
     inputs = zoo.random_inputs(1)
     torch_args = [torch.from_numpy(inputs[spec.name].astype(np.int64)) for spec in zoo.input_specs]
 
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="the evaluator's threads (default: the BLAS's count)")
     parser.add_argument("--settle", type=float, default=0.3, help="seconds of sleep before each timed run")
     parser.add_argument("--profile", action="store_true", help="seconds per op type")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
