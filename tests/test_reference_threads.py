@@ -194,3 +194,14 @@ def test_a_threaded_run_of_a_model_equals_a_one_thread_run(shared_work: list[int
     assert one.keys() == two.keys()
     for name in one:
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_batch_of_small_products_broadcast_from_the_second_operand(count: int) -> None:
+    """x has a batch of one, y a batch of eight: the result has y's batch (row blocks or shares)."""
+    x = RNG.standard_normal((1, 128, 64)).astype(np.float32)
+    y = RNG.standard_normal((8, 64, 128)).astype(np.float32)
+    with threads.running(count):
+        got = ops_nn.matmul(x, y)
+    assert got.shape == (8, 128, 128)
+    np.testing.assert_allclose(got, np.matmul(x.astype(np.float64), y), rtol=1e-4, atol=1e-3)

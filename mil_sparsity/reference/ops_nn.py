@@ -74,8 +74,8 @@ def matmul(
         parts = _row_parts(m, n, k, products)
         if parts > 1:
             blocks = x.reshape(x.shape[:-2] + (parts, m // parts, k))
-            result = np.matmul(blocks, y[..., None, :, :]).reshape(x.shape[:-2] + (m, n))
-            return _plus(result, bias)
+            result = np.matmul(blocks, y[..., None, :, :])
+            return _plus(result.reshape(result.shape[:-3] + (m, n)), bias)
     return _plus(np.asarray(np.matmul(x, y)), bias)
 
 
