@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "evaluator_seconds": round(statistics.median(ours_s), 4),
         "torch_seconds": round(statistics.median(torch_s), 4),
         "ratio": round(statistics.median(ours_s) / statistics.median(torch_s), 2),
-        "evaluator_threads": evaluator._evaluator.threads,
+        "evaluator_threads": evaluator.threads,
         "settle_seconds": args.settle,
         "load_average_before_and_after": [round(v, 2) for v in load_before + load_after],
         "evaluator_runs": [round(s, 4) for s in ours_s],

@@ -161,6 +161,11 @@ class ReferenceEvaluator:
         return self._evaluator.input_specs
 
     @property
+    def threads(self) -> int:
+        """How many ways a run splits its work (the ``threads`` given, or the default)."""
+        return self._evaluator.threads
+
+    @property
     def program(self) -> Any:
         """The PyMIL program evaluated (read it; modifying it invalidates the evaluator)."""
         return self._program

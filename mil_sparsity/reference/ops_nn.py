@@ -91,36 +91,47 @@ SPLIT_PRODUCT = 1 << 21
 _SHARE_MINIMUM = 16
 
 
+def _along(value: np.ndarray, axis: int, part: slice) -> np.ndarray:
+    """``value`` sliced to ``part`` along ``axis`` (a view)."""
+    index: list[slice] = [slice(None)] * value.ndim
+    index[axis] = part
+    return value[tuple(index)]
+
+
 def _split_product(x: np.ndarray, y: np.ndarray, bias: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """x @ (+ bias) by shares among threads (see :func:`matmul`); None when it runs whole."""
+    """x @ y (+ bias) by shares among threads (see :func:`matmul`); None when it runs whole.
+    A share along the batch slices both operands, along the rows only x, along the columns
+    only y (and the bias)."""
     threads = active_threads()
     (m, k), n = x.shape[-2:], y.shape[-1]
     batch = np.broadcast_shapes(x.shape[:-2], y.shape[:-2])
     if threads < 2 or not split_products() or math.prod(batch) * m * n * k < SPLIT_PRODUCT:
         return None
+    rows, columns = len(batch), len(batch) + 1  # the output's last two axes
+    if batch and batch[0] >= threads:
+        axis, count, minimum = 0, batch[0], 1
+    elif m >= threads * _SHARE_MINIMUM:
+        axis, count, minimum = rows, m, _SHARE_MINIMUM
+    elif n >= threads * _SHARE_MINIMUM:
+        axis, count, minimum = columns, n, _SHARE_MINIMUM
+    else:
+        return None
     out = np.empty(batch + (m, n), np.result_type(x, y))
     x_full = np.broadcast_to(x, batch + (m, k))
     y_full = np.broadcast_to(y, batch + (k, n))
-    if batch and batch[0] >= threads:
-        def batch_part(share: range) -> None:
-            cut = slice(share.start, share.stop)
-            np.matmul(x_full[cut], y_full[cut], out=out[cut])
-            _plus(out[cut], bias)
-        run_shares(batch_part, batch[0])
-    elif m >= threads * _SHARE_MINIMUM:
-        def row_part(share: range) -> None:
-            rows = slice(share.start, share.stop)
-            np.matmul(x_full[..., rows, :], y_full, out=out[..., rows, :])
-            _plus(out[..., rows, :], bias)
-        run_shares(row_part, m, _SHARE_MINIMUM)
-    elif n >= threads * _SHARE_MINIMUM:
-        def column_part(share: range) -> None:
-            columns = slice(share.start, share.stop)
-            np.matmul(x_full, y_full[..., columns], out=out[..., columns])
-            _plus(out[..., columns], None if bias is None else np.broadcast_to(bias, (n,))[columns])
-        run_shares(column_part, n, _SHARE_MINIMUM)
-    else:
-        return None
+    bias_columns = None if bias is None or axis != columns else np.broadcast_to(bias, (n,))
+
+    def product_part(share: range) -> None:
+        part = slice(share.start, share.stop)
+        into = _along(out, axis, part)
+        np.matmul(
+            x_full if axis == columns else _along(x_full, axis, part),
+            y_full if axis == rows else _along(y_full, axis, part),
+            out=into,
+        )
+        _plus(into, bias if bias_columns is None else bias_columns[part])
+
+    run_shares(product_part, count, minimum)
     return out
 
 
