@@ -133,6 +133,22 @@ def test_the_blas_runs_on_one_thread_during_a_run_and_gets_its_count_back() -> N
         found[0].set(before)
 
 
+def test_the_blas_description_names_its_file_kernels_and_thread_count() -> None:
+    found = blas.controls()
+    if not found:
+        assert blas.describe() == "unknown BLAS"
+        return
+    before = found[0].get()
+    try:
+        found[0].set(1)
+        text = blas.describe()
+        assert text.startswith(found[0].path.rsplit("/", 1)[-1]) and text.endswith(", 1 thread")
+        # numpy's OpenBLAS wheels tell which CPU's kernels they picked (OPENBLAS_CORETYPE)
+        assert found[0].core and f", {found[0].core} kernels, " in text
+    finally:
+        found[0].set(before)
+
+
 def test_a_failure_in_a_share_reaches_the_caller_after_every_share_ends() -> None:
     finished: list[int] = []
 

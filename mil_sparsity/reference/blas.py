@@ -13,7 +13,9 @@ has loaded (Linux: the mapped files whose name contains ``openblas``, read from
 ``openblas_get_num_threads`` / ``openblas_set_num_threads`` under any of the names the wheels
 export them by (``scipy_openblas_*64_`` and the plain names). Where there is none (macOS'
 Accelerate, MKL, a platform without ``/proc``), :func:`controls` is empty and callers leave
-the BLAS alone.
+the BLAS alone. :func:`describe` names the library, the CPU whose kernels it picked at load
+(``openblas_get_corename``: its own detection, or ``OPENBLAS_CORETYPE``) and its thread count,
+for benchmark reports.
 
 :func:`single_threaded` pins the count to 1 and puts the old count back at the end. The count
 is a process-wide setting, so the pin is reference-counted: nested or concurrent pins restore
@@ -38,14 +40,18 @@ _SYMBOLS = (
     ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
     ("openblas_get_num_threads", "openblas_set_num_threads"),
 )
+#: names of the call that tells which CPU's kernels OpenBLAS picked (its ``OPENBLAS_CORETYPE``)
+_CORE_NAME_SYMBOLS = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename")
 
 
 class BlasThreads(NamedTuple):
-    """The loaded BLAS's thread-count calls and the file they come from."""
+    """The loaded BLAS's thread-count calls, the file they come from and the name of the CPU
+    whose kernels it runs ("" when it does not tell)."""
 
     path: str
     get: Callable[[], int]
     set: Callable[[int], None]
+    core: str = ""
 
 
 def _loaded_openblas_paths() -> list[str]:
@@ -74,8 +80,18 @@ def _calls(path: str) -> Optional[BlasThreads]:
         if get_call is not None and set_call is not None:
             get_call.restype, get_call.argtypes = ctypes.c_int, []
             set_call.restype, set_call.argtypes = None, [ctypes.c_int]
-            return BlasThreads(path, lambda: int(get_call()), lambda count: set_call(int(count)))
+            return BlasThreads(path, lambda: int(get_call()), lambda count: set_call(int(count)), _core_name(library))
     return None
+
+
+def _core_name(library: ctypes.CDLL) -> str:
+    for name in _CORE_NAME_SYMBOLS:
+        call = getattr(library, name, None)
+        if call is not None:
+            call.restype, call.argtypes = ctypes.c_char_p, []
+            value = call()
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else ""
+    return ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,6 +103,17 @@ def controls() -> tuple[BlasThreads, ...]:
     numpy_home = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))
     paths = sorted(_loaded_openblas_paths(), key=lambda path: not path.startswith(os.path.join(numpy_home, "numpy")))
     return tuple(found for found in map(_calls, paths) if found is not None)
+
+
+def describe() -> str:
+    """numpy's BLAS in a few words, for benchmark reports: its file, the CPU whose kernels it
+    picked and its thread count ("unknown BLAS" where none can be found)."""
+    found = controls()
+    if not found:
+        return "unknown BLAS"
+    library, count = found[0], max(1, found[0].get())
+    core = f", {library.core} kernels" if library.core else ""
+    return f"{os.path.basename(library.path)}{core}, {count} thread{'s' if count > 1 else ''}"
 
 
 def thread_count() -> Optional[int]:
