@@ -59,6 +59,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import mil_sparsity as ms
     from mil_sparsity import _coremltools_private as private
+    from mil_sparsity.format.sparse_format import dense_name
     from mil_sparsity.model.io import load_program
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,7 +96,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for op in sparse_prog.functions["main"].operations:
             if op.op_type != "constexpr_sparse_to_dense":
                 continue
-            weight_name = op.name[: -len("_sparse")]
+            weight_name = dense_name(op.name, op.op_type)
             original = originals[weight_name]
             dense = private.materialized_value(op)
             kept = dense != 0

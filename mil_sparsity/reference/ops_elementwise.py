@@ -155,7 +155,6 @@ _UNARY: dict[str, Callable[[np.ndarray], Any]] = {
     "square": np.square,
     "tan": np.tan,
     "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, x.dtype.type(0)),
     "logical_not": np.logical_not,
 }
 
@@ -316,6 +315,26 @@ def _gelu_approximate(x: np.ndarray, mode: str) -> np.ndarray:
     inner *= 0.5
     inner *= x
     return np.asarray(inner)
+
+
+def _relu_chain(x: np.ndarray, out: np.ndarray, scratch: list[np.ndarray]) -> None:
+    np.maximum(x, _filled(0.0, x.size), out=out)
+
+
+@kernel("relu", fresh=True)
+def _relu(args: Args) -> np.ndarray:
+    """max(x, 0) (NaN stays NaN); float32 over cache-sized blocks against a cached block of
+    zeros (numpy's maximum against a scalar is slower), in place when x dies here."""
+    return _relu_inplace(args, frozenset())
+
+
+@inplace(_relu, "x")
+def _relu_inplace(args: Args, writable: frozenset[str]) -> np.ndarray:
+    x = array(args, "x")
+    if x.dtype.kind != "f":
+        return np.asarray(np.maximum(x, x.dtype.type(0)))
+    in_place = writable_out(args, writable, ("x",), x.shape, np.dtype(np.float32)) is not None
+    return _unary_blockwise(x, _relu_chain, 0, in_place)
 
 
 @kernel("gelu", fresh=True)
