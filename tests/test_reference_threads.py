@@ -86,8 +86,12 @@ def test_elementwise_softmax_and_norms_are_the_same_bits_as_one_thread(shared_wo
 
 
 # (x shape, y shape): a batch of small products (split by batch), one tall product (rows), a
-# short and wide one (columns), a batch against one matrix (one GEMM over the leading rows)
-PRODUCTS = [((8, 12, 128, 64), (8, 12, 64, 128)), ((1000, 300), (300, 200)), ((3, 700), (700, 1500)), ((4, 256, 96), (96, 160))]
+# short and wide one (columns), one that could be cut either way but is wider than tall
+# (columns), a batch against one matrix (one GEMM over the leading rows)
+PRODUCTS = [
+    ((8, 12, 128, 64), (8, 12, 64, 128)), ((1000, 300), (300, 200)), ((3, 700), (700, 1500)),
+    ((64, 300), (300, 2000)), ((4, 256, 96), (96, 160)),
+]
 
 
 @pytest.mark.parametrize(("x_shape", "y_shape"), PRODUCTS)
@@ -223,3 +227,29 @@ def test_a_batch_of_small_products_broadcast_from_the_second_operand(count: int)
         got = ops_nn.matmul(x, y)
     assert got.shape == (8, 128, 128)
     np.testing.assert_allclose(got, np.matmul(x.astype(np.float64), y), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("layer", ["rnn", "lstm", "gru"])
+def test_recurrent_step_products_are_shared_in_a_threaded_run(shared_work: list[int], layer: str) -> None:
+    """A threaded run pins the BLAS to one thread, so a large step product (h @ W_hh) must be
+    shared among the run's threads like any other product; the states equal a one-thread run."""
+    steps, batch, inputs, hidden = 3, 8, 32, 512
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[layer]
+    weight_ih = (RNG.standard_normal((gates * hidden, inputs)) * 0.1).astype(np.float32)
+    weight_hh = (RNG.standard_normal((gates * hidden, hidden)) * 0.05).astype(np.float32)
+    assert batch * hidden * gates * hidden >= ops_nn.SPLIT_PRODUCT
+    build = {"rnn": mb.rnn, "lstm": mb.lstm, "gru": mb.gru}[layer]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(steps, batch, inputs))], opset_version=ct.target.iOS17)
+    def prog(x: Any) -> Any:
+        initial = np.zeros((batch, hidden), np.float32)
+        extra = {"initial_c": initial} if layer == "lstm" else {}
+        return build(x=x, initial_h=initial, weight_ih=weight_ih, weight_hh=weight_hh, output_sequence=True, **extra)
+
+    x = RNG.standard_normal((steps, batch, inputs)).astype(np.float32)
+    one = reference.ReferenceEvaluator(prog, threads=1).run({"x": x})
+    assert not shared_work
+    two = reference.ReferenceEvaluator(prog, threads=2).run({"x": x})
+    assert len(shared_work) >= steps
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6)

@@ -3,6 +3,8 @@ peepholes, forward / reverse / bidirectional) and rnn.
 
 The input projection of every time step is one matmul over the whole sequence; the loop runs
 over time steps only (each step is one [batch, H] x [H, 4H] matmul), never over elements.
+Every product goes through :func:`.ops_nn.matmul`, so a large one is shared among a threaded
+run's threads (whose BLAS runs on one thread).
 Output sequences: ``forward`` and ``bidirectional`` (both halves) are aligned with the input's
 time order; ``reverse`` lists the hidden states in the order they are computed (the first is
 the state after the input's last step), as coremltools' op tests expect of the runtime (the
@@ -59,7 +61,7 @@ def _lstm_direction(
     weight_hh_t = weight_hh.T
     states = np.empty((steps, batch, hidden), dtype=np.float32)
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        gates = projected[t] + h @ weight_hh_t
+        gates = projected[t] + matmul(h, weight_hh_t)
         pre_i, pre_f, pre_o, pre_z = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
         if peephole is not None:
             pre_i = pre_i + peephole[:hidden] * c
@@ -122,7 +124,7 @@ def _rnn(args: Args) -> tuple[np.ndarray, np.ndarray]:
     states = np.empty((steps, batch, weight_hh.shape[0]), dtype=np.float32)
     reverse = text(args, "direction", "forward") == "reverse"
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        h = activation(projected[t] + h @ weight_hh.T)
+        h = activation(projected[t] + matmul(h, weight_hh.T))
         states[t] = h
     if reverse:  # in computation order
         states = states[::-1]
@@ -149,7 +151,7 @@ def _gru(args: Args) -> tuple[np.ndarray, np.ndarray]:
     states = np.empty((steps, batch, hidden), dtype=np.float32)
     reverse = text(args, "direction", "forward") == "reverse"
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        recurrent_part = h @ weight_hh.T
+        recurrent_part = matmul(h, weight_hh.T)
         step = projected[t]
         reset = recurrent(step[:, :hidden] + recurrent_part[:, :hidden])
         update = recurrent(step[:, 2 * hidden :] + recurrent_part[:, 2 * hidden :])
