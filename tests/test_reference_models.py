@@ -79,6 +79,26 @@ def test_float32_conversion_matches_torch(family, target):
         assert_close(evaluator(inputs), zoo.torch_outputs(inputs), FP32_TOL, f"{family} {target.name} seed {seed}")
 
 
+@pytest.mark.parametrize("family", _zoo.FAMILIES)
+def test_a_threaded_run_that_shares_every_kernel_matches_torch(family, monkeypatch, shared_work):
+    """The zoo's models are too small for a threaded run to share much among its threads (CI
+    also runs one BLAS thread, so evaluators default to one thread): with the thresholds
+    lowered, every product, softmax, norm and blockwise chain is cut into shares, and the
+    outputs must still match torch."""
+    from mil_sparsity.reference import ops_elementwise, ops_nn
+
+    monkeypatch.setattr(ops_nn, "SPLIT_PRODUCT", 1 << 10)
+    monkeypatch.setattr(ops_nn, "_SHARE_MINIMUM", 2)
+    monkeypatch.setattr(ops_nn, "_SPLIT_SIZE", 1 << 8)
+    monkeypatch.setattr(ops_elementwise, "BLOCK", 1 << 9)
+    zoo = _zoo.build(family)
+    evaluator = reference.ReferenceEvaluator(_zoo.converted(family, ct.target.iOS17, ct.precision.FLOAT32), threads=2)
+    for seed in SEEDS:
+        inputs = zoo.random_inputs(seed)
+        assert_close(evaluator(inputs), zoo.torch_outputs(inputs), FP32_TOL, f"{family} threaded seed {seed}")
+    assert len(shared_work) > 10, f"{family}: only {len(shared_work)} shares handed to the pool"
+
+
 @pytest.mark.parametrize("target", FP16_TARGETS)
 @pytest.mark.parametrize("family", _zoo.FAMILIES)
 def test_float16_conversion_matches_torch(family, target):

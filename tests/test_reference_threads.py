@@ -6,7 +6,7 @@ failures in a share reach the caller; a bad ``threads`` names the argument and t
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import coremltools as ct
 import numpy as np
@@ -20,23 +20,6 @@ from mil_sparsity.reference import blas, ops_elementwise, ops_nn, threads
 
 RNG = np.random.default_rng(5)
 
-
-@pytest.fixture
-def shared_work(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts the shares handed to the pool (0: everything ran on the calling thread)."""
-    handed: list[int] = []
-    real = threads._executor
-
-    class Counting:
-        def __init__(self, size: int) -> None:
-            self.pool = real(size)
-
-        def submit(self, *args: Any) -> Any:
-            handed.append(1)
-            return self.pool.submit(*args)
-
-    monkeypatch.setattr(threads, "_executor", Counting)
-    yield handed
 
 
 @given(count=st.integers(0, 500), parts=st.integers(1, 12))
