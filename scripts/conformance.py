@@ -4,6 +4,7 @@
     python scripts/conformance.py ops --sample 3       # at most 3 cases per test function
     python scripts/conformance.py torch --sample 2 -- -k TestStack
     python scripts/conformance.py ops --sample 1 --perturb   # must fail: the harness bites
+    python scripts/conformance.py ops --threads 2      # threaded runs, every kernel's shares
     python scripts/conformance.py ops --split          # one pytest process per opset package
 
 Suites: ``ops`` (coremltools' MIL op tests, iOS14..iOS18) and ``torch`` (its PyTorch
@@ -37,8 +38,10 @@ from runner import SUITES, pytest_command, read_report  # noqa: E402
 BAD = ("fail", "crash")
 
 
-def run_suite(target: str, sample: int, functions: float, perturb: bool, pytest_args: list[str], report: Path) -> int:
-    command, env = pytest_command(target, report, sample, functions, perturb)
+def run_suite(
+    target: str, sample: int, functions: float, perturb: bool, pytest_args: list[str], report: Path, threads: int = 1
+) -> int:
+    command, env = pytest_command(target, report, sample, functions, perturb, threads)
     command += pytest_args
     completed = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not report.exists():
@@ -93,6 +96,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sample", type=int, default=0, help="at most N cases per test function (0: all)")
     parser.add_argument("--functions", type=float, default=1.0, help="with --sample: this share of the test functions")
     parser.add_argument("--perturb", action="store_true", help="perturb the evaluator's outputs")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="the evaluator's threads; 2 or more also cuts the small cases into shares",
+    )
     parser.add_argument("--split", action="store_true", help="one pytest process per subpackage of a package suite")
     parser.add_argument("--keep", type=Path, default=None, help="directory to keep the JSON reports in")
     args = parser.parse_args(argv)
@@ -106,7 +113,7 @@ def main(argv: list[str]) -> int:
                 report = (args.keep or Path(scratch)) / f"{name}.jsonl"
                 report.parent.mkdir(parents=True, exist_ok=True)
                 start = time.monotonic()
-                code = run_suite(target, args.sample, args.functions, args.perturb, pytest_args, report)
+                code = run_suite(target, args.sample, args.functions, args.perturb, pytest_args, report, args.threads)
                 if len(targets) > 1:
                     print(f"{name}: pytest exit {code}, {(time.monotonic() - start) / 60:.1f} min", flush=True)
                 if not report.exists():

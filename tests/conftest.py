@@ -7,32 +7,25 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from _extras import is_missing_extra
-from _packages import Sources
+sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
+
+from _extras import is_missing_extra  # noqa: E402
+from _packages import Sources  # noqa: E402
+from sharing import count_shares  # noqa: E402
 
 
 @pytest.fixture
 def shared_work(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Counts the shares the reference evaluator's threaded kernels hand to their pool (0:
     everything ran on the calling thread)."""
-    from mil_sparsity.reference import threads
-
     handed: list[int] = []
-    real = threads._executor
-
-    class Counting:
-        def __init__(self, size: int) -> None:
-            self.pool = real(size)
-
-        def submit(self, *args: Any) -> Any:
-            handed.append(1)
-            return self.pool.submit(*args)
-
-    monkeypatch.setattr(threads, "_executor", Counting)
+    count_shares(monkeypatch.setattr, lambda: handed.append(1))
     yield handed
 
 

@@ -4,7 +4,9 @@ Each test runs coremltools' tests shipped in its wheel in a pytest subprocess wi
 tests/conformance/ct_conformance.py, which answers ``MLModel.predict`` with the evaluator (see
 there, and scripts/conformance.py for whole suites and the table per test class). The sample:
 one case per test function (chosen by a hash of the case id) of a hash-chosen share of the
-functions, so CI pays about a minute per coremltools version.
+functions, so CI pays about a minute per coremltools version; the op sample runs a second time
+with two evaluator threads and the sharing thresholds lowered, so that the kernels' threaded
+paths meet the suite's shapes.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
-from runner import ROOT, SUITES, pytest_command, read_report  # noqa: E402
+from runner import ROOT, SUITES, THREADED_OP_MODULES, pytest_command, read_report  # noqa: E402
 
 OPS_SHARE = 0.1  # of coremltools' ~550 MIL op test functions: ~56 cases, ~24 compare values
 TORCH_SHARE = 0.03  # of its ~400 torch frontend test functions: ~11 cases (each converts a torch model)
 BAD = ("fail", "crash")
 
 
-def run(target: str, tmp_path: Path, **options: Any) -> list[dict[str, str]]:
+def run(target: str | tuple[str, ...], tmp_path: Path, **options: Any) -> list[dict[str, str]]:
     report = tmp_path / "report.jsonl"
     command, env = pytest_command(target, report, **options)
     completed = subprocess.run(
@@ -44,6 +46,18 @@ def test_op_tests_sample_conforms(tmp_path: Path) -> None:
     outcomes = Counter(row["outcome"] for row in rows)
     assert not (outcomes["fail"] or outcomes["crash"]), failures(rows)
     assert outcomes["pass"] >= 20, outcomes  # the sample compares values: not all skipped
+
+
+def test_op_tests_sample_conforms_in_threaded_runs(tmp_path: Path) -> None:
+    """One case of every test function of the op modules with threaded kernels, run with two
+    evaluator threads and the sharing thresholds lowered (conformance/sharing.py): the
+    kernels' split paths on the suite's shapes."""
+    rows = run(THREADED_OP_MODULES, tmp_path, sample=1, threads=2)
+    outcomes = Counter(row["outcome"] for row in rows)
+    assert not (outcomes["fail"] or outcomes["crash"]), failures(rows)
+    assert outcomes["pass"] >= 20, outcomes
+    shared = [row["case"] for row in rows if int(row["shares"]) > 0]
+    assert len(shared) >= 15, f"only {len(shared)} cases had their kernels cut into shares: {shared}"
 
 
 def test_torch_frontend_sample_conforms(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from _models import (  # noqa: E402
     trace,
 )
 from mil_sparsity import reference  # noqa: E402
+from sharing import share_everything  # noqa: E402  (tests/conformance, on the path by conftest)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -85,12 +86,7 @@ def test_a_threaded_run_that_shares_every_kernel_matches_torch(family, monkeypat
     also runs one BLAS thread, so evaluators default to one thread): with the thresholds
     lowered, every product, softmax, norm and blockwise chain is cut into shares, and the
     outputs must still match torch."""
-    from mil_sparsity.reference import ops_elementwise, ops_nn
-
-    monkeypatch.setattr(ops_nn, "SPLIT_PRODUCT", 1 << 10)
-    monkeypatch.setattr(ops_nn, "_SHARE_MINIMUM", 2)
-    monkeypatch.setattr(ops_nn, "_SPLIT_SIZE", 1 << 8)
-    monkeypatch.setattr(ops_elementwise, "BLOCK", 1 << 9)
+    share_everything(monkeypatch.setattr)
     zoo = _zoo.build(family)
     evaluator = reference.ReferenceEvaluator(_zoo.converted(family, ct.target.iOS17, ct.precision.FLOAT32), threads=2)
     for seed in SEEDS:

@@ -29,7 +29,10 @@ tests/test_reference_random.py. Such a case that fails is a ``fail`` like any ot
 Options: ``--conformance-sample=N`` keeps at most N cases per test function, chosen by a
 stable hash of the case id (0: every case), and with ``--conformance-functions=F`` only the
 share F of the test functions (by a hash of the function's id); ``--conformance-perturb`` adds an offset to every
-value the evaluator returns (the sample must then fail: the harness bites).
+value the evaluator returns (the sample must then fail: the harness bites);
+``--conformance-threads=N`` runs every evaluator with N threads and, for N >= 2, lowers the
+evaluator's sharing thresholds (``sharing.py``) so that the suites' small cases are cut into
+shares too.
 """
 
 from __future__ import annotations
@@ -76,10 +79,12 @@ class _Case:
         self.kind: Optional[str] = None  # "unsupported", "not mlprogram" or "crash"
         self.detail = ""
         self.random_ops: set[str] = set()  # random op types in the programs it predicted with
+        self.shares = 0  # shares its threaded runs handed to the evaluator's pool
 
 
 _CASE = _Case()
 _PERTURB = False
+_THREADS = 1  # the evaluator's threads (--conformance-threads)
 
 
 def _spec_dtypes(mlmodel: Any) -> dict[str, np.dtype[Any]]:
@@ -140,7 +145,7 @@ def _evaluator(mlmodel: Any) -> Any:
         raise NotConformanceCase("not mlprogram", f"a {spec.WhichOneof('Type')} model")
     function_name = getattr(mlmodel, "function_name", None) or "main"
     try:
-        return ReferenceEvaluator(mlmodel, function_name=function_name)
+        return ReferenceEvaluator(mlmodel, function_name=function_name, threads=_THREADS)
     except NotImplementedError as error:
         raise NotConformanceCase("unsupported", str(error)) from error
 
@@ -219,13 +224,27 @@ def pytest_addoption(parser: Any) -> None:
     )
     group.addoption("--conformance-perturb", action="store_true", help="perturb every evaluator output")
     group.addoption("--conformance-report", default=None, help="write one JSON line per case here")
+    group.addoption(
+        "--conformance-threads", type=int, default=1,
+        help="the evaluator's threads; 2 or more also lowers its sharing thresholds (sharing.py)",
+    )
 
 
 def pytest_configure(config: Any) -> None:
-    global _PERTURB
+    global _PERTURB, _THREADS
     _PERTURB = bool(config.getoption("conformance_perturb"))
+    _THREADS = int(config.getoption("conformance_threads"))
+    if _THREADS > 1:
+        from sharing import count_shares, share_everything
+
+        share_everything(setattr)
+        count_shares(setattr, _count_share)
     _patch()
     config._conformance_outcomes = {}
+
+
+def _count_share() -> None:
+    _CASE.shares += 1
 
 
 def case_id(item: Any) -> str:
@@ -287,7 +306,7 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Any:
             detail = ", ".join(sorted(_CASE.random_ops))
         if kind in ("fail", "conversion failed") and report.longrepr is not None:
             detail = str(getattr(report.longrepr, "reprcrash", None) and report.longrepr.reprcrash.message)
-        outcomes[case_id(item)] = (kind, detail[:500])
+        outcomes[case_id(item)] = (kind, detail[:500], _CASE.shares)
         report.user_properties.append(("conformance", kind))
 
 
@@ -296,14 +315,14 @@ def pytest_sessionfinish(session: Any) -> None:
     outcomes = session.config._conformance_outcomes
     if path:
         with open(path, "w") as stream:
-            for nodeid, (kind, detail) in outcomes.items():
-                stream.write(json.dumps({"case": nodeid, "outcome": kind, "detail": detail}) + "\n")
+            for nodeid, (kind, detail, shares) in outcomes.items():
+                stream.write(json.dumps({"case": nodeid, "outcome": kind, "detail": detail, "shares": shares}) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     outcomes = terminalreporter.config._conformance_outcomes
     counts = {kind: 0 for kind in OUTCOMES}
-    for kind, _ in outcomes.values():
+    for kind, *_ in outcomes.values():
         counts[kind] += 1
     terminalreporter.write_line(
         "conformance: " + ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)

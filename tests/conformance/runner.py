@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -14,13 +15,23 @@ SUITES = {
     "ops": "coremltools.converters.mil.mil.ops.tests",
     "torch": "coremltools.converters.mil.frontend.torch.test.test_torch_ops",
 }
+#: the op test modules whose ops have threaded kernels (products, convolutions, recurrent
+#: layers, attention, activations, norms)
+THREADED_OP_MODULES = tuple(
+    f"{SUITES['ops']}.{module}"
+    for module in (
+        "iOS14.test_linear", "iOS14.test_conv", "iOS14.test_recurrent", "iOS14.test_activation",
+        "iOS14.test_normalization", "iOS17.test_linear", "iOS18.test_transformers",
+    )
+)
 
 
 def pytest_command(
-    target: str, report: Path, sample: int = 0, functions: float = 1.0, perturb: bool = False
+    target: str | Sequence[str], report: Path, sample: int = 0, functions: float = 1.0, perturb: bool = False,
+    threads: int = 1,
 ) -> tuple[list[str], dict[str, str]]:
-    """The pytest command (and its environment) running ``target`` (a module or package name)
-    with the conformance plugin, one JSON line per case into ``report``."""
+    """The pytest command (and its environment) running ``target`` (a module or package name,
+    or several) with the conformance plugin, one JSON line per case into ``report``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), str(ROOT / "tests" / "conformance"), env.get("PYTHONPATH", "")]
@@ -31,7 +42,8 @@ def pytest_command(
         "--rootdir", str(ROOT), "-o", "addopts=", "--tb=no", "-W", "ignore",
         f"--conformance-sample={sample}", f"--conformance-functions={functions}",
         f"--conformance-report={report}", *(["--conformance-perturb"] if perturb else []),
-        "--pyargs", target,
+        f"--conformance-threads={threads}",
+        "--pyargs", *([target] if isinstance(target, str) else target),
     ]
     return command, env
 
