@@ -171,19 +171,15 @@ def products_alone(evaluator: Any, inputs: dict[str, np.ndarray], repeats: int, 
                 ty = ty.transpose(-1, -2)
             theirs.append(lambda x=tx, y=ty: torch.matmul(x, y))
 
-    def all_of(calls: list[Callable[[], Any]]) -> Callable[[], None]:
-        def call() -> None:
-            for one in calls:
-                one()
-        return call
-
     def ours_all() -> None:
         with threads.running(evaluator.threads):
-            all_of(ours)()
+            for product in ours:
+                product()
 
     def theirs_all() -> None:
         with torch.inference_mode():
-            all_of(theirs)()
+            for product in theirs:
+                product()
 
     ours_all(), theirs_all()  # warm-up
     ours_s, theirs_s = [], []

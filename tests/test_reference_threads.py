@@ -48,21 +48,19 @@ def test_elementwise_softmax_and_norms_are_the_same_bits_as_one_thread(shared_wo
     x = RNG.standard_normal((6, 5, ops_elementwise.BLOCK // 4 + 3)).astype(np.float32)  # 8 blocks and a tail
     scores = RNG.standard_normal((5, 12, 64, 128)).astype(np.float32)
     hidden = RNG.standard_normal((8, 128, 768)).astype(np.float32)
-    alone = [
-        ops_elementwise.erf(x),
-        ops_elementwise._unary_blockwise(x, ops_elementwise._gelu_chain, 4),
-        ops_elementwise._unary_blockwise(x, ops_elementwise._relu_chain, 0),
-        ops_nn.softmax(scores, 3),
-        ops_nn._normalize(hidden, (2,), 1e-5),
-    ]
-    with threads.running(count):
-        shared = [
+
+    def results() -> list[np.ndarray]:
+        return [
             ops_elementwise.erf(x),
             ops_elementwise._unary_blockwise(x, ops_elementwise._gelu_chain, 4),
             ops_elementwise._unary_blockwise(x, ops_elementwise._relu_chain, 0),
             ops_nn.softmax(scores, 3),
             ops_nn._normalize(hidden, (2,), 1e-5),
         ]
+
+    alone = results()
+    with threads.running(count):
+        shared = results()
     for one, many in zip(alone, shared):
         np.testing.assert_array_equal(many, one)
     assert len(shared_work) >= 5 * (count - 1)

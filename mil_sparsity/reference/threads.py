@@ -103,7 +103,8 @@ def run_shares(work: Callable[[range], T], count: int, minimum_per_thread: int =
     parts = shares(count, min(active_threads(), count // max(minimum_per_thread, 1)))
     if len(parts) <= 1:
         return [work(range(count))]
-    futures = [_executor(len(parts) - 1).submit(work, part) for part in parts[1:]]
+    pool = _executor(len(parts) - 1)
+    futures = [pool.submit(work, part) for part in parts[1:]]
     try:
         first = work(parts[0])
     finally:
